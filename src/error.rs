@@ -1,0 +1,68 @@
+//! Failure classification and the fetchmail-compatible exit codes.
+
+use std::fmt;
+
+/// What went wrong, at the granularity the exit code reports.
+///
+/// The numeric values are fetchmail's exit codes, so cron scripts written for
+/// fetchmail keep working.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// The server could not be reached, or TLS could not be established.
+    Connection = 2,
+    /// The server refused our credentials.
+    Auth = 3,
+    /// The server said something we cannot make sense of.
+    Protocol = 4,
+    /// The configuration file is malformed.
+    Config = 5,
+    /// The configuration file (or a secret file) is readable by others.
+    Permissions = 6,
+    /// The server reported an error, or did not answer in time.
+    Server = 7,
+    /// Another mailfetch holds the lock on the state directory.
+    Locked = 8,
+    /// A message could not be delivered.
+    Delivery = 10,
+}
+
+impl Kind {
+    /// The process exit code for this kind of failure.
+    pub fn exit_code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// An error with its classification and a message meant for the user.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the message with context, keeping the kind.
+    pub fn context(self, what: impl fmt::Display) -> Error {
+        Error {
+            kind: self.kind,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

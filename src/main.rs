@@ -1,0 +1,183 @@
+//! The `mailfetch` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mailfetch::config::{self, Config};
+use mailfetch::error::{Error, Kind};
+use mailfetch::lock::StateLock;
+use mailfetch::pipeline;
+use tracing::Level;
+
+const HELP: &str = "\
+mailfetch - fetch mail from POP3 servers into a Maildir, never losing a message
+
+USAGE:
+    mailfetch [OPTIONS]
+
+Polls every configured account once (or only those named with --account),
+delivers new mail, and exits.
+
+OPTIONS:
+    -c, --config FILE    configuration file
+                         [default: $XDG_CONFIG_HOME/mailfetch/fetchrc,
+                          else ~/.config/mailfetch/fetchrc]
+        --account NAME   poll only this account (repeatable)
+        --check-config   validate the configuration, print it with secrets
+                         masked, and exit
+    -v, --verbose        log more: protocol traces (passwords masked)
+    -q, --quiet          log only errors
+    -h, --help           print this help
+    -V, --version        print the version
+
+EXIT CODES (as fetchmail's):
+    0   mail was delivered (for several accounts: by any of them)
+    1   no new mail
+    2   connection error (including TLS and certificate failures)
+    3   authentication failed
+    4   protocol error
+    5   configuration error
+    6   configuration or secret file readable by others
+    7   server error or timeout
+    8   another mailfetch holds the lock on the state directory
+    10  delivery failed
+    With several accounts and none delivering, the highest code wins.
+
+See fetchrc.example for every configuration key.
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    accounts: Vec<String>,
+    check_config: bool,
+    level: Level,
+}
+
+enum Parsed {
+    Run(Args),
+    Exit(&'static str),
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
+    let mut parsed = Args {
+        config: None,
+        accounts: Vec::new(),
+        check_config: false,
+        level: Level::INFO,
+    };
+    while let Some(arg) = args.next() {
+        // Accept --option=value as well as --option value.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "-c" | "--config" => parsed.config = Some(PathBuf::from(value(&name)?)),
+            "--account" => parsed.accounts.push(value(&name)?),
+            "--check-config" => parsed.check_config = true,
+            "-v" | "--verbose" => parsed.level = Level::DEBUG,
+            "-q" | "--quiet" => parsed.level = Level::ERROR,
+            "-h" | "--help" => return Ok(Parsed::Exit(HELP)),
+            "-V" | "--version" => return Ok(Parsed::Exit(concat!("mailfetch ", env!("CARGO_PKG_VERSION"), "\n"))),
+            other => return Err(format!("unknown option {other:?} (see mailfetch --help)")),
+        }
+    }
+    Ok(Parsed::Run(parsed))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Exit(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("mailfetch: {message}");
+            return ExitCode::from(Kind::Config.exit_code() as u8);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(args.level)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<u8, Error> {
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None => config::default_path().ok_or_else(|| {
+            Error::new(Kind::Config, "cannot find the configuration: no --config and no home directory")
+        })?,
+    };
+    let config = config::load(&path)?;
+    if args.check_config {
+        print!("{config}");
+        return Ok(0);
+    }
+    let config = select_accounts(config, &args.accounts)?;
+    let _lock = StateLock::acquire(&config.general.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::new(Kind::Delivery, format!("cannot start the runtime: {err}")))?;
+    let reports = runtime.block_on(async {
+        let mut reports = Vec::new();
+        for account in &config.accounts {
+            let report = pipeline::poll(account, &config.general.state_dir).await;
+            if report.error.is_some() || report.failed > 0 {
+                tracing::error!("{}", report.summary());
+            } else {
+                tracing::info!("{}", report.summary());
+            }
+            reports.push(report);
+        }
+        reports
+    });
+    Ok(exit_code(&reports))
+}
+
+fn select_accounts(mut config: Config, names: &[String]) -> Result<Config, Error> {
+    if names.is_empty() {
+        return Ok(config);
+    }
+    for name in names {
+        if !config.accounts.iter().any(|account| &account.name == name) {
+            let known: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
+            return Err(Error::new(
+                Kind::Config,
+                format!("no account named {name:?} in {} (accounts: {})", config.path.display(), known.join(", ")),
+            ));
+        }
+    }
+    config.accounts.retain(|account| names.contains(&account.name));
+    Ok(config)
+}
+
+/// 0 if any account delivered mail, else the highest failure code, else 1.
+fn exit_code(reports: &[pipeline::Report]) -> u8 {
+    if reports.iter().any(|report| report.delivered > 0) {
+        return 0;
+    }
+    reports
+        .iter()
+        .filter_map(|report| report.failure())
+        .map(|kind| kind.exit_code() as u8)
+        .max()
+        .unwrap_or(1)
+}

@@ -1,0 +1,416 @@
+//! One poll of one account: list → diff against the state → retrieve →
+//! deliver → commit → delete.
+//!
+//! This is the only place that decides when a message counts as delivered
+//! and when it may be deleted. The rule, in order, for each batch:
+//!
+//! 1. every message of the batch is complete in the sink (staged);
+//! 2. the sink makes the batch's content durable (one concurrent group of
+//!    fsyncs);
+//! 3. the state journal records the batch as delivered, with each sink
+//!    intent, and is fsynced once;
+//! 4. the sink publishes the batch (Maildir: rename into `new/`, one
+//!    directory fsync), and the journal notes that (no fsync needed);
+//! 5. only after that, and after every batch is done, the server is told to
+//!    delete.
+//!
+//! A crash between 3 and 4 leaves intents that [`recover`] finishes on the
+//! next run; a crash before 3 leaves only invisible files in `tmp/` and the
+//! messages still on the server. Batches commit on a blocking thread while
+//! the next batch downloads.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::JoinHandle;
+
+use crate::config::{Account, DeliverTarget, Protocol, TlsMode};
+use crate::error::{Error, Kind};
+use crate::received::{Trace, local_hostname};
+use crate::sink::maildir::MaildirSink;
+use crate::sink::{Acceptance, Committer, MessageWriter, Sink, Staged};
+use crate::source::pop3::Pop3;
+use crate::source::{Listed, Retrieved, Source};
+use crate::state::MailboxState;
+
+/// A batch is committed when it holds this many messages…
+const BATCH_MESSAGES: usize = 256;
+/// …or this many bytes, whichever comes first. Bounds the work lost to a
+/// crash and the time a delivered message waits to become visible.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What one poll of one account did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub account: String,
+    /// Where mail went, for the summary line.
+    pub destination: String,
+    /// Messages on the server not delivered before.
+    pub new: usize,
+    pub delivered: usize,
+    pub delivered_bytes: u64,
+    /// Messages the server or the sink refused; they stay on the server.
+    pub failed: usize,
+    pub deleted: usize,
+    pub elapsed: Duration,
+    /// Why the poll stopped early, if it did.
+    pub error: Option<Error>,
+}
+
+impl Report {
+    /// The one line a poll logs by default.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{}: {} new, {} delivered ({}) to {}",
+            self.account,
+            self.new,
+            self.delivered,
+            human_bytes(self.delivered_bytes),
+            self.destination
+        );
+        if self.failed > 0 {
+            line.push_str(&format!(", {} failed", self.failed));
+        }
+        line.push_str(&format!(", {} deleted, {:.1} s", self.deleted, self.elapsed.as_secs_f64()));
+        if let Some(error) = &self.error {
+            line.push_str(&format!("; stopped: {error}"));
+        }
+        line
+    }
+
+    /// The exit-code class of this poll: `None` when it went fine.
+    pub fn failure(&self) -> Option<Kind> {
+        match &self.error {
+            Some(error) => Some(error.kind),
+            None if self.failed > 0 => Some(Kind::Delivery),
+            None => None,
+        }
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.0} KiB", b as f64 / 1024.0),
+        b if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        b => format!("{:.2} GiB", b as f64 / (1024.0 * 1024.0 * 1024.0)),
+    }
+}
+
+/// Polls one account once. Never panics on bad input; every failure ends up
+/// in the report.
+pub async fn poll(account: &Account, state_dir: &std::path::Path) -> Report {
+    let started = Instant::now();
+    let mut report = Report {
+        account: account.name.clone(),
+        ..Report::default()
+    };
+    let DeliverTarget::Maildir(path) = &account.deliver;
+    let result = match MaildirSink::open(path) {
+        Ok(sink) => {
+            report.destination = sink.describe();
+            poll_into(account, state_dir, sink, &mut report).await
+        }
+        Err(err) => Err(err),
+    };
+    report.error = result.err();
+    report.elapsed = started.elapsed();
+    report
+}
+
+async fn poll_into<K: Sink>(
+    account: &Account,
+    state_dir: &std::path::Path,
+    mut sink: K,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let secret = account.password.resolve(&account.name).await?;
+    let Protocol::Pop3 = account.protocol;
+    let key = format!("pop3 {}@{}:{}", account.username, account.host, account.port);
+    let mut state = MailboxState::open(state_dir, &key)?;
+    let mut committer = sink.committer();
+    recover(&mut state, &mut committer)?;
+
+    let mut source = Pop3::connect(account, secret.as_ref()).await?;
+    let listed = source.list().await?;
+    let has_uids = listed.iter().all(|message| message.uid.is_some());
+    if !has_uids && account.keep {
+        return Err(Error::new(
+            Kind::Protocol,
+            format!(
+                "{}: the server does not support UIDL, so mailfetch cannot tell old messages from new ones; \
+                 keep = true needs UIDL (with keep = false, every message is fetched and deleted)",
+                account.host
+            ),
+        ));
+    }
+    if has_uids {
+        let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
+        state
+            .retain(&present)
+            .map_err(|err| Error::new(Kind::Delivery, format!("cannot update the state file: {err}")))?;
+    }
+    let (old, new): (Vec<Listed>, Vec<Listed>) = listed
+        .into_iter()
+        .partition(|message| message.uid.as_deref().is_some_and(|uid| state.is_delivered(uid)));
+    report.new = new.len();
+
+    let trace = Trace {
+        server: &account.host,
+        local_host: &local_hostname(),
+        protocol: "POP3",
+        tls: account.tls != TlsMode::None,
+        account: &account.name,
+        username: &account.username,
+    };
+    let header = account.received_header.then(|| trace.header(SystemTime::now()));
+    let mut commits = CommitQueue::new(committer, state);
+    let retrieval = retrieve(&mut source, &mut sink, &new, header.as_deref(), &mut commits, report).await;
+    // Whatever happened, what was fully received is made durable.
+    let committed = commits.finish().await;
+    let committed = match (retrieval, committed) {
+        (Ok(()), Ok(committed)) => committed,
+        (Err(err), Ok(committed)) | (Ok(()), Err((err, committed))) => {
+            report.delivered = committed.len();
+            return Err(err);
+        }
+        (Err(err), Err((commit_err, committed))) => {
+            tracing::error!("{}: {commit_err}", account.name);
+            report.delivered = committed.len();
+            return Err(err);
+        }
+    };
+    report.delivered = committed.len();
+    report.delivered_bytes = committed.iter().map(|(_, size)| size).sum();
+
+    if !account.keep {
+        let doomed: Vec<u32> = old
+            .iter()
+            .map(|message| message.number)
+            .chain(committed.iter().map(|(number, _)| *number))
+            .collect();
+        let accepted = source.delete(&doomed).await?;
+        source.finish().await?;
+        report.deleted = accepted;
+    } else {
+        source.finish().await?;
+    }
+    Ok(())
+}
+
+/// Finishes deliveries a crash interrupted between journaling and
+/// publishing; forgets the ones that cannot be found, so they are fetched
+/// again rather than lost.
+fn recover<C: Committer>(state: &mut MailboxState, committer: &mut C) -> Result<(), Error> {
+    let io = |err: std::io::Error| Error::new(Kind::Delivery, format!("recovering an interrupted delivery: {err}"));
+    for (uid, intent) in state.pending_intents() {
+        if committer.recover(&intent).map_err(io)? {
+            tracing::info!("finished a delivery interrupted by a crash (message {uid})");
+            state.record_published(std::slice::from_ref(&intent)).map_err(io)?;
+        } else {
+            tracing::warn!("message {uid} was journaled but never appeared in the sink; it will be fetched again");
+            state.forget(&uid, &intent).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Streams `messages` into the sink, handing full batches to `commits`.
+/// Whatever is complete when it stops, by error or not, is committed.
+async fn retrieve<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
+    messages: &[Listed],
+    header: Option<&str>,
+    commits: &mut CommitQueue<K::Committer>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let numbers: Vec<u32> = messages.iter().map(|m| m.number).collect();
+    source.request(&numbers);
+    let mut batch = Batch::default();
+    let mut result = Ok(());
+    for message in messages {
+        match retrieve_one(source, sink, message, header).await {
+            Ok(Some(staged)) => {
+                batch.bytes += staged.size();
+                batch.messages.push((message.number, message.uid.clone(), staged));
+                if batch.messages.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
+                    commits.submit(std::mem::take(&mut batch)).await;
+                }
+            }
+            Ok(None) => report.failed += 1,
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        }
+    }
+    commits.submit(batch).await;
+    result
+}
+
+/// Retrieves one message into the sink. `Ok(None)`: the server or the sink
+/// refused it, and it stays on the server.
+async fn retrieve_one<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
+    message: &Listed,
+    header: Option<&str>,
+) -> Result<Option<K::Staged>, Error> {
+    let mut writer = sink.begin().await?;
+    if let Some(header) = header
+        && let Err(err) = writer.write(header.as_bytes()).await
+    {
+        sink.abort(writer);
+        return Err(Error::new(Kind::Delivery, format!("cannot write message: {err}")));
+    }
+    match source.retrieve(message.number, &mut writer).await {
+        Ok(Retrieved::Complete) => {}
+        Ok(Retrieved::Refused(reason)) => {
+            sink.abort(writer);
+            tracing::warn!("server refused message {}: {reason}", message.number);
+            return Ok(None);
+        }
+        Err(err) => {
+            // Nothing of a partly received message may become visible.
+            sink.abort(writer);
+            return Err(err);
+        }
+    }
+    match sink.finish(writer).await? {
+        Acceptance::Accepted(staged) => Ok(Some(staged)),
+        Acceptance::TemporaryFailure(reason) | Acceptance::PermanentFailure(reason) => {
+            tracing::warn!("message {} not delivered, left on the server: {reason}", message.number);
+            Ok(None)
+        }
+    }
+}
+
+/// Staged messages waiting to be committed together.
+struct Batch<T> {
+    /// (server number, uid, staged message)
+    messages: Vec<(u32, Option<String>, T)>,
+    bytes: u64,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            messages: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// What a commit needs, owned, so it can move to a blocking thread.
+struct CommitJob<C> {
+    committer: C,
+    state: MailboxState,
+}
+
+impl<C: Committer> CommitJob<C> {
+    /// Steps 2–4 of the module's rule for one batch. Returns the (number,
+    /// size) of each message now durably delivered.
+    fn commit(&mut self, batch: Batch<C::Staged>) -> Result<Vec<(u32, u64)>, Error> {
+        let failed = |what: &str, err: std::io::Error| Error::new(Kind::Delivery, format!("{what}: {err}"));
+        let mut done = Vec::with_capacity(batch.messages.len());
+        let mut entries = Vec::new();
+        let mut staged = Vec::with_capacity(batch.messages.len());
+        for (number, uid, message) in batch.messages {
+            done.push((number, message.size()));
+            if let Some(uid) = uid {
+                entries.push((uid, message.intent()));
+            }
+            staged.push(message);
+        }
+        if let Err(err) = self.committer.sync(&staged) {
+            self.committer.discard(staged);
+            return Err(failed("cannot make delivered messages durable", err));
+        }
+        // From here on the staged files are complete and durable. If the
+        // journal write fails they are left in place: whether the intents
+        // reached the disk is unknown, and recovery handles both cases.
+        self.state
+            .record_delivered(&entries)
+            .map_err(|err| failed("cannot write the state file", err))?;
+        let intents: Vec<String> = entries.into_iter().filter_map(|(_, intent)| intent).collect();
+        self.committer
+            .publish(staged)
+            .map_err(|err| failed("cannot publish delivered messages", err))?;
+        if let Err(err) = self.state.record_published(&intents) {
+            // Harmless: the next run re-checks these intents and finds them done.
+            tracing::warn!("cannot note published messages in the state file: {err}");
+        }
+        Ok(done)
+    }
+}
+
+type CommitResult<C> = (CommitJob<C>, Result<Vec<(u32, u64)>, Error>);
+
+/// Runs one commit at a time on a blocking thread, in batch order, while
+/// the caller goes on downloading.
+struct CommitQueue<C> {
+    idle: Option<CommitJob<C>>,
+    running: Option<JoinHandle<CommitResult<C>>>,
+    committed: Vec<(u32, u64)>,
+    error: Option<Error>,
+}
+
+impl<C: Committer> CommitQueue<C> {
+    fn new(committer: C, state: MailboxState) -> Self {
+        CommitQueue {
+            idle: Some(CommitJob { committer, state }),
+            running: None,
+            committed: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Starts committing `batch` once the previous commit is done. After a
+    /// failed commit, later batches are discarded (their messages stay on
+    /// the server).
+    async fn submit(&mut self, batch: Batch<C::Staged>) {
+        self.wait().await;
+        if batch.messages.is_empty() {
+            return;
+        }
+        let Some(mut job) = self.idle.take() else { return };
+        if self.error.is_some() {
+            job.committer.discard(batch.messages.into_iter().map(|(_, _, staged)| staged).collect());
+            self.idle = Some(job);
+            return;
+        }
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let result = job.commit(batch);
+            (job, result)
+        }));
+    }
+
+    async fn wait(&mut self) {
+        let Some(running) = self.running.take() else { return };
+        match running.await {
+            Ok((job, result)) => {
+                self.idle = Some(job);
+                match result {
+                    Ok(done) => self.committed.extend(done),
+                    Err(err) => self.error = Some(err),
+                }
+            }
+            // A panic in the commit thread: the job (and the state) is gone.
+            // Nothing more is committed or deleted this poll.
+            Err(join) => {
+                self.error = Some(Error::new(Kind::Delivery, format!("commit thread failed: {join}")));
+            }
+        }
+    }
+
+    /// Waits for the last commit. Returns what was committed, and the first
+    /// commit error if there was one.
+    async fn finish(mut self) -> Result<Vec<(u32, u64)>, (Error, Vec<(u32, u64)>)> {
+        self.wait().await;
+        match self.error {
+            None => Ok(self.committed),
+            Some(err) => Err((err, self.committed)),
+        }
+    }
+}

@@ -1,0 +1,1883 @@
+//! The configuration file: TOML, validated up front, with errors that name
+//! the file, the line and the key.
+//!
+//! Loading happens in two layers:
+//!
+//! 1. Serde deserializes the text into *raw* structs that deny unknown keys
+//!    and hold every value as an optional [`Spanned`] [`toml::Value`]. So
+//!    this step only fails on TOML syntax errors and unknown keys, and the
+//!    byte span of every value survives.
+//! 2. A [`Parser`] then checks types, fills in defaults and validates, one
+//!    key at a time. Because it always knows which key it is looking at and
+//!    where that key's value is, every error can say
+//!    `FILE:LINE: key `KEY`: what is wrong`.
+//!
+//! Paths (`state_dir`, `ca_file`, `password_file` and the path of a
+//! `maildir:` target) get shell-like expansion: a leading `~` or `~/` means
+//! `$HOME`, `$VAR` and `${VAR}` are replaced by the environment variable and
+//! `$$` is a literal `$`. A variable that is not set is an error rather than
+//! an empty string, because a silently wrong path would send mail somewhere
+//! unexpected. A path that is still relative after expansion stays relative,
+//! i.e. it is used relative to the current directory (not to the directory
+//! of the configuration file).
+
+use std::collections::HashMap;
+use std::env::{self, VarError};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Kind};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub general: General,
+    pub accounts: Vec<Account>,
+}
+
+#[derive(Debug, Clone)]
+pub struct General {
+    /// Where per-account state and the lock file live.
+    /// Default `$XDG_STATE_HOME/mailfetch`, else `~/.local/state/mailfetch`.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Pop3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS from the first byte (POP3S, port 995).
+    Implicit,
+    /// Plain connection upgraded with STLS/STARTTLS, which must succeed.
+    StartTls,
+    /// No encryption at all.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Auto,
+    User,
+    Apop,
+    Plain,
+    Login,
+    CramMd5,
+    XOAuth2,
+    OAuthBearer,
+    ScramSha256,
+}
+
+/// A secret string. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    /// The secret itself; call only where it is sent to a server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// Where an account's password (or OAuth2 access token) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No password configured.
+    None,
+    /// `password = "…"` in the config file.
+    Inline(Secret),
+    /// `password_command = "…"`: run through `sh -c`, the secret is its
+    /// stdout with one trailing newline removed.
+    Command(String),
+    /// `password_file = "…"`: the file's first line.
+    File(PathBuf),
+}
+
+/// Where fetched mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverTarget {
+    /// `maildir:PATH`
+    Maildir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the server's end-entity certificate (DER).
+    pub fingerprint: Option<[u8; 32]>,
+    pub username: String,
+    pub password: PasswordSource,
+    pub auth: AuthMethod,
+    pub allow_plaintext_auth: bool,
+    pub keep: bool,
+    pub deliver: DeliverTarget,
+    /// Prepend a `Received:` trace header to each delivered message.
+    pub received_header: bool,
+    /// How long to wait for the server before giving up.
+    pub timeout: Duration,
+}
+
+/// How long to wait for the server when `timeout` is not set.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default configuration file: `$XDG_CONFIG_HOME/mailfetch/fetchrc`,
+/// else `~/.config/mailfetch/fetchrc`.
+///
+/// `None` if neither `$XDG_CONFIG_HOME` (absolute) nor `$HOME` is set, in
+/// which case the user has to name the file.
+pub fn default_path() -> Option<PathBuf> {
+    xdg_dir(&process_env, "XDG_CONFIG_HOME", ".config").map(|dir| dir.join("fetchrc"))
+}
+
+/// Reads, checks and parses the configuration file at `path`.
+///
+/// On top of what [`parse`] does, this refuses (with [`Kind::Permissions`])
+/// a file that contains an inline `password` while group or others may
+/// access it: a password in a world-readable file is not a secret.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let cannot_read =
+        |err: std::io::Error| Error::new(Kind::Config, format!("{}: {err}", path.display()));
+    let mut file = File::open(path).map_err(cannot_read)?;
+    // The mode comes from the open file, not from a second lookup of the
+    // path, so it is the mode of exactly the text we parse.
+    let mode = file.metadata().map_err(cannot_read)?.permissions().mode();
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot_read)?;
+
+    let config = parse(path, &text)?;
+    let has_inline_password = config
+        .accounts
+        .iter()
+        .any(|account| matches!(account.password, PasswordSource::Inline(_)));
+    if has_inline_password && mode & 0o077 != 0 {
+        return Err(Error::new(
+            Kind::Permissions,
+            format!(
+                "{file}: contains a password but group or others may access it \
+                 (mode {mode:04o}); run `chmod 600 {file}`, or use password_command \
+                 or password_file instead",
+                file = path.display(),
+                mode = mode & 0o7777,
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// Parses and validates configuration `text`, read from `path`.
+///
+/// `path` is only used in error messages and kept in [`Config::path`]; the
+/// file is neither read nor has its permissions checked (see [`load`]). The
+/// environment is consulted for path expansion and default directories, and
+/// a `ca_file` must exist.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
+    Parser {
+        path,
+        text,
+        env: &process_env,
+    }
+    .config()
+}
+
+impl PasswordSource {
+    /// Fetches the secret, running the command or reading the file if need
+    /// be. `account` is the account's name, for error messages.
+    ///
+    /// * `Command` runs `sh -c COMMAND` with stdin closed. Its stdout minus
+    ///   one trailing newline is the secret. A failing command is reported
+    ///   with its stderr, never its stdout, which may hold the secret.
+    /// * `File` reads the file's first line, and refuses (with
+    ///   [`Kind::Permissions`]) a file that group or others may access.
+    ///
+    /// The secret must be a single, non-empty line: a line break inside it
+    /// would end the protocol command that carries it and smuggle whatever
+    /// follows to the server as another command.
+    pub async fn resolve(&self, account: &str) -> Result<Option<Secret>, Error> {
+        match self {
+            PasswordSource::None => Ok(None),
+            PasswordSource::Inline(secret) => Ok(Some(secret.clone())),
+            PasswordSource::Command(command) => {
+                run_password_command(account, command).await.map(Some)
+            }
+            PasswordSource::File(path) => read_password_file(account, path).await.map(Some),
+        }
+    }
+}
+
+/// Runs a `password_command` and returns its output as the secret.
+async fn run_password_command(account: &str, command: &str) -> Result<Secret, Error> {
+    let failure = |problem: String| {
+        Error::new(
+            Kind::Config,
+            format!("account `{account}`: password_command `{command}`: {problem}"),
+        )
+    };
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // If we are cancelled (e.g. by a timeout), don't leave it behind.
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|err| failure(format!("could not be run: {err}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim();
+        return Err(failure(if stderr.is_empty() {
+            format!("failed ({}) without an error message", output.status)
+        } else {
+            format!("failed ({}): {stderr}", output.status)
+        }));
+    }
+    let stdout = String::from_utf8(output.stdout)
+        .map_err(|_| failure("the password it printed is not UTF-8".to_owned()))?;
+    let secret = stdout
+        .strip_suffix('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .unwrap_or(&stdout);
+    check_secret(secret).map_err(|problem| failure(problem.to_owned()))?;
+    Ok(Secret::new(secret.to_owned()))
+}
+
+/// Reads the first line of a `password_file` as the secret.
+async fn read_password_file(account: &str, path: &Path) -> Result<Secret, Error> {
+    let failure = |kind: Kind, problem: String| {
+        Error::new(
+            kind,
+            format!(
+                "account `{account}`: password_file {}: {problem}",
+                path.display()
+            ),
+        )
+    };
+    let io_failure = |err: std::io::Error| failure(Kind::Config, err.to_string());
+    let mut file = tokio::fs::File::open(path).await.map_err(io_failure)?;
+    let mode = file
+        .metadata()
+        .await
+        .map_err(io_failure)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(failure(
+            Kind::Permissions,
+            format!(
+                "group or others may access it (mode {:04o}); run `chmod 600 {}`",
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    let mut contents = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut file, &mut contents)
+        .await
+        .map_err(io_failure)?;
+    let first_line = contents.lines().next().unwrap_or_default();
+    check_secret(first_line).map_err(|problem| failure(Kind::Config, problem.to_owned()))?;
+    Ok(Secret::new(first_line.to_owned()))
+}
+
+/// Checks that `secret` can be sent in a protocol command: non-empty and a
+/// single line. The problem described never includes the secret.
+fn check_secret(secret: &str) -> Result<(), &'static str> {
+    if secret.is_empty() {
+        Err("the password is empty")
+    } else if secret.contains(['\r', '\n', '\0']) {
+        Err(
+            "the password contains a line break or NUL byte, but must be a single line \
+             (to keep only the first line of a command's output, append `| head -n 1`)",
+        )
+    } else {
+        Ok(())
+    }
+}
+
+/// Looks up an environment variable, the way [`Parser`] sees them.
+type Env<'a> = &'a dyn Fn(&str) -> Result<String, VarError>;
+
+/// The real process environment.
+fn process_env(name: &str) -> Result<String, VarError> {
+    env::var(name)
+}
+
+/// `$<xdg_var>/mailfetch`, else `$HOME/<home_fallback>/mailfetch`.
+///
+/// As the XDG Base Directory specification requires, an empty or relative
+/// `$<xdg_var>` is ignored.
+fn xdg_dir(env: Env<'_>, xdg_var: &str, home_fallback: &str) -> Option<PathBuf> {
+    let base = match env(xdg_var) {
+        Ok(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        _ => {
+            let home = env("HOME").ok().filter(|home| !home.is_empty())?;
+            Path::new(&home).join(home_fallback)
+        }
+    };
+    Some(base.join("mailfetch"))
+}
+
+// ---------------------------------------------------------------------------
+// The raw layer: what serde reads.
+
+/// A value as written in the file, with the byte range it occupies.
+type RawValue = Spanned<toml::Value>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    general: RawGeneral,
+    #[serde(default)]
+    account: Vec<Spanned<RawAccount>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [general] table")]
+struct RawGeneral {
+    state_dir: Option<RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [[account]] table")]
+struct RawAccount {
+    name: Option<RawValue>,
+    protocol: Option<RawValue>,
+    host: Option<RawValue>,
+    port: Option<RawValue>,
+    tls: Option<RawValue>,
+    ca_file: Option<RawValue>,
+    fingerprint: Option<RawValue>,
+    username: Option<RawValue>,
+    password: Option<RawValue>,
+    password_command: Option<RawValue>,
+    password_file: Option<RawValue>,
+    auth: Option<RawValue>,
+    allow_plaintext_auth: Option<RawValue>,
+    keep: Option<RawValue>,
+    deliver: Option<RawValue>,
+    received_header: Option<RawValue>,
+    timeout: Option<RawValue>,
+}
+
+// ---------------------------------------------------------------------------
+// The checking layer: raw values to a `Config`, with located errors.
+
+/// Turns one configuration text into a [`Config`], knowing where it came
+/// from so that errors can point into it.
+struct Parser<'a> {
+    path: &'a Path,
+    text: &'a str,
+    env: Env<'a>,
+}
+
+impl Parser<'_> {
+    fn config(&self) -> Result<Config, Error> {
+        let raw: RawFile = toml::from_str(self.text).map_err(|err| self.toml_error(&err))?;
+        let general = self.general(&raw.general)?;
+        if raw.account.is_empty() {
+            return Err(self.error(
+                self.text.len()..self.text.len(),
+                "account",
+                "no account is configured; add an [[account]] section (see fetchrc.example)",
+            ));
+        }
+
+        let mut accounts = Vec::with_capacity(raw.account.len());
+        let mut first_use: HashMap<String, usize> = HashMap::new();
+        for raw_account in &raw.account {
+            let account = self.account(raw_account)?;
+            // `account()` has checked that `name` is present.
+            if let Some(name_value) = &raw_account.get_ref().name {
+                let line = self.line(name_value.span().start);
+                if let Some(first_line) = first_use.insert(account.name.clone(), line) {
+                    return Err(self.error(
+                        name_value.span(),
+                        "name",
+                        format!(
+                            "the account name `{}` is already used at line {first_line}; \
+                             account names must be unique",
+                            account.name
+                        ),
+                    ));
+                }
+            }
+            accounts.push(account);
+        }
+        Ok(Config {
+            path: self.path.to_owned(),
+            general,
+            accounts,
+        })
+    }
+
+    fn general(&self, raw: &RawGeneral) -> Result<General, Error> {
+        let state_dir = match &raw.state_dir {
+            Some(value) => self.path_value("state_dir", value)?,
+            None => xdg_dir(self.env, "XDG_STATE_HOME", ".local/state").ok_or_else(|| {
+                Error::new(
+                    Kind::Config,
+                    format!(
+                        "{}: key `state_dir`: there is no default because neither \
+                         $XDG_STATE_HOME nor $HOME is set; set state_dir in [general]",
+                        self.path.display()
+                    ),
+                )
+            })?,
+        };
+        Ok(General { state_dir })
+    }
+
+    fn account(&self, raw: &Spanned<RawAccount>) -> Result<Account, Error> {
+        let header = raw.span();
+        let raw = raw.get_ref();
+        let required = |key: &str, field: &'_ Option<RawValue>| -> Result<RawValue, Error> {
+            field.clone().ok_or_else(|| {
+                self.error(
+                    header.clone(),
+                    key,
+                    "required, but missing from this [[account]] section",
+                )
+            })
+        };
+
+        let name = self.convert("name", &required("name", &raw.name)?, |value| {
+            as_str(value).and_then(parse_account_name)
+        })?;
+        let protocol =
+            self.convert("protocol", &required("protocol", &raw.protocol)?, |value| {
+                as_str(value).and_then(parse_protocol)
+            })?;
+        let host = self.convert("host", &required("host", &raw.host)?, |value| {
+            as_non_empty_str(value).map(str::to_owned)
+        })?;
+        let tls = self
+            .optional("tls", &raw.tls, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(TlsMode::Implicit);
+        let port = self
+            .optional("port", &raw.port, as_port)?
+            .unwrap_or_else(|| default_port(protocol, tls));
+        let ca_file = match &raw.ca_file {
+            Some(value) => Some(self.existing_file("ca_file", value)?),
+            None => None,
+        };
+        let fingerprint = self.optional("fingerprint", &raw.fingerprint, |value| {
+            as_str(value).and_then(parse_fingerprint)
+        })?;
+        let username =
+            self.convert("username", &required("username", &raw.username)?, |value| {
+                as_non_empty_str(value).map(str::to_owned)
+            })?;
+        let password = self.password_source(raw)?;
+        let auth = self
+            .optional("auth", &raw.auth, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(AuthMethod::Auto);
+        let allow_plaintext_auth = self
+            .optional("allow_plaintext_auth", &raw.allow_plaintext_auth, as_bool)?
+            .unwrap_or(false);
+        let keep = self.optional("keep", &raw.keep, as_bool)?.unwrap_or(false);
+        let deliver = self.deliver_target(&required("deliver", &raw.deliver)?)?;
+        let received_header = self
+            .optional("received_header", &raw.received_header, as_bool)?
+            .unwrap_or(true);
+        let timeout = self
+            .optional("timeout", &raw.timeout, as_timeout)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+
+        let account = Account {
+            name,
+            protocol,
+            host,
+            port,
+            tls,
+            ca_file,
+            fingerprint,
+            username,
+            password,
+            auth,
+            allow_plaintext_auth,
+            keep,
+            deliver,
+            received_header,
+            timeout,
+        };
+        self.check_token_source(raw, &account)?;
+        self.check_plaintext_exposure(raw, &account)?;
+        Ok(account)
+    }
+
+    /// The one password source of an account; setting several is an error,
+    /// since which one would win is anybody's guess.
+    fn password_source(&self, raw: &RawAccount) -> Result<PasswordSource, Error> {
+        let mut sources = [
+            ("password", &raw.password),
+            ("password_command", &raw.password_command),
+            ("password_file", &raw.password_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, field)| field.as_ref().map(|value| (key, value)));
+        let Some((key, value)) = sources.next() else {
+            return Ok(PasswordSource::None);
+        };
+        if let Some((second_key, second_value)) = sources.next() {
+            return Err(self.error(
+                second_value.span(),
+                second_key,
+                format!(
+                    "`{key}` is already set at line {}; set only one of password, \
+                     password_command and password_file",
+                    self.line(value.span().start)
+                ),
+            ));
+        }
+        match key {
+            "password" => self.convert(key, value, |value| {
+                let password = as_str(value)?;
+                check_secret(password)?;
+                Ok(PasswordSource::Inline(Secret::new(password.to_owned())))
+            }),
+            "password_command" => self.convert(key, value, |value| {
+                as_non_empty_str(value).map(|command| PasswordSource::Command(command.to_owned()))
+            }),
+            _ => self.path_value(key, value).map(PasswordSource::File),
+        }
+    }
+
+    /// OAuth2 access tokens expire within the hour, so they must come from a
+    /// command that fetches a fresh one (or, for testing, be inline).
+    fn check_token_source(&self, raw: &RawAccount, account: &Account) -> Result<(), Error> {
+        let needs_token = matches!(account.auth, AuthMethod::XOAuth2 | AuthMethod::OAuthBearer);
+        let has_token_source = matches!(
+            account.password,
+            PasswordSource::Command(_) | PasswordSource::Inline(_)
+        );
+        match &raw.auth {
+            Some(auth) if needs_token && !has_token_source => Err(self.error(
+                auth.span(),
+                "auth",
+                format!(
+                    "auth = \"{}\" sends an OAuth2 access token as the password; set \
+                     password_command to a command that prints a fresh token (or \
+                     password to a token)",
+                    keyword_name(account.auth)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses to send a password in the clear over the network unless the
+    /// user explicitly accepted that.
+    ///
+    /// Only mechanisms that reveal the password (or a bearer token) count;
+    /// `auto` is left to the protocol, which must then choose a mechanism
+    /// that does not reveal it.
+    fn check_plaintext_exposure(&self, raw: &RawAccount, account: &Account) -> Result<(), Error> {
+        let reveals_password = matches!(
+            account.auth,
+            AuthMethod::User
+                | AuthMethod::Plain
+                | AuthMethod::Login
+                | AuthMethod::XOAuth2
+                | AuthMethod::OAuthBearer
+        );
+        let exposed = account.tls == TlsMode::None
+            && reveals_password
+            && !account.allow_plaintext_auth
+            && !is_loopback_host(&account.host);
+        match &raw.tls {
+            Some(tls) if exposed => Err(self.error(
+                tls.span(),
+                "tls",
+                format!(
+                    "with tls = \"none\" and auth = \"{}\", the password would travel \
+                     unencrypted to {}; use tls = \"starttls\" or \"implicit\", or set \
+                     allow_plaintext_auth = true if you accept that risk",
+                    keyword_name(account.auth),
+                    account.host
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn deliver_target(&self, value: &RawValue) -> Result<DeliverTarget, Error> {
+        let target = self.convert("deliver", value, |value| as_str(value).map(str::to_owned))?;
+        match target.split_once(':') {
+            Some(("maildir", path)) => self
+                .expand_path(path)
+                .map(DeliverTarget::Maildir)
+                .map_err(|problem| self.error(value.span(), "deliver", problem)),
+            Some((scheme, _)) => Err(self.error(
+                value.span(),
+                "deliver",
+                format!("delivery to `{scheme}:` is not supported yet; use `maildir:PATH`"),
+            )),
+            None => Err(self.error(
+                value.span(),
+                "deliver",
+                "expected `maildir:PATH`, e.g. \"maildir:~/Mail/home\"",
+            )),
+        }
+    }
+
+    /// A path value that must name an existing file.
+    fn existing_file(&self, key: &str, value: &RawValue) -> Result<PathBuf, Error> {
+        let path = self.path_value(key, value)?;
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(self.error(
+                value.span(),
+                key,
+                format!("{} does not exist or is not a file", path.display()),
+            ))
+        }
+    }
+
+    /// A string value naming a path, expanded (see the module documentation).
+    fn path_value(&self, key: &str, value: &RawValue) -> Result<PathBuf, Error> {
+        self.convert(key, value, |value| {
+            as_str(value).and_then(|path| self.expand_path(path))
+        })
+    }
+
+    /// Expands `~`, `$VAR`, `${VAR}` and `$$` in `path`.
+    fn expand_path(&self, path: &str) -> Result<PathBuf, String> {
+        if path.is_empty() {
+            return Err("the path is empty".to_owned());
+        }
+        let (mut expanded, mut rest) = match path.strip_prefix('~') {
+            Some(after) if after.is_empty() || after.starts_with('/') => {
+                (self.variable("HOME")?, after)
+            }
+            Some(_) => {
+                return Err(
+                    "`~user` is not supported; write the directory out, or use `~/`".to_owned(),
+                );
+            }
+            None => (String::new(), path),
+        };
+        while let Some(dollar) = rest.find('$') {
+            expanded.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(after) = after.strip_prefix('$') {
+                expanded.push('$');
+                rest = after;
+                continue;
+            }
+            let (name, after) = match after.strip_prefix('{') {
+                Some(braced) => braced
+                    .split_once('}')
+                    .ok_or_else(|| "`${` has no closing `}`".to_owned())?,
+                None => after.split_at(
+                    after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len()),
+                ),
+            };
+            if !is_variable_name(name) {
+                return Err(format!(
+                    "`${name}` is not a variable name; write `$$` for a literal `$`"
+                ));
+            }
+            expanded.push_str(&self.variable(name)?);
+            rest = after;
+        }
+        expanded.push_str(rest);
+        Ok(PathBuf::from(expanded))
+    }
+
+    fn variable(&self, name: &str) -> Result<String, String> {
+        (self.env)(name).map_err(|err| match err {
+            VarError::NotPresent => format!(
+                "the environment variable `{name}` is not set \
+                 (write `$$` for a literal `$`)"
+            ),
+            VarError::NotUnicode(_) => {
+                format!("the environment variable `{name}` is not valid UTF-8")
+            }
+        })
+    }
+
+    /// Converts `value` with `convert`, locating any error at `key`.
+    fn convert<T>(
+        &self,
+        key: &str,
+        value: &RawValue,
+        convert: impl FnOnce(&toml::Value) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        convert(value.get_ref()).map_err(|problem| self.error(value.span(), key, problem))
+    }
+
+    /// Like [`Parser::convert`], for a key that may be absent.
+    fn optional<T>(
+        &self,
+        key: &str,
+        field: &Option<RawValue>,
+        convert: impl FnOnce(&toml::Value) -> Result<T, String>,
+    ) -> Result<Option<T>, Error> {
+        field
+            .as_ref()
+            .map(|value| self.convert(key, value, convert))
+            .transpose()
+    }
+
+    /// An error about `key`, whose value (or section) is at `span`.
+    fn error(&self, span: Range<usize>, key: &str, problem: impl fmt::Display) -> Error {
+        Error::new(
+            Kind::Config,
+            format!(
+                "{}:{}: key `{key}`: {problem}",
+                self.path.display(),
+                self.line(span.start)
+            ),
+        )
+    }
+
+    /// Translates a TOML syntax error or an unknown key reported by serde.
+    fn toml_error(&self, err: &toml::de::Error) -> Error {
+        let message = err.message();
+        let Some(span) = err.span() else {
+            return Error::new(Kind::Config, format!("{}: {message}", self.path.display()));
+        };
+        if let Some((key, allowed)) = parse_unknown_field_message(message) {
+            return self.error(span, key, unknown_key_problem(key, &allowed));
+        }
+        match key_on_line(self.text, span.start) {
+            Some(key) => self.error(span, key, message),
+            None => Error::new(
+                Kind::Config,
+                format!(
+                    "{}:{}: {message}",
+                    self.path.display(),
+                    self.line(span.start)
+                ),
+            ),
+        }
+    }
+
+    /// The 1-based line number of byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        let before = &self.text.as_bytes()[..offset.min(self.text.len())];
+        before.iter().filter(|&&byte| byte == b'\n').count() + 1
+    }
+}
+
+/// Splits serde's `unknown field `KEY`, expected one of `A`, `B`` into the
+/// key and the allowed keys.
+///
+/// This relies on the wording of serde's `Error::unknown_field`, which has
+/// been stable since serde 1.0; should it ever change, the error is still
+/// reported, only without the suggestion.
+fn parse_unknown_field_message(message: &str) -> Option<(&str, Vec<&str>)> {
+    let (key, expected) = message.strip_prefix("unknown field `")?.split_once('`')?;
+    // The allowed keys are the even-numbered pieces between backticks.
+    let allowed = expected.split('`').skip(1).step_by(2).collect();
+    Some((key, allowed))
+}
+
+fn unknown_key_problem(key: &str, allowed: &[&str]) -> String {
+    match closest_key(key, allowed) {
+        Some(suggestion) => format!("unknown key; did you mean `{suggestion}`?"),
+        None if allowed.is_empty() => "unknown key".to_owned(),
+        None => format!(
+            "unknown key; the keys allowed here are {}",
+            allowed.join(", ")
+        ),
+    }
+}
+
+/// The allowed key that `key` is most plausibly a misspelling of.
+fn closest_key<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    allowed
+        .iter()
+        .map(|&candidate| (edit_distance(key, candidate), candidate))
+        .filter(|&(distance, _)| distance <= 2 && distance < key.chars().count())
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// The Levenshtein distance between `a` and `b`, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, a_char) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, &b_char) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(a_char != b_char);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The key assigned on the line holding byte `offset`, for errors serde
+/// reports without naming the key (a wrong kind of table, a duplicate key, a
+/// syntax error after `=`).
+fn key_on_line(text: &str, offset: usize) -> Option<&str> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let end = text[offset..]
+        .find('\n')
+        .map_or(text.len(), |newline| offset + newline);
+    let (key, _) = text[start..end].split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with(['[', '#'])).then_some(key)
+}
+
+// ---------------------------------------------------------------------------
+// Value conversions. They return a bare description of the problem, which
+// `Parser::convert` turns into a located error. Type errors name only the
+// type found, never the value, which could be a misplaced password.
+
+fn wrong_type(expected: &str, found: &toml::Value) -> String {
+    let found = found.type_str();
+    let article = if found.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("expected {expected}, found {article} {found}")
+}
+
+fn as_str(value: &toml::Value) -> Result<&str, String> {
+    value.as_str().ok_or_else(|| wrong_type("a string", value))
+}
+
+fn as_non_empty_str(value: &toml::Value) -> Result<&str, String> {
+    match as_str(value)? {
+        "" => Err("must not be empty".to_owned()),
+        text => Ok(text),
+    }
+}
+
+fn as_bool(value: &toml::Value) -> Result<bool, String> {
+    value
+        .as_bool()
+        .ok_or_else(|| wrong_type("true or false", value))
+}
+
+fn as_port(value: &toml::Value) -> Result<u16, String> {
+    let number = value
+        .as_integer()
+        .ok_or_else(|| wrong_type("a port number", value))?;
+    u16::try_from(number)
+        .ok()
+        .filter(|&port| port != 0)
+        .ok_or_else(|| format!("{number} is not a port number (1 to 65535)"))
+}
+
+/// `timeout`: a whole number of seconds, or a string such as "90s".
+fn as_timeout(value: &toml::Value) -> Result<Duration, String> {
+    let timeout = match value {
+        toml::Value::Integer(seconds) => u64::try_from(*seconds)
+            .map(Duration::from_secs)
+            .map_err(|_| "must be greater than zero".to_owned())?,
+        toml::Value::String(text) => parse_duration(text)?,
+        other => return Err(wrong_type("a duration such as \"90s\"", other)),
+    };
+    if timeout.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(timeout)
+}
+
+/// Parses `500ms`, `90s`, `15m`, `1h`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "`{text}` is not a duration; write a whole number followed by \
+             ms, s, m or h, e.g. \"90s\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+fn parse_account_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        // Names become file names in the state directory, hence the limits.
+        Err(format!(
+            "`{name}` is not a valid account name; use only letters, digits, \
+             `.`, `_` and `-`"
+        ))
+    }
+}
+
+fn parse_protocol(name: &str) -> Result<Protocol, String> {
+    if name.eq_ignore_ascii_case("imap") {
+        Err("IMAP support is not implemented yet; only \"pop3\" is supported for now".to_owned())
+    } else {
+        parse_keyword(name)
+    }
+}
+
+/// The words a configuration enum is written as.
+trait Keyword: Copy + PartialEq + 'static {
+    /// Every variant with its word, in the order they are documented.
+    const WORDS: &'static [(&'static str, Self)];
+}
+
+impl Keyword for Protocol {
+    const WORDS: &'static [(&'static str, Self)] = &[("pop3", Protocol::Pop3)];
+}
+
+impl Keyword for TlsMode {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("implicit", TlsMode::Implicit),
+        ("starttls", TlsMode::StartTls),
+        ("none", TlsMode::None),
+    ];
+}
+
+impl Keyword for AuthMethod {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("auto", AuthMethod::Auto),
+        ("user", AuthMethod::User),
+        ("apop", AuthMethod::Apop),
+        ("plain", AuthMethod::Plain),
+        ("login", AuthMethod::Login),
+        ("cram-md5", AuthMethod::CramMd5),
+        ("xoauth2", AuthMethod::XOAuth2),
+        ("oauthbearer", AuthMethod::OAuthBearer),
+        ("scram-sha-256", AuthMethod::ScramSha256),
+    ];
+}
+
+/// Case-insensitively, since `STARTTLS` or `CRAM-MD5` is how people often
+/// write these.
+fn parse_keyword<T: Keyword>(word: &str) -> Result<T, String> {
+    T::WORDS
+        .iter()
+        .find(|(candidate, _)| candidate.eq_ignore_ascii_case(word))
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let allowed: Vec<String> = T::WORDS
+                .iter()
+                .map(|(candidate, _)| format!("\"{candidate}\""))
+                .collect();
+            format!("`{word}` is not one of {}", allowed.join(", "))
+        })
+}
+
+/// The word `value` is written as in the configuration file.
+fn keyword_name<T: Keyword>(value: T) -> &'static str {
+    T::WORDS
+        .iter()
+        .find(|&&(_, candidate)| candidate == value)
+        .map_or("?", |&(word, _)| word)
+}
+
+/// Parses `sha256:AB:CD:…`: 32 bytes in hex, colons and prefix optional,
+/// any case.
+fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let prefix = "sha256:";
+    let hex_part = match text.get(..prefix.len()) {
+        Some(start) if start.eq_ignore_ascii_case(prefix) => &text[prefix.len()..],
+        _ => text,
+    };
+    let hex: Vec<u8> = hex_part.bytes().filter(|&byte| byte != b':').collect();
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(
+            "expected a SHA-256 fingerprint: 32 bytes as 64 hex digits, optionally \
+             separated by colons and prefixed with \"sha256:\""
+                .to_owned(),
+        );
+    }
+    let mut fingerprint = [0; 32];
+    for (byte, pair) in fingerprint.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+    }
+    Ok(fingerprint)
+}
+
+/// The value of an ASCII hex digit (already checked to be one).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn default_port(protocol: Protocol, tls: TlsMode) -> u16 {
+    match (protocol, tls) {
+        (Protocol::Pop3, TlsMode::Implicit) => 995,
+        (Protocol::Pop3, TlsMode::StartTls | TlsMode::None) => 110,
+    }
+}
+
+/// True if `host` is this machine (`localhost`, 127.0.0.0/8 or `::1`), so
+/// that a password sent to it never crosses a network.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || unbracketed
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.to_canonical().is_loopback())
+}
+
+// ---------------------------------------------------------------------------
+// Printing the effective configuration (`--check-config`).
+
+/// Prints the effective configuration, with defaults filled in and paths
+/// expanded, as TOML that [`parse`] accepts. An inline password is shown as
+/// `****`; a password command or file is shown, as it is not a secret.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# Effective configuration read from {}",
+            toml_string(&self.path.to_string_lossy())
+        )?;
+        writeln!(f, "[general]")?;
+        writeln!(f, "state_dir = {}", toml_path(&self.general.state_dir))?;
+        for account in &self.accounts {
+            writeln!(f)?;
+            write_account(f, account)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
+    writeln!(f, "[[account]]")?;
+    writeln!(f, "name = {}", toml_string(&account.name))?;
+    writeln!(f, "protocol = \"{}\"", keyword_name(account.protocol))?;
+    writeln!(f, "host = {}", toml_string(&account.host))?;
+    writeln!(f, "port = {}", account.port)?;
+    writeln!(f, "tls = \"{}\"", keyword_name(account.tls))?;
+    if let Some(ca_file) = &account.ca_file {
+        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
+    }
+    if let Some(fingerprint) = &account.fingerprint {
+        let hex: Vec<String> = fingerprint
+            .iter()
+            .map(|byte| format!("{byte:02X}"))
+            .collect();
+        writeln!(f, "fingerprint = \"sha256:{}\"", hex.join(":"))?;
+    }
+    writeln!(f, "username = {}", toml_string(&account.username))?;
+    match &account.password {
+        PasswordSource::None => {}
+        PasswordSource::Inline(_) => writeln!(f, "password = \"****\"")?,
+        PasswordSource::Command(command) => {
+            writeln!(f, "password_command = {}", toml_string(command))?;
+        }
+        PasswordSource::File(path) => writeln!(f, "password_file = {}", toml_path(path))?,
+    }
+    writeln!(f, "auth = \"{}\"", keyword_name(account.auth))?;
+    writeln!(f, "allow_plaintext_auth = {}", account.allow_plaintext_auth)?;
+    writeln!(f, "keep = {}", account.keep)?;
+    match &account.deliver {
+        DeliverTarget::Maildir(path) => writeln!(
+            f,
+            "deliver = {}",
+            toml_string(&format!("maildir:{}", escape_path(path)))
+        )?,
+    }
+    writeln!(f, "received_header = {}", account.received_header)?;
+    writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))
+}
+
+/// A path as a TOML string that expands back to the same path.
+fn toml_path(path: &Path) -> String {
+    toml_string(&escape_path(path))
+}
+
+/// Undoes expansion: `$` becomes `$$`, and a leading `~` (which can only
+/// have come from a variable) is protected by `./`.
+fn escape_path(path: &Path) -> String {
+    let path = path.to_string_lossy().replace('$', "$$");
+    if path.starts_with('~') {
+        format!("./{path}")
+    } else {
+        path
+    }
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `90s`, or `1500ms` when not a whole number of seconds.
+fn format_duration(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::Write;
+
+    const FILE: &str = "test/fetchrc";
+
+    /// An environment with just `HOME`, `MAILDIRS` and `EMPTY`.
+    fn test_env(name: &str) -> Result<String, VarError> {
+        match name {
+            "HOME" => Ok("/home/alice".to_owned()),
+            "MAILDIRS" => Ok("/srv/mail".to_owned()),
+            "EMPTY" => Ok(String::new()),
+            _ => Err(VarError::NotPresent),
+        }
+    }
+
+    fn parse_test(text: &str) -> Result<Config, Error> {
+        Parser {
+            path: Path::new(FILE),
+            text,
+            env: &test_env,
+        }
+        .config()
+    }
+
+    fn parse_ok(text: &str) -> Config {
+        parse_test(text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"))
+    }
+
+    /// An account with only the required keys, plus `extra` lines.
+    fn account_with(extra: &str) -> String {
+        format!(
+            "[[account]]\n\
+             name = \"home\"\n\
+             protocol = \"pop3\"\n\
+             host = \"pop.example.com\"\n\
+             username = \"alice\"\n\
+             deliver = \"maildir:~/Mail/home\"\n\
+             {extra}"
+        )
+    }
+
+    /// Asserts that `text` is rejected with a message locating `key` at `line`
+    /// and containing `fragment`.
+    #[track_caller]
+    fn assert_config_error(text: &str, line: usize, key: &str, fragment: &str) {
+        let err = match parse_test(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(err) => err,
+        };
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        let location = format!("{FILE}:{line}: key `{key}`: ");
+        assert!(
+            err.message.starts_with(&location),
+            "want {location}…, got: {err}"
+        );
+        assert!(
+            err.message.contains(fragment),
+            "want …{fragment}…, got: {err}"
+        );
+    }
+
+    const PIN_HEX: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:\
+                           AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+
+    fn pin_bytes() -> [u8; 32] {
+        let pattern = [0xAB, 0xCD, 0xEF, 0x01, 0x23, 0x45, 0x67, 0x89];
+        std::array::from_fn(|i| pattern[i % pattern.len()])
+    }
+
+    #[test]
+    fn documented_minimum_schema_parses_exactly() {
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            r#"[general]
+state_dir = "/var/lib/mailfetch"
+[[account]]
+name = "home"
+protocol = "pop3"
+host = "pop.example.com"
+port = 995
+tls = "implicit"
+ca_file = "{ca_file}"
+fingerprint = "sha256:{PIN_HEX}"
+username = "alice"
+password = "secret"
+auth = "auto"
+keep = false
+deliver = "maildir:~/Mail/home"
+"#,
+            ca_file = ca_file.path().display()
+        );
+        let config = parse_ok(&text);
+        assert_eq!(config.path, Path::new(FILE));
+        assert_eq!(config.general.state_dir, Path::new("/var/lib/mailfetch"));
+        let [account] = config.accounts.as_slice() else {
+            panic!("one account expected");
+        };
+        assert_eq!(account.name, "home");
+        assert_eq!(account.protocol, Protocol::Pop3);
+        assert_eq!(account.host, "pop.example.com");
+        assert_eq!(account.port, 995);
+        assert_eq!(account.tls, TlsMode::Implicit);
+        assert_eq!(account.ca_file.as_deref(), Some(ca_file.path()));
+        assert_eq!(account.fingerprint, Some(pin_bytes()));
+        assert_eq!(account.username, "alice");
+        assert_eq!(
+            account.password,
+            PasswordSource::Inline(Secret::new("secret".to_owned()))
+        );
+        assert_eq!(account.auth, AuthMethod::Auto);
+        assert!(!account.keep);
+        assert_eq!(
+            account.deliver,
+            DeliverTarget::Maildir(PathBuf::from("/home/alice/Mail/home"))
+        );
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let config = parse_ok(&account_with(""));
+        assert_eq!(
+            config.general.state_dir,
+            Path::new("/home/alice/.local/state/mailfetch")
+        );
+        let account = &config.accounts[0];
+        assert_eq!(account.port, 995);
+        assert_eq!(account.tls, TlsMode::Implicit);
+        assert_eq!(account.ca_file, None);
+        assert_eq!(account.fingerprint, None);
+        assert_eq!(account.password, PasswordSource::None);
+        assert_eq!(account.auth, AuthMethod::Auto);
+        assert!(!account.allow_plaintext_auth);
+        assert!(!account.keep);
+        assert!(account.received_header);
+        assert_eq!(account.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn port_defaults_to_110_without_implicit_tls() {
+        for tls in ["starttls", "none", "STARTTLS"] {
+            let config = parse_ok(&account_with(&format!("tls = \"{tls}\"\n")));
+            assert_eq!(config.accounts[0].port, 110, "{tls}");
+        }
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = account_with(
+            "port = 1995\n\
+             tls = \"starttls\"\n\
+             password_command = \"pass show mail/home\"\n\
+             auth = \"cram-md5\"\n\
+             allow_plaintext_auth = true\n\
+             keep = true\n\
+             received_header = false\n\
+             timeout = \"15m\"\n",
+        );
+        let account = &parse_ok(&text).accounts[0];
+        assert_eq!(account.port, 1995);
+        assert_eq!(account.tls, TlsMode::StartTls);
+        assert_eq!(
+            account.password,
+            PasswordSource::Command("pass show mail/home".to_owned())
+        );
+        assert_eq!(account.auth, AuthMethod::CramMd5);
+        assert!(account.allow_plaintext_auth);
+        assert!(account.keep);
+        assert!(!account.received_header);
+        assert_eq!(account.timeout, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn timeouts() {
+        for (written, expected) in [
+            ("\"500ms\"", Duration::from_millis(500)),
+            ("\"90s\"", Duration::from_secs(90)),
+            ("\"15m\"", Duration::from_secs(900)),
+            ("\"1h\"", Duration::from_secs(3600)),
+            ("\"45\"", Duration::from_secs(45)),
+            ("30", Duration::from_secs(30)),
+        ] {
+            let config = parse_ok(&account_with(&format!("timeout = {written}\n")));
+            assert_eq!(config.accounts[0].timeout, expected, "{written}");
+        }
+        for (written, fragment) in [
+            ("0", "greater than zero"),
+            ("-5", "greater than zero"),
+            ("\"0s\"", "greater than zero"),
+            ("\"1.5s\"", "not a duration"),
+            ("\"5 minutes\"", "not a duration"),
+            ("\"s\"", "not a duration"),
+            ("1.5", "found a float"),
+        ] {
+            let text = account_with(&format!("timeout = {written}\n"));
+            assert_config_error(&text, 7, "timeout", fragment);
+        }
+    }
+
+    #[test]
+    fn fingerprint_spellings() {
+        let compact = PIN_HEX.replace(':', "");
+        for written in [
+            format!("sha256:{PIN_HEX}"),
+            format!("SHA256:{}", PIN_HEX.to_lowercase()),
+            PIN_HEX.to_owned(),
+            compact.clone(),
+            compact.to_lowercase(),
+        ] {
+            assert_eq!(parse_fingerprint(&written), Ok(pin_bytes()), "{written}");
+        }
+        for written in [
+            "",
+            "sha256:",
+            &compact[2..],
+            &format!("{compact}00"),
+            &compact.replace('A', "G"),
+            "sha1:AB:CD",
+        ] {
+            assert!(parse_fingerprint(written).is_err(), "{written}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_or_the_list() {
+        assert_config_error(
+            &account_with("prot = 995\n"),
+            7,
+            "prot",
+            "did you mean `port`?",
+        );
+        assert_config_error(
+            &account_with("passwd = \"x\"\n"),
+            7,
+            "passwd",
+            "did you mean `password`?",
+        );
+        assert_config_error(
+            "[general]\nstate_dri = \"/x\"\n",
+            2,
+            "state_dri",
+            "did you mean `state_dir`?",
+        );
+        assert_config_error(
+            &format!("[genral]\n{}", account_with("")),
+            1,
+            "genral",
+            "did you mean `general`?",
+        );
+        assert_config_error(
+            &account_with("colour = \"blue\"\n"),
+            7,
+            "colour",
+            "the keys allowed here are name, protocol, host, port",
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_but_not_the_value() {
+        assert_config_error(
+            &account_with("port = \"995\"\n"),
+            7,
+            "port",
+            "expected a port number, found a string",
+        );
+        assert_config_error(
+            &account_with("keep = \"yes\"\n"),
+            7,
+            "keep",
+            "expected true or false, found a string",
+        );
+        assert_config_error(&account_with("port = 70000\n"), 7, "port", "1 to 65535");
+        assert_config_error(&account_with("port = 0\n"), 7, "port", "1 to 65535");
+        // A misplaced password must not be echoed.
+        let text = account_with("username = 12345678\n");
+        let text = text.replace("username = \"alice\"\n", "");
+        assert_config_error(&text, 6, "username", "expected a string, found an integer");
+        assert!(!parse_test(&text).unwrap_err().message.contains("12345678"));
+        // Errors serde reports itself still name the key.
+        assert_config_error("account = 5\n", 1, "account", "invalid type");
+        assert_config_error("general = 5\n", 1, "general", "[general] table");
+        assert_config_error(&account_with("keep = \n"), 7, "keep", "");
+    }
+
+    #[test]
+    fn missing_required_keys_point_at_the_section() {
+        for key in ["name", "protocol", "host", "username", "deliver"] {
+            let text = format!(
+                "[general]\nstate_dir = \"/tmp\"\n\n{}",
+                account_with("").replace(&format!("\n{key} = "), "\n# ")
+            );
+            assert_config_error(&text, 4, key, "required, but missing");
+        }
+    }
+
+    #[test]
+    fn bad_keywords_list_the_allowed_ones() {
+        assert_config_error(
+            &account_with("tls = \"ssl\"\n"),
+            7,
+            "tls",
+            "`ssl` is not one of \"implicit\", \"starttls\", \"none\"",
+        );
+        assert_config_error(
+            &account_with("auth = \"md5\"\n"),
+            7,
+            "auth",
+            "\"cram-md5\", \"xoauth2\"",
+        );
+        let imap = account_with("").replace("\"pop3\"", "\"imap\"");
+        assert_config_error(&imap, 3, "protocol", "IMAP support is not implemented yet");
+        let smtp = account_with("").replace("\"pop3\"", "\"smtp\"");
+        assert_config_error(&smtp, 3, "protocol", "not one of \"pop3\"");
+    }
+
+    #[test]
+    fn bad_values() {
+        assert_config_error(
+            &account_with("fingerprint = \"sha256:AB:CD\"\n"),
+            7,
+            "fingerprint",
+            "64 hex digits",
+        );
+        let bad_name = account_with("").replace("\"home\"", "\"my home\"");
+        assert_config_error(&bad_name, 2, "name", "not a valid account name");
+        let mbox = account_with("").replace("maildir:~/Mail/home", "mbox:~/mbox");
+        assert_config_error(&mbox, 6, "deliver", "`mbox:` is not supported yet");
+        let bare = account_with("").replace("maildir:~/Mail/home", "~/Mail");
+        assert_config_error(&bare, 6, "deliver", "expected `maildir:PATH`");
+        assert_config_error(
+            &account_with("ca_file = \"/nonexistent/ca.pem\"\n"),
+            7,
+            "ca_file",
+            "/nonexistent/ca.pem does not exist",
+        );
+        assert_config_error(
+            &account_with("password = \"\"\n"),
+            7,
+            "password",
+            "is empty",
+        );
+        assert_config_error(
+            &account_with("password = \"a\\nb\"\n"),
+            7,
+            "password",
+            "line break",
+        );
+        let no_host = account_with("").replace("\"pop.example.com\"", "\"\"");
+        assert_config_error(&no_host, 4, "host", "must not be empty");
+    }
+
+    #[test]
+    fn only_one_password_source() {
+        let text = account_with(
+            "password = \"secret\"\n\
+             auth = \"plain\"\n\
+             password_file = \"~/.secret\"\n",
+        );
+        assert_config_error(
+            &text,
+            9,
+            "password_file",
+            "`password` is already set at line 7",
+        );
+        assert!(!parse_test(&text).unwrap_err().message.contains("secret\""));
+    }
+
+    #[test]
+    fn oauth_needs_a_token_source() {
+        for auth in ["xoauth2", "oauthbearer"] {
+            let text = account_with(&format!("auth = \"{auth}\"\n"));
+            assert_config_error(&text, 7, "auth", "password_command");
+            let text = account_with(&format!(
+                "auth = \"{auth}\"\npassword_file = \"/run/token\"\n"
+            ));
+            assert_config_error(&text, 7, "auth", "fresh token");
+            parse_ok(&account_with(&format!(
+                "auth = \"{auth}\"\npassword_command = \"get-token\"\n"
+            )));
+        }
+    }
+
+    #[test]
+    fn duplicate_names_name_both_lines() {
+        let text = format!("{}\n{}", account_with(""), account_with(""));
+        assert_config_error(&text, 9, "name", "`home` is already used at line 2");
+    }
+
+    #[test]
+    fn zero_accounts() {
+        assert_config_error(
+            "[general]\nstate_dir = \"/x\"\n",
+            3,
+            "account",
+            "add an [[account]]",
+        );
+        assert_config_error("", 1, "account", "no account is configured");
+    }
+
+    #[test]
+    fn paths_are_expanded() {
+        let text = format!(
+            "[general]\nstate_dir = \"${{MAILDIRS}}/state$EMPTY\"\n{}",
+            account_with("password_file = \"~/pass/$$HOME\"\n")
+                .replace("maildir:~/Mail/home", "maildir:$MAILDIRS/alice_${HOME}")
+        );
+        let config = parse_ok(&text);
+        assert_eq!(config.general.state_dir, Path::new("/srv/mail/state"));
+        let account = &config.accounts[0];
+        assert_eq!(
+            account.password,
+            PasswordSource::File(PathBuf::from("/home/alice/pass/$HOME"))
+        );
+        assert_eq!(
+            account.deliver,
+            DeliverTarget::Maildir(PathBuf::from("/srv/mail/alice_/home/alice"))
+        );
+        // Relative paths stay relative.
+        let relative = account_with("").replace("maildir:~/Mail/home", "maildir:Mail");
+        assert_eq!(
+            parse_ok(&relative).accounts[0].deliver,
+            DeliverTarget::Maildir(PathBuf::from("Mail"))
+        );
+    }
+
+    #[test]
+    fn bad_expansions_are_errors() {
+        for (path, fragment) in [
+            ("$NOPE/x", "`NOPE` is not set"),
+            ("${NOPE}", "`NOPE` is not set"),
+            ("${HOME", "no closing"),
+            ("/price/$5", "not a variable name"),
+            ("~bob/x", "`~user` is not supported"),
+        ] {
+            let text = format!("[general]\nstate_dir = \"{path}\"\n{}", account_with(""));
+            assert_config_error(&text, 2, "state_dir", fragment);
+        }
+        let text = account_with("").replace("~/Mail/home", "$UNDEFINED/Mail");
+        assert_config_error(&text, 6, "deliver", "`UNDEFINED` is not set");
+    }
+
+    #[test]
+    fn default_directories_follow_xdg() {
+        let xdg = |name: &str| match name {
+            "XDG_STATE_HOME" => Ok("/xdg/state".to_owned()),
+            _ => test_env(name),
+        };
+        let relative_xdg = |name: &str| match name {
+            "XDG_STATE_HOME" => Ok("relative".to_owned()),
+            _ => test_env(name),
+        };
+        let nothing = |_: &str| Err(VarError::NotPresent);
+        assert_eq!(
+            xdg_dir(&xdg, "XDG_STATE_HOME", ".local/state"),
+            Some(PathBuf::from("/xdg/state/mailfetch"))
+        );
+        assert_eq!(
+            xdg_dir(&relative_xdg, "XDG_STATE_HOME", ".local/state"),
+            Some(PathBuf::from("/home/alice/.local/state/mailfetch"))
+        );
+        assert_eq!(xdg_dir(&nothing, "XDG_CONFIG_HOME", ".config"), None);
+    }
+
+    #[test]
+    fn plaintext_password_over_the_network_is_refused() {
+        for auth in ["user", "plain", "login", "xoauth2", "oauthbearer"] {
+            let text = account_with(&format!(
+                "tls = \"none\"\nauth = \"{auth}\"\npassword = \"x\"\n"
+            ));
+            assert_config_error(&text, 7, "tls", "would travel unencrypted");
+            assert_config_error(&text, 7, "tls", "allow_plaintext_auth = true");
+        }
+        // Accepted: explicitly allowed, a loopback host, or a mechanism that
+        // does not reveal the password.
+        parse_ok(&account_with(
+            "tls = \"none\"\nauth = \"user\"\nallow_plaintext_auth = true\n",
+        ));
+        for host in ["localhost", "127.0.0.2", "::1", "[::1]"] {
+            let text =
+                account_with("tls = \"none\"\nauth = \"plain\"\n").replace("pop.example.com", host);
+            parse_ok(&text);
+        }
+        for auth in ["auto", "apop", "cram-md5", "scram-sha-256"] {
+            parse_ok(&account_with(&format!(
+                "tls = \"none\"\nauth = \"{auth}\"\n"
+            )));
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["pop.example.com", "10.0.0.1", "::", "localhost.example.com"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn display_masks_the_password_and_round_trips() {
+        let text = format!(
+            "{}\n{}",
+            account_with(&format!(
+                "password = \"hunter2\"\nfingerprint = \"{}\"\ntimeout = 90\n",
+                PIN_HEX.to_lowercase()
+            )),
+            account_with("password_command = \"pass show \\\"mail\\\"\"\ntimeout = \"1500ms\"\n")
+                .replace("\"home\"", "\"work\"")
+                .replace("~/Mail/home", "/srv/$$weird/~/\\u00e9"),
+        );
+        let shown = parse_ok(&text).to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password = \"****\""), "{shown}");
+        assert!(
+            shown.contains("password_command = \"pass show \\\"mail\\\"\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("fingerprint = \"sha256:{PIN_HEX}\"")),
+            "{shown}"
+        );
+        assert!(shown.contains("timeout = \"90s\""), "{shown}");
+        assert!(shown.contains("timeout = \"1500ms\""), "{shown}");
+        assert!(shown.contains("port = 995"), "{shown}");
+        assert!(
+            shown.contains("deliver = \"maildir:/home/alice/Mail/home\""),
+            "{shown}"
+        );
+
+        let reparsed = parse_ok(&shown);
+        assert_eq!(reparsed.to_string(), shown);
+        assert_eq!(
+            reparsed.accounts[1].deliver,
+            DeliverTarget::Maildir(PathBuf::from("/srv/$weird/~/\u{e9}"))
+        );
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let config = parse_ok(include_str!("../fetchrc.example"));
+        assert_eq!(config.accounts.len(), 1);
+        assert_eq!(config.accounts[0].name, "home");
+    }
+
+    /// The keys allowed in a section, as serde lists them when it meets an
+    /// unknown one.
+    fn allowed_keys(section_with_unknown_key: &str) -> Vec<String> {
+        let err = toml::from_str::<RawFile>(section_with_unknown_key)
+            .err()
+            .expect("an unknown key");
+        let (_, allowed) = parse_unknown_field_message(err.message()).expect("a key list");
+        allowed.into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key() {
+        let example = include_str!("../fetchrc.example");
+        let mut keys = allowed_keys("unknown = 1\n");
+        keys.extend(allowed_keys("[general]\nunknown = 1\n"));
+        keys.extend(allowed_keys(&account_with("unknown = 1\n")));
+        assert!(keys.len() > 17, "{keys:?}");
+        for key in keys {
+            let documented = example.contains(&format!("{key} = "))
+                || example.contains(&format!("[{key}]"))
+                || example.contains(&format!("[[{key}]]"));
+            assert!(documented, "`{key}` is not in fetchrc.example");
+        }
+    }
+
+    fn config_file(mode: u32, text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        file
+    }
+
+    /// An account that needs nothing from the environment.
+    const SELF_CONTAINED: &str = "[general]\nstate_dir = \"/var/lib/mailfetch\"\n\
+                                  [[account]]\nname = \"home\"\nprotocol = \"pop3\"\n\
+                                  host = \"pop.example.com\"\nusername = \"alice\"\n\
+                                  deliver = \"maildir:/var/mail/alice\"\n";
+
+    #[test]
+    fn inline_password_needs_a_private_file() {
+        let text = format!("{SELF_CONTAINED}password = \"secret\"\n");
+        let shared = config_file(0o644, &text);
+        let err = load(shared.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions);
+        let name = shared.path().display().to_string();
+        assert!(err.message.contains(&format!("chmod 600 {name}")), "{err}");
+        assert!(!err.message.contains("secret\""), "{err}");
+
+        let private = config_file(0o600, &text);
+        assert!(load(private.path()).is_ok());
+        // Without an inline password, the mode does not matter.
+        let no_password = config_file(0o644, SELF_CONTAINED);
+        assert!(load(no_password.path()).is_ok());
+    }
+
+    #[test]
+    fn load_reports_a_missing_file() {
+        let err = load(Path::new("/nonexistent/fetchrc")).unwrap_err();
+        assert_eq!(err.kind, Kind::Config);
+        assert!(err.message.starts_with("/nonexistent/fetchrc: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn password_command_output_is_the_secret() {
+        for (command, expected) in [
+            ("echo s3cret", "s3cret"),
+            ("printf 's3cret\\r\\n'", "s3cret"),
+            ("printf s3cret", "s3cret"),
+            ("printf ' spaced '", " spaced "),
+        ] {
+            let secret = PasswordSource::Command(command.to_owned())
+                .resolve("home")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(secret.expose(), expected, "{command}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_password_command_shows_stderr_but_never_stdout() {
+        let source = PasswordSource::Command(
+            "echo leaked-secret; echo 'no such entry' >&2; exit 3".to_owned(),
+        );
+        let err = source.resolve("home").await.unwrap_err();
+        assert_eq!(err.kind, Kind::Config);
+        assert!(err.message.contains("account `home`"), "{err}");
+        assert!(err.message.contains("no such entry"), "{err}");
+        assert!(err.message.contains("exit status: 3"), "{err}");
+        // The command itself is shown, hence the secret is looked for
+        // after it.
+        let (_, after_command) = err.message.split_once("exit 3`").unwrap();
+        assert!(!after_command.contains("leaked-secret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn password_command_must_print_one_line() {
+        for (command, fragment) in [("true", "empty"), ("printf 'a\\nb\\n'", "line break")] {
+            let err = PasswordSource::Command(command.to_owned())
+                .resolve("home")
+                .await
+                .unwrap_err();
+            assert!(err.message.contains(fragment), "{command}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn password_file_gives_its_first_line_if_private() {
+        let private = config_file(0o600, "s3cret\nsecond line\n");
+        let source = PasswordSource::File(private.path().to_owned());
+        let secret = source.resolve("home").await.unwrap().unwrap();
+        assert_eq!(secret.expose(), "s3cret");
+
+        let shared = config_file(0o640, "s3cret\n");
+        let err = PasswordSource::File(shared.path().to_owned())
+            .resolve("home")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions);
+        assert!(err.message.contains("chmod 600"), "{err}");
+        assert!(!err.message.contains("s3cret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn inline_and_absent_passwords_resolve_directly() {
+        let inline = PasswordSource::Inline(Secret::new("s3cret".to_owned()));
+        assert_eq!(
+            inline.resolve("home").await.unwrap(),
+            Some(Secret::new("s3cret".to_owned()))
+        );
+        assert_eq!(PasswordSource::None.resolve("home").await.unwrap(), None);
+    }
+}

@@ -24,7 +24,10 @@ impl StateLock {
             .map_err(|err| {
                 Error::new(
                     Kind::Delivery,
-                    format!("cannot create state directory {}: {err}", state_dir.display()),
+                    format!(
+                        "cannot create state directory {}: {err}",
+                        state_dir.display()
+                    ),
                 )
             })?;
         let path = state_dir.join("lock");
@@ -35,7 +38,12 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|err| Error::new(Kind::Delivery, format!("cannot open {}: {err}", path.display())))?;
+            .map_err(|err| {
+                Error::new(
+                    Kind::Delivery,
+                    format!("cannot open {}: {err}", path.display()),
+                )
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -49,11 +57,17 @@ impl StateLock {
                 };
                 return Err(Error::new(
                     Kind::Locked,
-                    format!("{who} is already using the state directory {}", state_dir.display()),
+                    format!(
+                        "{who} is already using the state directory {}",
+                        state_dir.display()
+                    ),
                 ));
             }
             Err(TryLockError::Error(err)) => {
-                return Err(Error::new(Kind::Delivery, format!("cannot lock {}: {err}", path.display())));
+                return Err(Error::new(
+                    Kind::Delivery,
+                    format!("cannot lock {}: {err}", path.display()),
+                ));
             }
         }
         // The pid is only for the message above; the lock is the flock.
@@ -74,7 +88,10 @@ mod tests {
         let first = StateLock::acquire(dir.path()).unwrap();
         let err = StateLock::acquire(dir.path()).unwrap_err();
         assert_eq!(err.kind, Kind::Locked);
-        assert!(err.message.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.message.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         StateLock::acquire(dir.path()).unwrap();
     }

@@ -7,7 +7,9 @@ use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::lock::StateLock;
 use mailfetch::pipeline;
-use tracing::Level;
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
 
 const HELP: &str = "\
 mailfetch - fetch mail from POP3 servers into a Maildir, never losing a message
@@ -25,13 +27,15 @@ OPTIONS:
         --account NAME   poll only this account (repeatable)
         --check-config   validate the configuration, print it with secrets
                          masked, and exit
-    -v, --verbose        log more: protocol traces (passwords masked)
+    -v, --verbose        log protocol traces (passwords and AUTH payloads
+                         masked); -vv also logs the TLS library's details
     -q, --quiet          log only errors
     -h, --help           print this help
     -V, --version        print the version
 
 EXIT CODES (as fetchmail's):
-    0   mail was delivered (for several accounts: by any of them)
+    0   mail was delivered (with several accounts: by any account whose
+        poll completed)
     1   no new mail
     2   connection error (including TLS and certificate failures)
     3   authentication failed
@@ -41,7 +45,9 @@ EXIT CODES (as fetchmail's):
     7   server error or timeout
     8   another mailfetch holds the lock on the state directory
     10  delivery failed
-    With several accounts and none delivering, the highest code wins.
+    A poll that delivered some mail and then failed counts as failed. With
+    several accounts and none of them succeeding with mail, the highest
+    code wins.
 
 See fetchrc.example for every configuration key.
 ";
@@ -50,7 +56,27 @@ struct Args {
     config: Option<PathBuf>,
     accounts: Vec<String>,
     check_config: bool,
-    level: Level,
+    verbosity: Verbosity,
+}
+
+#[derive(Clone, Copy)]
+enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+    Debug,
+}
+
+impl Verbosity {
+    /// Our own traces at `-v`; other crates' (rustls) only at `-vv`.
+    fn filter(self) -> EnvFilter {
+        EnvFilter::new(match self {
+            Verbosity::Quiet => "error",
+            Verbosity::Normal => "warn,mailfetch=info",
+            Verbosity::Verbose => "warn,mailfetch=debug",
+            Verbosity::Debug => "debug",
+        })
+    }
 }
 
 enum Parsed {
@@ -63,12 +89,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
         config: None,
         accounts: Vec::new(),
         check_config: false,
-        level: Level::INFO,
+        verbosity: Verbosity::Normal,
     };
     while let Some(arg) = args.next() {
         // Accept --option=value as well as --option value.
         let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.to_owned())),
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_owned(), Some(value.to_owned()))
+            }
             _ => (arg.clone(), None),
         };
         let mut value = |name: &str| {
@@ -81,10 +109,22 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "-c" | "--config" => parsed.config = Some(PathBuf::from(value(&name)?)),
             "--account" => parsed.accounts.push(value(&name)?),
             "--check-config" => parsed.check_config = true,
-            "-v" | "--verbose" => parsed.level = Level::DEBUG,
-            "-q" | "--quiet" => parsed.level = Level::ERROR,
+            "-v" | "--verbose" => {
+                parsed.verbosity = match parsed.verbosity {
+                    Verbosity::Verbose | Verbosity::Debug => Verbosity::Debug,
+                    _ => Verbosity::Verbose,
+                }
+            }
+            "-vv" => parsed.verbosity = Verbosity::Debug,
+            "-q" | "--quiet" => parsed.verbosity = Verbosity::Quiet,
             "-h" | "--help" => return Ok(Parsed::Exit(HELP)),
-            "-V" | "--version" => return Ok(Parsed::Exit(concat!("mailfetch ", env!("CARGO_PKG_VERSION"), "\n"))),
+            "-V" | "--version" => {
+                return Ok(Parsed::Exit(concat!(
+                    "mailfetch ",
+                    env!("CARGO_PKG_VERSION"),
+                    "\n"
+                )));
+            }
             other => return Err(format!("unknown option {other:?} (see mailfetch --help)")),
         }
     }
@@ -105,7 +145,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(args.level)
+        .with_env_filter(args.verbosity.filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();
@@ -122,7 +163,10 @@ fn run(args: &Args) -> Result<u8, Error> {
     let path = match &args.config {
         Some(path) => path.clone(),
         None => config::default_path().ok_or_else(|| {
-            Error::new(Kind::Config, "cannot find the configuration: no --config and no home directory")
+            Error::new(
+                Kind::Config,
+                "cannot find the configuration: no --config and no home directory",
+            )
         })?,
     };
     let config = config::load(&path)?;
@@ -140,7 +184,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         let mut reports = Vec::new();
         for account in &config.accounts {
             let report = pipeline::poll(account, &config.general.state_dir).await;
-            if report.error.is_some() || report.failed > 0 {
+            if report.failure().is_some() {
                 tracing::error!("{}", report.summary());
             } else {
                 tracing::info!("{}", report.summary());
@@ -161,17 +205,27 @@ fn select_accounts(mut config: Config, names: &[String]) -> Result<Config, Error
             let known: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
             return Err(Error::new(
                 Kind::Config,
-                format!("no account named {name:?} in {} (accounts: {})", config.path.display(), known.join(", ")),
+                format!(
+                    "no account named {name:?} in {} (accounts: {})",
+                    config.path.display(),
+                    known.join(", ")
+                ),
             ));
         }
     }
-    config.accounts.retain(|account| names.contains(&account.name));
+    config
+        .accounts
+        .retain(|account| names.contains(&account.name));
     Ok(config)
 }
 
-/// 0 if any account delivered mail, else the highest failure code, else 1.
+/// 0 if any account delivered mail without failing, else the highest
+/// failure code, else 1 (no new mail).
 fn exit_code(reports: &[pipeline::Report]) -> u8 {
-    if reports.iter().any(|report| report.delivered > 0) {
+    if reports
+        .iter()
+        .any(|report| report.delivered > 0 && report.failure().is_none())
+    {
         return 0;
     }
     reports

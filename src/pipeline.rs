@@ -49,8 +49,10 @@ pub struct Report {
     pub new: usize,
     pub delivered: usize,
     pub delivered_bytes: u64,
-    /// Messages the server or the sink refused; they stay on the server.
-    pub failed: usize,
+    /// Messages the server would not hand out; they stay on the server.
+    pub refused: usize,
+    /// Messages the sink did not accept; they stay on the server.
+    pub rejected: usize,
     pub deleted: usize,
     pub elapsed: Duration,
     /// Why the poll stopped early, if it did.
@@ -68,21 +70,27 @@ impl Report {
             human_bytes(self.delivered_bytes),
             self.destination
         );
-        if self.failed > 0 {
-            line.push_str(&format!(", {} failed", self.failed));
+        if self.refused + self.rejected > 0 {
+            line.push_str(&format!(", {} failed", self.refused + self.rejected));
         }
-        line.push_str(&format!(", {} deleted, {:.1} s", self.deleted, self.elapsed.as_secs_f64()));
+        line.push_str(&format!(
+            ", {} deleted, {:.1} s",
+            self.deleted,
+            self.elapsed.as_secs_f64()
+        ));
         if let Some(error) = &self.error {
             line.push_str(&format!("; stopped: {error}"));
         }
         line
     }
 
-    /// The exit-code class of this poll: `None` when it went fine.
+    /// The exit-code class of this poll: `None` when it went fine. A poll
+    /// that stopped early failed, even if it delivered some mail first.
     pub fn failure(&self) -> Option<Kind> {
         match &self.error {
             Some(error) => Some(error.kind),
-            None if self.failed > 0 => Some(Kind::Delivery),
+            None if self.rejected > 0 => Some(Kind::Delivery),
+            None if self.refused > 0 && self.delivered == 0 => Some(Kind::Server),
             None => None,
         }
     }
@@ -126,7 +134,10 @@ async fn poll_into<K: Sink>(
 ) -> Result<(), Error> {
     let secret = account.password.resolve(&account.name).await?;
     let Protocol::Pop3 = account.protocol;
-    let key = format!("pop3 {}@{}:{}", account.username, account.host, account.port);
+    let key = format!(
+        "pop3 {}@{}:{}",
+        account.username, account.host, account.port
+    );
     let mut state = MailboxState::open(state_dir, &key)?;
     let mut committer = sink.committer();
     recover(&mut state, &mut committer)?;
@@ -146,13 +157,19 @@ async fn poll_into<K: Sink>(
     }
     if has_uids {
         let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
-        state
-            .retain(&present)
-            .map_err(|err| Error::new(Kind::Delivery, format!("cannot update the state file: {err}")))?;
+        state.retain(&present).map_err(|err| {
+            Error::new(
+                Kind::Delivery,
+                format!("cannot update the state file: {err}"),
+            )
+        })?;
     }
-    let (old, new): (Vec<Listed>, Vec<Listed>) = listed
-        .into_iter()
-        .partition(|message| message.uid.as_deref().is_some_and(|uid| state.is_delivered(uid)));
+    let (old, new): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|message| {
+        message
+            .uid
+            .as_deref()
+            .is_some_and(|uid| state.is_delivered(uid))
+    });
     report.new = new.len();
 
     let trace = Trace {
@@ -163,25 +180,35 @@ async fn poll_into<K: Sink>(
         account: &account.name,
         username: &account.username,
     };
-    let header = account.received_header.then(|| trace.header(SystemTime::now()));
+    let header = account
+        .received_header
+        .then(|| trace.header(SystemTime::now()));
     let mut commits = CommitQueue::new(committer, state);
-    let retrieval = retrieve(&mut source, &mut sink, &new, header.as_deref(), &mut commits, report).await;
+    let retrieval = retrieve(
+        &mut source,
+        &mut sink,
+        &new,
+        header.as_deref(),
+        &mut commits,
+        report,
+    )
+    .await;
     // Whatever happened, what was fully received is made durable.
     let committed = commits.finish().await;
-    let committed = match (retrieval, committed) {
-        (Ok(()), Ok(committed)) => committed,
-        (Err(err), Ok(committed)) | (Ok(()), Err((err, committed))) => {
-            report.delivered = committed.len();
-            return Err(err);
-        }
+    let (committed, error) = match (retrieval, committed) {
+        (Ok(()), Ok(committed)) => (committed, None),
+        (Err(err), Ok(committed)) | (Ok(()), Err((err, committed))) => (committed, Some(err)),
         (Err(err), Err((commit_err, committed))) => {
             tracing::error!("{}: {commit_err}", account.name);
-            report.delivered = committed.len();
-            return Err(err);
+            (committed, Some(err))
         }
     };
     report.delivered = committed.len();
     report.delivered_bytes = committed.iter().map(|(_, size)| size).sum();
+    if let Some(err) = error {
+        // The session is unusable; what was committed is deleted next time.
+        return Err(err);
+    }
 
     if !account.keep {
         let doomed: Vec<u32> = old
@@ -202,13 +229,22 @@ async fn poll_into<K: Sink>(
 /// publishing; forgets the ones that cannot be found, so they are fetched
 /// again rather than lost.
 fn recover<C: Committer>(state: &mut MailboxState, committer: &mut C) -> Result<(), Error> {
-    let io = |err: std::io::Error| Error::new(Kind::Delivery, format!("recovering an interrupted delivery: {err}"));
+    let io = |err: std::io::Error| {
+        Error::new(
+            Kind::Delivery,
+            format!("recovering an interrupted delivery: {err}"),
+        )
+    };
     for (uid, intent) in state.pending_intents() {
         if committer.recover(&intent).map_err(io)? {
             tracing::info!("finished a delivery interrupted by a crash (message {uid})");
-            state.record_published(std::slice::from_ref(&intent)).map_err(io)?;
+            state
+                .record_published(std::slice::from_ref(&intent))
+                .map_err(io)?;
         } else {
-            tracing::warn!("message {uid} was journaled but never appeared in the sink; it will be fetched again");
+            tracing::warn!(
+                "message {uid} was journaled but never appeared in the sink; it will be fetched again"
+            );
             state.forget(&uid, &intent).map_err(io)?;
         }
     }
@@ -231,14 +267,17 @@ async fn retrieve<S: Source, K: Sink>(
     let mut result = Ok(());
     for message in messages {
         match retrieve_one(source, sink, message, header).await {
-            Ok(Some(staged)) => {
+            Ok(Fetched::Staged(staged)) => {
                 batch.bytes += staged.size();
-                batch.messages.push((message.number, message.uid.clone(), staged));
+                batch
+                    .messages
+                    .push((message.number, message.uid.clone(), staged));
                 if batch.messages.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
                     commits.submit(std::mem::take(&mut batch)).await;
                 }
             }
-            Ok(None) => report.failed += 1,
+            Ok(Fetched::Refused) => report.refused += 1,
+            Ok(Fetched::Rejected) => report.rejected += 1,
             Err(err) => {
                 result = Err(err);
                 break;
@@ -249,27 +288,38 @@ async fn retrieve<S: Source, K: Sink>(
     result
 }
 
-/// Retrieves one message into the sink. `Ok(None)`: the server or the sink
-/// refused it, and it stays on the server.
+/// What became of one message the session is still usable after.
+enum Fetched<T> {
+    Staged(T),
+    /// The server would not hand it out.
+    Refused,
+    /// The sink did not take it.
+    Rejected,
+}
+
+/// Retrieves one message into the sink.
 async fn retrieve_one<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     message: &Listed,
     header: Option<&str>,
-) -> Result<Option<K::Staged>, Error> {
+) -> Result<Fetched<K::Staged>, Error> {
     let mut writer = sink.begin().await?;
     if let Some(header) = header
         && let Err(err) = writer.write(header.as_bytes()).await
     {
         sink.abort(writer);
-        return Err(Error::new(Kind::Delivery, format!("cannot write message: {err}")));
+        return Err(Error::new(
+            Kind::Delivery,
+            format!("cannot write message: {err}"),
+        ));
     }
     match source.retrieve(message.number, &mut writer).await {
         Ok(Retrieved::Complete) => {}
         Ok(Retrieved::Refused(reason)) => {
             sink.abort(writer);
             tracing::warn!("server refused message {}: {reason}", message.number);
-            return Ok(None);
+            return Ok(Fetched::Refused);
         }
         Err(err) => {
             // Nothing of a partly received message may become visible.
@@ -278,10 +328,13 @@ async fn retrieve_one<S: Source, K: Sink>(
         }
     }
     match sink.finish(writer).await? {
-        Acceptance::Accepted(staged) => Ok(Some(staged)),
+        Acceptance::Accepted(staged) => Ok(Fetched::Staged(staged)),
         Acceptance::TemporaryFailure(reason) | Acceptance::PermanentFailure(reason) => {
-            tracing::warn!("message {} not delivered, left on the server: {reason}", message.number);
-            Ok(None)
+            tracing::warn!(
+                "message {} not delivered, left on the server: {reason}",
+                message.number
+            );
+            Ok(Fetched::Rejected)
         }
     }
 }
@@ -312,7 +365,8 @@ impl<C: Committer> CommitJob<C> {
     /// Steps 2–4 of the module's rule for one batch. Returns the (number,
     /// size) of each message now durably delivered.
     fn commit(&mut self, batch: Batch<C::Staged>) -> Result<Vec<(u32, u64)>, Error> {
-        let failed = |what: &str, err: std::io::Error| Error::new(Kind::Delivery, format!("{what}: {err}"));
+        let failed =
+            |what: &str, err: std::io::Error| Error::new(Kind::Delivery, format!("{what}: {err}"));
         let mut done = Vec::with_capacity(batch.messages.len());
         let mut entries = Vec::new();
         let mut staged = Vec::with_capacity(batch.messages.len());
@@ -333,7 +387,10 @@ impl<C: Committer> CommitJob<C> {
         self.state
             .record_delivered(&entries)
             .map_err(|err| failed("cannot write the state file", err))?;
-        let intents: Vec<String> = entries.into_iter().filter_map(|(_, intent)| intent).collect();
+        let intents: Vec<String> = entries
+            .into_iter()
+            .filter_map(|(_, intent)| intent)
+            .collect();
         self.committer
             .publish(staged)
             .map_err(|err| failed("cannot publish delivered messages", err))?;
@@ -374,9 +431,17 @@ impl<C: Committer> CommitQueue<C> {
         if batch.messages.is_empty() {
             return;
         }
-        let Some(mut job) = self.idle.take() else { return };
+        let Some(mut job) = self.idle.take() else {
+            return;
+        };
         if self.error.is_some() {
-            job.committer.discard(batch.messages.into_iter().map(|(_, _, staged)| staged).collect());
+            job.committer.discard(
+                batch
+                    .messages
+                    .into_iter()
+                    .map(|(_, _, staged)| staged)
+                    .collect(),
+            );
             self.idle = Some(job);
             return;
         }
@@ -387,7 +452,9 @@ impl<C: Committer> CommitQueue<C> {
     }
 
     async fn wait(&mut self) {
-        let Some(running) = self.running.take() else { return };
+        let Some(running) = self.running.take() else {
+            return;
+        };
         match running.await {
             Ok((job, result)) => {
                 self.idle = Some(job);
@@ -399,7 +466,10 @@ impl<C: Committer> CommitQueue<C> {
             // A panic in the commit thread: the job (and the state) is gone.
             // Nothing more is committed or deleted this poll.
             Err(join) => {
-                self.error = Some(Error::new(Kind::Delivery, format!("commit thread failed: {join}")));
+                self.error = Some(Error::new(
+                    Kind::Delivery,
+                    format!("commit thread failed: {join}"),
+                ));
             }
         }
     }
@@ -412,5 +482,89 @@ impl<C: Committer> CommitQueue<C> {
             None => Ok(self.committed),
             Some(err) => Err((err, self.committed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::maildir::MaildirSink;
+
+    /// A crash after the intent was journaled but before the rename: the
+    /// next run publishes the message, exactly once.
+    #[tokio::test]
+    async fn recover_publishes_a_journaled_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("Maildir");
+        let mut sink = MaildirSink::open(&maildir).unwrap();
+        let mut writer = sink.begin().await.unwrap();
+        writer.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        let Ok(Acceptance::Accepted(staged)) = sink.finish(writer).await else {
+            panic!("not accepted")
+        };
+        let mut committer = sink.committer();
+        committer.sync(std::slice::from_ref(&staged)).unwrap();
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        state
+            .record_delivered(&[("uid-1".into(), staged.intent())])
+            .unwrap();
+        drop((staged, state)); // the crash
+
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        recover(&mut state, &mut committer).unwrap();
+        assert!(state.is_delivered("uid-1"));
+        assert!(state.pending_intents().is_empty());
+        let new: Vec<_> = std::fs::read_dir(maildir.join("new")).unwrap().collect();
+        assert_eq!(new.len(), 1);
+        assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+        // A second recovery has nothing to do.
+        recover(&mut state, &mut committer).unwrap();
+        assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 1);
+    }
+
+    /// An intent whose file vanished is forgotten, so the message is
+    /// fetched again instead of being counted as delivered.
+    #[tokio::test]
+    async fn recover_forgets_a_delivery_that_left_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = MaildirSink::open(&dir.path().join("Maildir")).unwrap();
+        let mut writer = sink.begin().await.unwrap();
+        writer.write(b"x\r\n").await.unwrap();
+        let Ok(Acceptance::Accepted(staged)) = sink.finish(writer).await else {
+            panic!("not accepted")
+        };
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        state
+            .record_delivered(&[("uid-1".into(), staged.intent())])
+            .unwrap();
+        let mut committer = sink.committer();
+        committer.discard(vec![staged]);
+
+        recover(&mut state, &mut committer).unwrap();
+        assert!(!state.is_delivered("uid-1"));
+        assert!(
+            !MailboxState::open(dir.path(), "key")
+                .unwrap()
+                .is_delivered("uid-1")
+        );
+    }
+
+    #[test]
+    fn a_poll_that_stopped_early_is_a_failure_even_after_deliveries() {
+        let mut report = Report {
+            delivered: 3,
+            ..Report::default()
+        };
+        assert_eq!(report.failure(), None);
+        report.refused = 1;
+        assert_eq!(
+            report.failure(),
+            None,
+            "a refused message among delivered ones"
+        );
+        report.rejected = 1;
+        assert_eq!(report.failure(), Some(Kind::Delivery));
+        report.error = Some(Error::new(Kind::Connection, "cut"));
+        assert_eq!(report.failure(), Some(Kind::Connection));
     }
 }

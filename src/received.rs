@@ -47,15 +47,26 @@ impl Trace<'_> {
 /// Keeps configured strings from breaking the header's syntax.
 fn clean(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() || "()<>;".contains(c) { '_' } else { c })
+        .map(|c| {
+            if c.is_control() || "()<>;".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
 /// `Sun, 22 Nov 2026 00:10:25 +0000`, in UTC (no time zone database needed).
 pub fn rfc5322_date(when: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let secs = when.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = when
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = secs / 86_400;
     let (year, month, day) = civil_from_days(days as i64);
     let rem = secs % 86_400;
@@ -93,8 +104,14 @@ mod tests {
     fn dates() {
         let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         assert_eq!(rfc5322_date(at(0)), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(at(1_795_310_625)), "Sun, 22 Nov 2026 01:23:45 +0000");
-        assert_eq!(rfc5322_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(at(1_795_310_625)),
+            "Sun, 22 Nov 2026 01:23:45 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
     }
 
     #[test]

@@ -197,7 +197,10 @@ impl MailboxState {
     /// Records that these intents are published. Not synced: if the record
     /// is lost, recovery checks the intent again and finds it done.
     pub fn record_published(&mut self, intents: &[String]) -> io::Result<()> {
-        let text: String = intents.iter().map(|intent| format!("= {intent}\n")).collect();
+        let text: String = intents
+            .iter()
+            .map(|intent| format!("= {intent}\n"))
+            .collect();
         if text.is_empty() {
             return Ok(());
         }
@@ -256,7 +259,10 @@ impl MailboxState {
 }
 
 fn corrupt(line: usize, what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("line {line} is corrupt: {what:?}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("line {line} is corrupt: {what:?}"),
+    )
 }
 
 fn sync_parent(path: &Path) -> io::Result<()> {
@@ -300,7 +306,10 @@ mod tests {
         drop(state);
         let mut state = open(dir.path());
         assert!(state.is_delivered("a") && state.is_delivered("b"));
-        assert_eq!(state.pending_intents(), vec![("b".to_string(), "i1".to_string())]);
+        assert_eq!(
+            state.pending_intents(),
+            vec![("b".to_string(), "i1".to_string())]
+        );
         state.record_published(&["i1".into()]).unwrap();
         drop(state);
         assert!(open(dir.path()).pending_intents().is_empty());
@@ -310,7 +319,10 @@ mod tests {
     fn retain_prunes_ids_gone_from_the_server() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path());
-        let ids: Vec<_> = ["a", "b", "c"].iter().map(|id| (id.to_string(), None)).collect();
+        let ids: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| (id.to_string(), None))
+            .collect();
         state.record_delivered(&ids).unwrap();
         assert_eq!(state.retain(&HashSet::from(["b"])).unwrap(), 2);
         drop(state);
@@ -334,7 +346,10 @@ mod tests {
         drop(state);
         let state = open(dir.path());
         assert!(state.is_delivered("b"));
-        assert_eq!(fs::read_to_string(&path).unwrap(), "mailfetch-state 1\n+ a\n+ b\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "mailfetch-state 1\n+ a\n+ b\n"
+        );
     }
 
     #[test]

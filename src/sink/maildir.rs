@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{Acceptance, Committer, MessageWriter, Sink, Staged};
 use crate::error::{Error, Kind};
@@ -38,10 +38,14 @@ impl MaildirSink {
             create_dir_durably(&root.join(sub)).map_err(|err| {
                 Error::new(
                     Kind::Delivery,
-                    format!("cannot create Maildir directory {}: {err}", root.join(sub).display()),
+                    format!(
+                        "cannot create Maildir directory {}: {err}",
+                        root.join(sub).display()
+                    ),
                 )
             })?;
         }
+        remove_stale_tmp_files(&root.join("tmp"));
         Ok(MaildirSink {
             root: root.to_owned(),
             host: maildir_hostname(),
@@ -63,6 +67,27 @@ impl MaildirSink {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             self.host
         )
+    }
+}
+
+/// How old a file in `tmp/` must be before anyone may delete it, per the
+/// Maildir spec. A crash leaves staged files there; they are invisible to
+/// readers, and their messages are still on the server.
+const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
+
+fn remove_stale_tmp_files(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > STALE_TMP));
+        if stale {
+            tracing::info!("removing stale {}", entry.path().display());
+            remove_quietly(&entry.path());
+        }
     }
 }
 
@@ -172,7 +197,15 @@ impl Sink for MaildirSink {
     type Committer = MaildirCommitter;
 
     fn describe(&self) -> String {
-        format!("maildir {}", self.root.display())
+        // Shown the way users write it in the config.
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        match home
+            .as_deref()
+            .and_then(|home| self.root.strip_prefix(home).ok())
+        {
+            Some(rest) => format!("maildir ~/{}", rest.display()),
+            None => format!("maildir {}", self.root.display()),
+        }
     }
 
     async fn begin(&mut self) -> Result<MaildirWriter, Error> {
@@ -272,7 +305,10 @@ impl Committer for MaildirCommitter {
 
     fn recover(&mut self, intent: &str) -> io::Result<bool> {
         let intent = Intent::decode(intent).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("malformed Maildir intent {intent:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed Maildir intent {intent:?}"),
+            )
         })?;
         if intent.new_path.exists() {
             return Ok(true);
@@ -298,9 +334,11 @@ fn sync_concurrently(files: &[&File]) -> io::Result<()> {
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(|file| file.sync_data())))
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        workers.into_iter().try_for_each(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     })
 }
 
@@ -329,7 +367,8 @@ impl Intent {
     /// Whether a mail reader already moved the message to `cur/` (adding
     /// `:2,FLAGS` to its name).
     fn seen_in_cur(&self) -> io::Result<bool> {
-        let (Some(new_dir), Some(name)) = (self.new_path.parent(), self.new_path.file_name()) else {
+        let (Some(new_dir), Some(name)) = (self.new_path.parent(), self.new_path.file_name())
+        else {
             return Ok(false);
         };
         let Some(root) = new_dir.parent() else {
@@ -461,11 +500,35 @@ mod tests {
         // Idempotent, and still true once a reader moved it to cur/.
         assert!(committer.recover(&intent).unwrap());
         let name = names(&root.join("new")).remove(0);
-        fs::rename(root.join("new").join(&name), root.join("cur").join(format!("{name}:2,S"))).unwrap();
+        fs::rename(
+            root.join("new").join(&name),
+            root.join("cur").join(format!("{name}:2,S")),
+        )
+        .unwrap();
         assert!(committer.recover(&intent).unwrap());
         // Gone everywhere: not delivered.
         fs::remove_file(root.join("cur").join(format!("{name}:2,S"))).unwrap();
         assert!(!committer.recover(&intent).unwrap());
+    }
+
+    #[test]
+    fn stale_tmp_files_are_removed_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        MaildirSink::open(dir.path()).unwrap();
+        let stale = dir.path().join("tmp/stale");
+        let fresh = dir.path().join("tmp/fresh");
+        fs::write(&stale, "x").unwrap();
+        fs::write(&fresh, "x").unwrap();
+        let old = SystemTime::now() - STALE_TMP - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        MaildirSink::open(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     #[test]

@@ -205,7 +205,10 @@ mod tests {
     fn status_lines() {
         assert_eq!(parse_status(b"+OK ready"), Some(Status::Ok("ready".into())));
         assert_eq!(parse_status(b"+OK"), Some(Status::Ok("".into())));
-        assert_eq!(parse_status(b"-ERR no such message"), Some(Status::Err("no such message".into())));
+        assert_eq!(
+            parse_status(b"-ERR no such message"),
+            Some(Status::Err("no such message".into()))
+        );
         assert_eq!(parse_status(b"+ok lower"), Some(Status::Ok("lower".into())));
         assert_eq!(parse_status(b"+OKAY"), None);
         assert_eq!(parse_status(b"* OK imap"), None);
@@ -225,7 +228,10 @@ mod tests {
 
     #[test]
     fn listing_lines() {
-        assert_eq!(parse_uidl_line(b"1 whqtswO00WBw418f9t5JxYwZ"), Some((1, "whqtswO00WBw418f9t5JxYwZ".into())));
+        assert_eq!(
+            parse_uidl_line(b"1 whqtswO00WBw418f9t5JxYwZ"),
+            Some((1, "whqtswO00WBw418f9t5JxYwZ".into()))
+        );
         assert_eq!(parse_uidl_line(b"2"), None);
         assert_eq!(parse_uidl_line(b"x abc"), None);
         assert_eq!(parse_uidl_line(b"3 abc def"), None);
@@ -244,8 +250,15 @@ mod tests {
         for chunk in 1..wire.len() {
             let (out, consumed, done) = decode_chunked(wire, chunk);
             assert!(done, "chunk size {chunk}");
-            assert_eq!(out, b"Subject: x\r\n\r\n.leading dot\r\n", "chunk size {chunk}");
-            assert_eq!(&wire[consumed..], b"+OK next reply\r\n", "chunk size {chunk}");
+            assert_eq!(
+                out, b"Subject: x\r\n\r\n.leading dot\r\n",
+                "chunk size {chunk}"
+            );
+            assert_eq!(
+                &wire[consumed..],
+                b"+OK next reply\r\n",
+                "chunk size {chunk}"
+            );
         }
     }
 
@@ -254,14 +267,20 @@ mod tests {
         // Empty body.
         assert_eq!(decode_chunked(b".\r\n", 1), (vec![], 3, true));
         // Bare LF line ends.
-        assert_eq!(decode_chunked(b"a\n..b\n.\n", 2), (b"a\n.b\n".to_vec(), 8, true));
+        assert_eq!(
+            decode_chunked(b"a\n..b\n.\n", 2),
+            (b"a\n.b\n".to_vec(), 8, true)
+        );
         // A dot inside a line is data; a line of two dots is a line of one.
         assert_eq!(
             decode_chunked(b"a.b\r\n..\r\n.\r\n", 3),
             (b"a.b\r\n.\r\n".to_vec(), 12, true)
         );
         // ".\rX" at line start: stuffed dot then a bare CR.
-        assert_eq!(decode_chunked(b".\rX\r\n.\r\n", 1), (b"\rX\r\n".to_vec(), 8, true));
+        assert_eq!(
+            decode_chunked(b".\rX\r\n.\r\n", 1),
+            (b"\rX\r\n".to_vec(), 8, true)
+        );
     }
 
     #[test]
@@ -273,7 +292,14 @@ mod tests {
         // A CR after a line-initial dot waits for the next byte.
         let mut decoder = BodyDecoder::new();
         let mut buf = b"x\r\n.\r".to_vec();
-        assert_eq!(decoder.decode(&mut buf), Decoded { consumed: 4, payload: 3, done: false });
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Decoded {
+                consumed: 4,
+                payload: 3,
+                done: false
+            }
+        );
         // "\r\n." followed by EOF, or a terminator missing its LF, is not an end either.
         assert!(!decode_chunked(b"x\r\n.\r", 1).2);
     }

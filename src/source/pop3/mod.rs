@@ -117,7 +117,10 @@ impl Pop3 {
         let greeting = match codec::parse_status(&greeting) {
             Some(Status::Ok(text)) => text,
             Some(Status::Err(text)) => {
-                return Err(Error::new(Kind::Server, format!("{}: server refused the connection: {text}", account.host)));
+                return Err(Error::new(
+                    Kind::Server,
+                    format!("{}: server refused the connection: {text}", account.host),
+                ));
             }
             None => return Err(session.unexpected("greeting", &greeting)),
         };
@@ -151,7 +154,10 @@ impl Pop3 {
             Status::Err(text) => {
                 return Err(Error::new(
                     Kind::Connection,
-                    format!("{}: the server refused STLS ({text}); refusing to continue without encryption", self.host),
+                    format!(
+                        "{}: the server refused STLS ({text}); refusing to continue without encryption",
+                        self.host
+                    ),
                 ));
             }
         }
@@ -160,29 +166,40 @@ impl Pop3 {
             // TLS protection and could have been injected (CVE-2011-0411 class).
             return Err(Error::new(
                 Kind::Protocol,
-                format!("{}: the server sent data after its STLS reply, before the TLS handshake; refusing to continue", self.host),
+                format!(
+                    "{}: the server sent data after its STLS reply, before the TLS handshake; refusing to continue",
+                    self.host
+                ),
             ));
         }
         let Stream::Plain(tcp) = self.stream else {
-            return Err(Error::new(Kind::Protocol, format!("{}: STLS on an encrypted connection", self.host)));
+            return Err(Error::new(
+                Kind::Protocol,
+                format!("{}: STLS on an encrypted connection", self.host),
+            ));
         };
         let stream = net::start_tls(tcp, &self.host, tls, self.timeout).await?;
         Ok(Pop3 { stream, ..self })
     }
 
-    async fn authenticate(&mut self, account: &Account, secret: Option<&Secret>, greeting: &str) -> Result<(), Error> {
+    async fn authenticate(
+        &mut self,
+        account: &Account,
+        secret: Option<&Secret>,
+        greeting: &str,
+    ) -> Result<(), Error> {
         let secret = secret.ok_or_else(|| {
             Error::new(
                 Kind::Config,
                 format!("account {}: no password configured (password, password_command or password_file)", account.name),
             )
         })?;
-        let may_reveal =
-            self.stream.is_tls() || account.allow_plaintext_auth || net::is_loopback_host(&account.host);
+        let may_reveal = self.stream.is_tls()
+            || account.allow_plaintext_auth
+            || net::is_loopback_host(&account.host);
         let apop_stamp = codec::apop_timestamp(greeting);
-        let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal).map_err(|message| {
-            Error::new(Kind::Auth, format!("{}: {message}", self.host))
-        })?;
+        let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal)
+            .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;
         debug!(target: TRACE, "{}: logging in with {}", self.host, plan.describe());
         let result = match plan {
             Login::User => self.login_user(&account.username, secret).await,
@@ -195,13 +212,21 @@ impl Pop3 {
                 )
                 .await
             }
-            Login::Sasl(mechanism) => self.login_sasl(mechanism, &account.username, secret, account.port).await,
+            Login::Sasl(mechanism) => {
+                self.login_sasl(mechanism, &account.username, secret, account.port)
+                    .await
+            }
         }?;
         match result {
             Status::Ok(_) => Ok(()),
             Status::Err(text) => Err(Error::new(
                 Kind::Auth,
-                format!("{}: login as {} failed ({}): {text}", self.host, account.username, plan.describe()),
+                format!(
+                    "{}: login as {} failed ({}): {text}",
+                    self.host,
+                    account.username,
+                    plan.describe()
+                ),
             )),
         }
     }
@@ -209,7 +234,10 @@ impl Pop3 {
     async fn login_user(&mut self, username: &str, secret: &Secret) -> Result<Status, Error> {
         // USER and PASS are pipelined when allowed: one round trip.
         self.queue(format!("USER {username}"), None);
-        self.queue(format!("PASS {}", secret.expose()), Some("PASS ****".into()));
+        self.queue(
+            format!("PASS {}", secret.expose()),
+            Some("PASS ****".into()),
+        );
         let user = self.status().await?;
         let pass = self.status().await?;
         Ok(match user {
@@ -218,7 +246,13 @@ impl Pop3 {
         })
     }
 
-    async fn login_sasl(&mut self, mechanism: Mechanism, username: &str, secret: &Secret, port: u16) -> Result<Status, Error> {
+    async fn login_sasl(
+        &mut self,
+        mechanism: Mechanism,
+        username: &str,
+        secret: &Secret,
+        port: u16,
+    ) -> Result<Status, Error> {
         let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
         let command = match sasl.initial_response() {
             Some(initial) if initial.is_empty() => format!("AUTH {} =", mechanism.name()),
@@ -229,10 +263,13 @@ impl Pop3 {
         loop {
             self.pump().await?;
             let line = self.read_line().await?;
-            if let Some(challenge) = line.strip_prefix(b"+ ").or_else(|| (line == b"+").then_some(&b""[..])) {
-                let challenge = BASE64.decode(challenge.trim_ascii()).map_err(|_| {
-                    self.unexpected("SASL challenge", &line)
-                })?;
+            if let Some(challenge) = line
+                .strip_prefix(b"+ ")
+                .or_else(|| (line == b"+").then_some(&b""[..]))
+            {
+                let challenge = BASE64
+                    .decode(challenge.trim_ascii())
+                    .map_err(|_| self.unexpected("SASL challenge", &line))?;
                 let response = match sasl.respond(&challenge) {
                     Ok(response) => response,
                     Err(err) => {
@@ -243,15 +280,21 @@ impl Pop3 {
                         return Err(err);
                     }
                 };
-                self.send_now(BASE64.encode(response), Some("****".into())).await?;
+                self.send_now(BASE64.encode(response), Some("****".into()))
+                    .await?;
                 continue;
             }
             self.in_flight -= 1;
-            let status = codec::parse_status(&line).ok_or_else(|| self.unexpected("AUTH reply", &line))?;
+            let status =
+                codec::parse_status(&line).ok_or_else(|| self.unexpected("AUTH reply", &line))?;
             if matches!(status, Status::Ok(_)) && !sasl.is_complete() {
                 return Err(Error::new(
                     Kind::Auth,
-                    format!("{}: server accepted {} before proving its identity", self.host, mechanism.name()),
+                    format!(
+                        "{}: server accepted {} before proving its identity",
+                        self.host,
+                        mechanism.name()
+                    ),
                 ));
             }
             return Ok(status);
@@ -267,14 +310,20 @@ impl Pop3 {
     }
 
     fn window(&self) -> usize {
-        if self.caps.pipelining { PIPELINE_WINDOW } else { 1 }
+        if self.caps.pipelining {
+            PIPELINE_WINDOW
+        } else {
+            1
+        }
     }
 
     /// Sends queued commands while the window has room.
     async fn pump(&mut self) -> Result<(), Error> {
         let mut out = String::new();
         while self.in_flight < self.window() {
-            let Some(command) = self.queued.pop_front() else { break };
+            let Some(command) = self.queued.pop_front() else {
+                break;
+            };
             debug!(target: TRACE, "C: {}", command.trace);
             out.push_str(&command.wire);
             out.push_str("\r\n");
@@ -299,17 +348,45 @@ impl Pop3 {
         };
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(Error::new(Kind::Connection, format!("{}: connection lost: {err}", self.host))),
+            Ok(Err(err)) => Err(Error::new(
+                Kind::Connection,
+                format!("{}: connection lost: {err}", self.host),
+            )),
             Err(_) => Err(self.timed_out()),
         }
     }
 
-    /// Reads the next status line, for the oldest command in flight.
+    /// Reads the status line of a single-line reply, for the oldest command
+    /// in flight.
     async fn status(&mut self) -> Result<Status, Error> {
+        let status = self.status_line().await?;
+        self.reply_done();
+        Ok(status)
+    }
+
+    /// Reads the status line of the oldest command in flight. Its reply
+    /// only frees a place in the window at [`reply_done`](Self::reply_done),
+    /// after the multi-line part if there is one: without PIPELINING the
+    /// server must see no command before it has sent its whole reply.
+    async fn status_line(&mut self) -> Result<Status, Error> {
         self.pump().await?;
         let line = self.read_line().await?;
-        self.in_flight = self.in_flight.saturating_sub(1);
         codec::parse_status(&line).ok_or_else(|| self.unexpected("reply", &line))
+    }
+
+    fn reply_done(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Reads a reply that has a multi-line part when positive: `None` for
+    /// `-ERR`, else the lines without the terminator.
+    async fn multiline(&mut self) -> Result<Result<Vec<Vec<u8>>, String>, Error> {
+        let lines = match self.status_line().await? {
+            Status::Ok(_) => Ok(self.listing().await?),
+            Status::Err(text) => Err(text),
+        };
+        self.reply_done();
+        Ok(lines)
     }
 
     /// Sends one command and reads its status line.
@@ -331,14 +408,15 @@ impl Pop3 {
     }
 
     async fn capabilities(&mut self) -> Result<Capabilities, Error> {
-        match self.simple("CAPA".into(), None).await? {
-            Status::Ok(_) => {
-                let lines = self.listing().await?;
-                Ok(Capabilities::parse(
-                    &lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>(),
-                ))
-            }
-            Status::Err(_) => Ok(Capabilities::default()),
+        self.queue("CAPA".into(), None);
+        match self.multiline().await? {
+            Ok(lines) => Ok(Capabilities::parse(
+                &lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect::<Vec<_>>(),
+            )),
+            Err(_) => Ok(Capabilities::default()),
         }
     }
 
@@ -350,23 +428,39 @@ impl Pop3 {
             let unread = &self.buf[self.start..self.end];
             if let Some(pos) = memchr::memchr(b'\n', &unread[scanned..]) {
                 let line_end = scanned + pos;
-                let line = unread[..line_end].strip_suffix(b"\r").unwrap_or(&unread[..line_end]).to_vec();
+                let line = unread[..line_end]
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&unread[..line_end])
+                    .to_vec();
                 self.start += line_end + 1;
-                if !line.starts_with(b".") || line.len() > 1 {
-                    debug!(target: TRACE, "S: {}", String::from_utf8_lossy(&line));
-                }
+                self.trace_reply(&line);
                 return Ok(line);
             }
             scanned = unread.len();
             if scanned >= MAX_LINE {
                 return Err(Error::new(
                     Kind::Protocol,
-                    format!("{}: the server sent a line longer than {MAX_LINE} bytes", self.host),
+                    format!(
+                        "{}: the server sent a line longer than {MAX_LINE} bytes",
+                        self.host
+                    ),
                 ));
             }
             if self.fill().await? == 0 {
-                return Err(Error::new(Kind::Connection, format!("{}: the server closed the connection", self.host)));
+                return Err(Error::new(
+                    Kind::Connection,
+                    format!("{}: the server closed the connection", self.host),
+                ));
             }
+        }
+    }
+
+    fn trace_reply(&self, line: &[u8]) {
+        if line.starts_with(b"+ ") {
+            // SASL challenges can carry tokens and account details.
+            debug!(target: TRACE, "S: + ****");
+        } else if line != b"." {
+            debug!(target: TRACE, "S: {}", String::from_utf8_lossy(line));
         }
     }
 
@@ -380,12 +474,16 @@ impl Pop3 {
             self.end -= self.start;
             self.start = 0;
         }
-        match tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[self.end..])).await {
+        match tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[self.end..])).await
+        {
             Ok(Ok(read)) => {
                 self.end += read;
                 Ok(read)
             }
-            Ok(Err(err)) => Err(Error::new(Kind::Connection, format!("{}: connection lost: {err}", self.host))),
+            Ok(Err(err)) => Err(Error::new(
+                Kind::Connection,
+                format!("{}: connection lost: {err}", self.host),
+            )),
             Err(_) => Err(self.timed_out()),
         }
     }
@@ -393,13 +491,23 @@ impl Pop3 {
     fn timed_out(&self) -> Error {
         Error::new(
             Kind::Server,
-            format!("{}: no answer from the server for {} s", self.host, self.timeout.as_secs()),
+            format!(
+                "{}: no answer from the server for {} s",
+                self.host,
+                self.timeout.as_secs()
+            ),
         )
     }
 
     fn unexpected(&self, what: &str, line: &[u8]) -> Error {
         let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
-        Error::new(Kind::Protocol, format!("{}: unexpected {what} from the server: {shown:?}", self.host))
+        Error::new(
+            Kind::Protocol,
+            format!(
+                "{}: unexpected {what} from the server: {shown:?}",
+                self.host
+            ),
+        )
     }
 }
 
@@ -407,37 +515,48 @@ impl Source for Pop3 {
     async fn list(&mut self) -> Result<Vec<Listed>, Error> {
         self.queue("UIDL".into(), None);
         self.queue("LIST".into(), None);
-        let uids = match self.status().await? {
-            Status::Ok(_) => {
-                let lines = self.listing().await?;
+        let uids = match self.multiline().await? {
+            Ok(lines) => {
                 let mut uids = Vec::with_capacity(lines.len());
                 for line in &lines {
-                    uids.push(codec::parse_uidl_line(line).ok_or_else(|| self.unexpected("UIDL line", line))?);
+                    uids.push(
+                        codec::parse_uidl_line(line)
+                            .ok_or_else(|| self.unexpected("UIDL line", line))?,
+                    );
                 }
                 Some(uids)
             }
-            Status::Err(_) => None,
+            Err(_) => None,
         };
-        let mut listed = match self.status().await? {
-            Status::Ok(_) => {
-                let lines = self.listing().await?;
+        let mut listed = match self.multiline().await? {
+            Ok(lines) => {
                 let mut listed = Vec::with_capacity(lines.len());
                 for line in &lines {
-                    let (number, size) =
-                        codec::parse_list_line(line).ok_or_else(|| self.unexpected("LIST line", line))?;
-                    listed.push(Listed { number, uid: None, size });
+                    let (number, size) = codec::parse_list_line(line)
+                        .ok_or_else(|| self.unexpected("LIST line", line))?;
+                    listed.push(Listed {
+                        number,
+                        uid: None,
+                        size,
+                    });
                 }
                 listed
             }
-            Status::Err(text) => {
-                return Err(Error::new(Kind::Server, format!("{}: LIST failed: {text}", self.host)));
+            Err(text) => {
+                return Err(Error::new(
+                    Kind::Server,
+                    format!("{}: LIST failed: {text}", self.host),
+                ));
             }
         };
         if let Some(uids) = uids {
             let by_number: std::collections::HashMap<u32, String> = uids.into_iter().collect();
             for message in &mut listed {
                 message.uid = Some(by_number.get(&message.number).cloned().ok_or_else(|| {
-                    Error::new(Kind::Protocol, format!("{}: message {} has no UIDL", self.host, message.number))
+                    Error::new(
+                        Kind::Protocol,
+                        format!("{}: message {} has no UIDL", self.host, message.number),
+                    )
                 })?);
             }
         }
@@ -450,32 +569,37 @@ impl Source for Pop3 {
         }
     }
 
-    async fn retrieve<W: MessageWriter>(&mut self, number: u32, out: &mut W) -> Result<Retrieved, Error> {
-        match self.status().await? {
-            Status::Ok(_) => {}
-            Status::Err(text) => return Ok(Retrieved::Refused(text)),
+    async fn retrieve<W: MessageWriter>(
+        &mut self,
+        number: u32,
+        out: &mut W,
+    ) -> Result<Retrieved, Error> {
+        if let Status::Err(text) = self.status_line().await? {
+            self.reply_done();
+            return Ok(Retrieved::Refused(text));
         }
-        // The body follows the status line; the window has room again, so
-        // the next RETR goes out while this body streams in.
-        self.pump().await?;
         let mut decoder = BodyDecoder::new();
         let mut received: u64 = 0;
         loop {
             let step = decoder.decode(&mut self.buf[self.start..self.end]);
             let payload = &self.buf[self.start..self.start + step.payload];
-            out.write(payload)
-                .await
-                .map_err(|err| Error::new(Kind::Delivery, format!("cannot write message: {err}")))?;
+            out.write(payload).await.map_err(|err| {
+                Error::new(Kind::Delivery, format!("cannot write message: {err}"))
+            })?;
             received += step.payload as u64;
             self.start += step.consumed;
             if step.done {
                 debug!(target: TRACE, "S: <message {number}: {received} bytes>");
+                self.reply_done();
                 return Ok(Retrieved::Complete);
             }
             if self.fill().await? == 0 {
                 return Err(Error::new(
                     Kind::Connection,
-                    format!("{}: connection closed in the middle of message {number} after {received} bytes", self.host),
+                    format!(
+                        "{}: connection closed in the middle of message {number} after {received} bytes",
+                        self.host
+                    ),
                 ));
             }
         }
@@ -500,7 +624,10 @@ impl Source for Pop3 {
             Status::Ok(_) => Ok(()),
             Status::Err(text) => Err(Error::new(
                 Kind::Server,
-                format!("{}: QUIT failed, so the server did not remove deleted messages: {text}", self.host),
+                format!(
+                    "{}: QUIT failed, so the server did not remove deleted messages: {text}",
+                    self.host
+                ),
             )),
         }
     }
@@ -576,7 +703,11 @@ fn choose_login(
                     "auth = {:?} but the server does not offer SASL {} (it offers: {})",
                     mechanism.name().to_ascii_lowercase(),
                     mechanism.name(),
-                    if caps.sasl.is_empty() { "none".to_owned() } else { caps.sasl.join(" ") }
+                    if caps.sasl.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        caps.sasl.join(" ")
+                    }
                 ));
             }
             Login::Sasl(mechanism)
@@ -606,10 +737,17 @@ mod tests {
 
     #[test]
     fn capabilities_are_parsed() {
-        let lines: Vec<String> = ["USER", "SASL PLAIN CRAM-MD5", "pipelining", "UIDL", "STLS", "TOP"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let lines: Vec<String> = [
+            "USER",
+            "SASL PLAIN CRAM-MD5",
+            "pipelining",
+            "UIDL",
+            "STLS",
+            "TOP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let caps = Capabilities::parse(&lines);
         assert!(caps.known && caps.user && caps.pipelining && caps.uidl && caps.stls);
         assert_eq!(caps.sasl, ["PLAIN", "CRAM-MD5"]);
@@ -618,12 +756,29 @@ mod tests {
     #[test]
     fn auto_prefers_secret_keeping_methods() {
         let stamp = Some("<1@x>");
-        assert_eq!(choose_login(AuthMethod::Auto, &caps(&["PLAIN", "CRAM-MD5"]), stamp, true), Ok(Login::Sasl(Mechanism::CramMd5)));
-        assert_eq!(choose_login(AuthMethod::Auto, &caps(&["PLAIN"]), stamp, true), Ok(Login::Apop));
-        assert_eq!(choose_login(AuthMethod::Auto, &caps(&["PLAIN", "LOGIN"]), None, true), Ok(Login::Sasl(Mechanism::Plain)));
-        assert_eq!(choose_login(AuthMethod::Auto, &caps(&[]), None, true), Ok(Login::User));
         assert_eq!(
-            choose_login(AuthMethod::Auto, &caps(&["SCRAM-SHA-256", "CRAM-MD5"]), stamp, false),
+            choose_login(AuthMethod::Auto, &caps(&["PLAIN", "CRAM-MD5"]), stamp, true),
+            Ok(Login::Sasl(Mechanism::CramMd5))
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &caps(&["PLAIN"]), stamp, true),
+            Ok(Login::Apop)
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &caps(&["PLAIN", "LOGIN"]), None, true),
+            Ok(Login::Sasl(Mechanism::Plain))
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &caps(&[]), None, true),
+            Ok(Login::User)
+        );
+        assert_eq!(
+            choose_login(
+                AuthMethod::Auto,
+                &caps(&["SCRAM-SHA-256", "CRAM-MD5"]),
+                stamp,
+                false
+            ),
             Ok(Login::Sasl(Mechanism::ScramSha256))
         );
     }
@@ -633,8 +788,14 @@ mod tests {
         assert!(choose_login(AuthMethod::Auto, &caps(&["PLAIN"]), None, false).is_err());
         assert!(choose_login(AuthMethod::User, &caps(&[]), None, false).is_err());
         assert!(choose_login(AuthMethod::Plain, &caps(&["PLAIN"]), None, false).is_err());
-        assert_eq!(choose_login(AuthMethod::Auto, &caps(&["PLAIN"]), Some("<1@x>"), false), Ok(Login::Apop));
-        assert_eq!(choose_login(AuthMethod::CramMd5, &caps(&["CRAM-MD5"]), None, false), Ok(Login::Sasl(Mechanism::CramMd5)));
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &caps(&["PLAIN"]), Some("<1@x>"), false),
+            Ok(Login::Apop)
+        );
+        assert_eq!(
+            choose_login(AuthMethod::CramMd5, &caps(&["CRAM-MD5"]), None, false),
+            Ok(Login::Sasl(Mechanism::CramMd5))
+        );
     }
 
     #[test]
@@ -643,6 +804,9 @@ mod tests {
         assert!(err.contains("offers: PLAIN"), "{err}");
         assert!(choose_login(AuthMethod::Apop, &caps(&[]), None, true).is_err());
         // Without CAPA, an explicit choice is tried.
-        assert_eq!(choose_login(AuthMethod::Plain, &Capabilities::default(), None, true), Ok(Login::Sasl(Mechanism::Plain)));
+        assert_eq!(
+            choose_login(AuthMethod::Plain, &Capabilities::default(), None, true),
+            Ok(Login::Sasl(Mechanism::Plain))
+        );
     }
 }

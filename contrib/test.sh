@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs mailfetch's whole test suite: unit tests, the fault tests against the
+# in-tree fake servers, and the integration tests against a real Dovecot
+# that the tests start themselves on loopback.
+#
+# Installs Dovecot from Debian packages first if it is missing (as root, or
+# with sudo when available). Without Dovecot the integration tests are
+# skipped with a loud message, except under CI=true, where they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd openssl)
+missing=()
+sudo=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null; then sudo=(sudo); else
+            echo "Dovecot is missing; install it as root: apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    echo "== installing ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The packaged service is not used (each test starts a private instance);
+# stop it so it does not sit on the standard ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet dovecot 2>/dev/null; then
+    "${sudo[@]}" systemctl stop dovecot || true
+fi
+
+# Release mode: the tests move messages of tens of megabytes.
+cargo test --release "$@"

@@ -1,0 +1,550 @@
+//! A scriptable fake POP3 server for fault-injection tests (std only).
+//!
+//! It listens on 127.0.0.1 on a free port and serves one connection at a
+//! time from a background thread, for as many sequential connections as the
+//! test makes. The maildrop is shared by all connections: deletions take
+//! effect on QUIT, as on a real server, so a session that is cut or killed
+//! deletes nothing.
+//!
+//! What the test can read afterwards: every command line received, per
+//! connection ([`FakePop3::sessions`]), the UIDs actually deleted, what is
+//! still on the server, and [`FakePop3::overlaps`]: the commands the client
+//! sent before the previous reply was complete (evidence of pipelining,
+//! which is a violation when PIPELINING is not announced).
+//!
+//! Faults ([`Fault`]) make it misbehave, on every connection or only on the
+//! first one ([`Script::first_only`]), so a second run sees a healthy server.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "secret";
+/// The APOP timestamp put in the greeting when [`Script::apop`] is set.
+pub const APOP_STAMP: &str = "<1896.697170952@fake.example>";
+
+/// One message in the maildrop, as stored on the server (CRLF line ends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub uid: String,
+    pub data: Vec<u8>,
+}
+
+impl Message {
+    /// A message whose text has every line end turned into CRLF.
+    pub fn new(uid: &str, text: &str) -> Message {
+        let data = text
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n")
+            .into_bytes();
+        Message {
+            uid: uid.to_owned(),
+            data,
+        }
+    }
+}
+
+/// Ways the server misbehaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// UIDL is not in CAPA and answers -ERR.
+    NoUidl,
+    /// PIPELINING is not in CAPA.
+    NoPipelining,
+    /// STLS is not in CAPA (it is always refused anyway: no TLS here).
+    NoStls,
+    /// RETR of `message` sends only the first `after` bytes of the wire
+    /// body, then closes the connection.
+    CutRetr { message: usize, after: usize },
+    /// The UIDL listing has a line that is not `NUMBER UID`.
+    GarbageUidlLine,
+    /// The greeting is neither +OK nor -ERR.
+    GarbageGreeting,
+    /// The UIDL listing starts with a line of this many bytes and no end.
+    LongLine(usize),
+    /// RETR of this message answers -ERR.
+    RetrErr(usize),
+    /// RETR of this message is never answered (the connection stays open).
+    StallRetr(usize),
+}
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// The CAPA list before faults remove entries from it.
+    pub capa: Vec<String>,
+    /// Put an APOP timestamp in the greeting (APOP digests are not checked).
+    pub apop: bool,
+    pub password: String,
+    pub faults: Vec<Fault>,
+    /// Faults apply to the first connection only.
+    pub first_connection_only: bool,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            capa: ["USER", "UIDL", "PIPELINING", "STLS", "TOP"]
+                .map(String::from)
+                .to_vec(),
+            apop: false,
+            password: PASSWORD.to_owned(),
+            faults: Vec::new(),
+            first_connection_only: false,
+        }
+    }
+}
+
+impl Script {
+    pub fn fault(mut self, fault: Fault) -> Script {
+        self.faults.push(fault);
+        self
+    }
+
+    pub fn first_only(mut self) -> Script {
+        self.first_connection_only = true;
+        self
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    mailbox: Vec<Message>,
+    deleted: Vec<String>,
+    sessions: Vec<Vec<String>>,
+    overlaps: Vec<String>,
+    stalled: bool,
+}
+
+/// The running server; stops accepting when dropped.
+pub struct FakePop3 {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakePop3 {
+    pub fn start(messages: Vec<Message>, script: Script) -> FakePop3 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Mutex::new(Shared {
+            mailbox: messages,
+            ..Shared::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared2, stop2) = (shared.clone(), stop.clone());
+        thread::spawn(move || {
+            for (index, conn) in listener.incoming().enumerate() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let faults = if script.first_connection_only && index > 0 {
+                    Vec::new()
+                } else {
+                    script.faults.clone()
+                };
+                // Errors (the client went away) just end the session.
+                let _ = Session::new(conn, &script, faults, shared2.clone(), stop2.clone())
+                    .and_then(|mut s| s.run());
+            }
+        });
+        FakePop3 { addr, shared, stop }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The command lines received, one list per connection.
+    pub fn sessions(&self) -> Vec<Vec<String>> {
+        self.lock().sessions.clone()
+    }
+
+    /// Every command line received, all connections.
+    pub fn transcript(&self) -> Vec<String> {
+        self.lock().sessions.concat()
+    }
+
+    /// UIDs removed by a QUIT, in order.
+    pub fn deleted(&self) -> Vec<String> {
+        self.lock().deleted.clone()
+    }
+
+    /// UIDs still in the maildrop.
+    pub fn mailbox(&self) -> Vec<String> {
+        self.lock().mailbox.iter().map(|m| m.uid.clone()).collect()
+    }
+
+    pub fn add(&self, message: Message) {
+        self.lock().mailbox.push(message);
+    }
+
+    /// Removes a message behind the client's back (as another client would).
+    pub fn remove(&self, uid: &str) {
+        self.lock().mailbox.retain(|m| m.uid != uid);
+    }
+
+    /// Commands that found more client bytes already waiting before their
+    /// reply was complete; `"X (before its end)"` means the client sent
+    /// something while the multi-line reply to X was still streaming.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.lock().overlaps.clone()
+    }
+
+    /// Whether a [`Fault::StallRetr`] was reached (all earlier replies sent).
+    pub fn stalled(&self) -> bool {
+        self.lock().stalled
+    }
+}
+
+impl Drop for FakePop3 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop; a hanging session notices `stop` by itself.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// A command was answered (`Go`) or the session is over (`End`).
+enum Flow {
+    Go,
+    End,
+}
+
+struct Session {
+    reader: BufReader<TcpStream>,
+    out: TcpStream,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    faults: Vec<Fault>,
+    capa: Vec<String>,
+    apop: bool,
+    password: String,
+    index: usize,
+    user: Option<String>,
+    /// The maildrop as of login, and which of its messages are marked deleted.
+    drop: Option<Vec<(Message, bool)>>,
+}
+
+impl Session {
+    fn new(
+        conn: TcpStream,
+        script: &Script,
+        faults: Vec<Fault>,
+        shared: Arc<Mutex<Shared>>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Session> {
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let removed = |name: &str| match name {
+            "UIDL" => faults.contains(&Fault::NoUidl),
+            "PIPELINING" => faults.contains(&Fault::NoPipelining),
+            "STLS" => faults.contains(&Fault::NoStls),
+            _ => false,
+        };
+        let capa = script
+            .capa
+            .iter()
+            .filter(|c| !removed(c))
+            .cloned()
+            .collect();
+        let index = {
+            let mut shared = shared.lock().unwrap();
+            shared.sessions.push(Vec::new());
+            shared.sessions.len() - 1
+        };
+        Ok(Session {
+            reader: BufReader::new(conn.try_clone()?),
+            out: conn,
+            shared,
+            stop,
+            faults,
+            capa,
+            apop: script.apop,
+            password: script.password.clone(),
+            index,
+            user: None,
+            drop: None,
+        })
+    }
+
+    fn has(&self, fault: &Fault) -> bool {
+        self.faults.contains(fault)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&mut self, text: &str) -> io::Result<Flow> {
+        self.out.write_all(text.as_bytes())?;
+        Ok(Flow::Go)
+    }
+
+    /// Whether client bytes are already waiting (buffered or in the socket).
+    fn more_waiting(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let socket = self.reader.get_ref();
+        let _ = socket.set_nonblocking(true);
+        let waiting = matches!(socket.peek(&mut [0]), Ok(n) if n > 0);
+        let _ = socket.set_nonblocking(false);
+        waiting
+    }
+
+    /// Stops answering; reads (and ignores) until the client goes away.
+    fn hang(&mut self) -> io::Result<Flow> {
+        self.out
+            .set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut buf = [0; 4096];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return Ok(Flow::End),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.stop.load(Ordering::SeqCst) {
+                        return Ok(Flow::End);
+                    }
+                }
+                Err(_) => return Ok(Flow::End),
+            }
+        }
+    }
+
+    /// Closes our side cleanly (everything sent arrives, then EOF).
+    fn cut(&mut self) -> io::Result<Flow> {
+        self.out.flush()?;
+        self.out.shutdown(Shutdown::Write)?;
+        self.hang()
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        if self.has(&Fault::GarbageGreeting) {
+            self.send("* OK [CAPABILITY IMAP4rev1] not a POP3 server\r\n")?;
+            self.hang()?;
+            return Ok(());
+        }
+        let stamp = if self.apop {
+            format!(" {APOP_STAMP}")
+        } else {
+            String::new()
+        };
+        self.send(&format!("+OK fake POP3 ready{stamp}\r\n"))?;
+        loop {
+            let mut raw = Vec::new();
+            if (&mut self.reader).take(4096).read_until(b'\n', &mut raw)? == 0 {
+                return Ok(());
+            }
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            let waiting = self.more_waiting();
+            {
+                let mut shared = self.lock();
+                shared.sessions[self.index].push(line.clone());
+                if waiting {
+                    shared.overlaps.push(line.clone());
+                }
+            }
+            if let Flow::End = self.command(&line)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn command(&mut self, line: &str) -> io::Result<Flow> {
+        let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+        let verb = verb.to_ascii_uppercase();
+        let authed = self.drop.is_some();
+        match (verb.as_str(), authed) {
+            ("CAPA", _) => {
+                let mut reply = "+OK capability list follows\r\n".to_owned();
+                for capa in &self.capa {
+                    reply.push_str(&format!("{capa}\r\n"));
+                }
+                reply.push_str(".\r\n");
+                self.send(&reply)
+            }
+            ("QUIT", _) => {
+                self.quit();
+                self.send("+OK bye\r\n")?;
+                Ok(Flow::End)
+            }
+            ("NOOP", true) => self.send("+OK\r\n"),
+            ("USER", false) if arg == USER => {
+                self.user = Some(arg.to_owned());
+                self.send("+OK\r\n")
+            }
+            ("PASS", false) if self.user.is_some() && arg == self.password => self.login(),
+            ("APOP", false) if self.apop && arg.split(' ').next() == Some(USER) => self.login(),
+            ("USER" | "PASS" | "APOP", false) => self.send("-ERR [AUTH] invalid login\r\n"),
+            ("STLS", false) => self.send("-ERR TLS is not available here\r\n"),
+            ("STAT", true) => {
+                let (count, size) = self
+                    .live()
+                    .fold((0, 0), |(c, s), (_, m)| (c + 1, s + m.data.len()));
+                self.send(&format!("+OK {count} {size}\r\n"))
+            }
+            ("LIST", true) => self.listing(arg, false, |n, m| format!("{n} {}", m.data.len())),
+            ("UIDL", true) if self.has(&Fault::NoUidl) => self.send("-ERR UIDL not supported\r\n"),
+            ("UIDL", true) => {
+                let long = self.faults.iter().find_map(|f| match f {
+                    Fault::LongLine(len) => Some(*len),
+                    _ => None,
+                });
+                if let Some(len) = long {
+                    self.send("+OK\r\n1 ")?;
+                    self.out.write_all(&vec![b'x'; len])?;
+                    return self.hang();
+                }
+                let garbage = self.has(&Fault::GarbageUidlLine);
+                self.listing(arg, garbage, |n, m| format!("{n} {}", m.uid))
+            }
+            ("RETR", true) => match self.number(arg) {
+                Some(n) => self.retr(n, line),
+                None => self.send("-ERR no such message\r\n"),
+            },
+            ("DELE", true) => match self.number(arg) {
+                Some(n) => {
+                    self.drop.as_mut().unwrap()[n - 1].1 = true;
+                    self.send("+OK marked\r\n")
+                }
+                None => self.send("-ERR no such message\r\n"),
+            },
+            ("RSET", true) => {
+                self.drop
+                    .as_mut()
+                    .unwrap()
+                    .iter_mut()
+                    .for_each(|(_, marked)| *marked = false);
+                self.send("+OK\r\n")
+            }
+            _ => self.send("-ERR unknown command or wrong state\r\n"),
+        }
+    }
+
+    fn login(&mut self) -> io::Result<Flow> {
+        let mailbox = self.lock().mailbox.clone();
+        self.drop = Some(mailbox.into_iter().map(|m| (m, false)).collect());
+        self.send("+OK logged in\r\n")
+    }
+
+    /// Messages not marked deleted, with their numbers.
+    fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
+        let drop = self.drop.as_deref().unwrap_or_default();
+        drop.iter()
+            .enumerate()
+            .filter(|(_, (_, marked))| !marked)
+            .map(|(i, (m, _))| (i + 1, m))
+    }
+
+    fn number(&self, arg: &str) -> Option<usize> {
+        let n: usize = arg.trim().parse().ok()?;
+        self.live().any(|(i, _)| i == n).then_some(n)
+    }
+
+    /// LIST / UIDL, for one message or all of them; `garbage` adds a
+    /// malformed line after the first.
+    fn listing(
+        &mut self,
+        arg: &str,
+        garbage: bool,
+        show: impl Fn(usize, &Message) -> String,
+    ) -> io::Result<Flow> {
+        if !arg.is_empty() {
+            return match self.number(arg) {
+                Some(n) => {
+                    let text = show(n, &self.drop.as_ref().unwrap()[n - 1].0);
+                    self.send(&format!("+OK {text}\r\n"))
+                }
+                None => self.send("-ERR no such message\r\n"),
+            };
+        }
+        let mut reply = "+OK\r\n".to_owned();
+        for (i, (n, m)) in self.live().enumerate() {
+            reply.push_str(&format!("{}\r\n", show(n, m)));
+            if i == 0 && garbage {
+                reply.push_str("this is not a uidl line\r\n");
+            }
+        }
+        reply.push_str(".\r\n");
+        self.send(&reply)
+    }
+
+    fn retr(&mut self, n: usize, line: &str) -> io::Result<Flow> {
+        if self.has(&Fault::RetrErr(n)) {
+            return self.send("-ERR message is locked by another session\r\n");
+        }
+        if self.has(&Fault::StallRetr(n)) {
+            self.lock().stalled = true;
+            return self.hang();
+        }
+        let wire = stuff(&self.drop.as_ref().unwrap()[n - 1].0.data);
+        self.send(&format!("+OK {} octets\r\n", wire.len()))?;
+        let cut = self.faults.iter().find_map(|f| match f {
+            Fault::CutRetr { message, after } if *message == n => Some(*after),
+            _ => None,
+        });
+        if let Some(after) = cut {
+            self.out.write_all(&wire[..after.min(wire.len())])?;
+            return self.cut();
+        }
+        self.out.write_all(&wire)?;
+        if !self.capa.iter().any(|c| c == "PIPELINING") {
+            // Give a client that does not wait for the end of the reply
+            // time to show it.
+            thread::sleep(Duration::from_millis(20));
+        }
+        if self.more_waiting() {
+            self.lock()
+                .overlaps
+                .push(format!("{line} (before its end)"));
+        }
+        self.send(".\r\n")
+    }
+
+    /// Applies deletions (only ever on QUIT, as RFC 1939's UPDATE state).
+    fn quit(&mut self) {
+        let Some(drop) = self.drop.take() else { return };
+        let doomed: Vec<String> = drop
+            .into_iter()
+            .filter(|(_, marked)| *marked)
+            .map(|(m, _)| m.uid)
+            .collect();
+        let mut shared = self.lock();
+        shared.mailbox.retain(|m| !doomed.contains(&m.uid));
+        shared.deleted.extend(doomed);
+    }
+}
+
+/// The wire form of a message body: dot-stuffed, CRLF-terminated, without
+/// the final `.` line.
+pub fn stuff(data: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(data.len() + 16);
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    if !wire.is_empty() && !wire.ends_with(b"\r\n") {
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire
+}

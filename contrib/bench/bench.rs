@@ -1,0 +1,853 @@
+//! mailfetch benchmark: times ONE delete-mode POP3 poll against a private
+//! Dovecot on loopback (plain POP3, USER/PASS), for
+//!
+//! * `mixed`: 2000 messages of mixed sizes, ~63 MiB in all (mostly 2–20 KiB
+//!   text, some 50–500 KiB with base64 attachments, a few 1–3 MiB), made
+//!   by a deterministic PRNG, and
+//! * `big`: one 100 MiB message.
+//!
+//! Each run re-seeds the server mailbox (not timed), runs the fetcher into
+//! an empty Maildir with empty state, and then checks that every message
+//! arrived (by Message-ID) and that the server mailbox is empty. It reports
+//! the wall time of the fetcher process, messages/s, MiB/s (of the message
+//! files as stored on the server, LF line endings) and the fetcher's maximum
+//! RSS (from wait4, including any child it waited for, e.g. fetchmail's
+//! MDA; measured through a small copy of this program, since a process
+//! forked from this one would inherit our RSS as its peak).
+//!
+//! mpop and fetchmail, when installed, are timed the same way.
+//!
+//! Usage: `bench [--scenario mixed|big|all] [--messages N] [--runs R]
+//! [--big-mib M] [--only mailfetch|mpop|fetchmail]...`
+//! Run it through `contrib/bench/run.sh`.
+
+#[path = "../../tests/support/dovecot.rs"]
+mod dovecot;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dovecot::Dovecot;
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Opts {
+    scenarios: Vec<Scenario>,
+    messages: usize,
+    runs: usize,
+    big_mib: usize,
+    only: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Mixed,
+    Big,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Mixed => "mixed",
+            Scenario::Big => "big",
+        }
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench [--scenario mixed|big|all] [--messages N] [--runs R] [--big-mib M]\n             \
+         [--only mailfetch|mpop|fetchmail]..."
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        scenarios: vec![Scenario::Mixed, Scenario::Big],
+        messages: 2000,
+        runs: 3,
+        big_mib: 100,
+        only: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .unwrap_or_else(|| usage())
+        };
+        match key.as_str() {
+            "--scenario" => {
+                o.scenarios = match value().as_str() {
+                    "mixed" => vec![Scenario::Mixed],
+                    "big" => vec![Scenario::Big],
+                    "all" => vec![Scenario::Mixed, Scenario::Big],
+                    _ => usage(),
+                }
+            }
+            "--messages" => o.messages = value().parse().unwrap_or_else(|_| usage()),
+            "--runs" => o.runs = value().parse().unwrap_or_else(|_| usage()),
+            "--big-mib" => o.big_mib = value().parse().unwrap_or_else(|_| usage()),
+            "--only" => o.only.push(value()),
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    if o.messages == 0 || o.runs == 0 || o.big_mib == 0 {
+        usage();
+    }
+    o
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--measure-child") {
+        return measure_child();
+    }
+    let opts = parse_args();
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nBENCHMARK FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One fetcher under test.
+#[derive(Clone)]
+enum Tool {
+    Mailfetch(PathBuf),
+    Mpop(PathBuf),
+    Fetchmail(PathBuf),
+}
+
+impl Tool {
+    fn name(&self) -> &'static str {
+        match self {
+            Tool::Mailfetch(_) => "mailfetch",
+            Tool::Mpop(_) => "mpop",
+            Tool::Fetchmail(_) => "fetchmail",
+        }
+    }
+}
+
+struct Measurement {
+    wall: Duration,
+    max_rss_kib: i64,
+}
+
+struct Row {
+    scenario: &'static str,
+    tool: &'static str,
+    messages: usize,
+    bytes: usize,
+    runs: Vec<Measurement>,
+}
+
+fn run(opts: &Opts) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+    let mut tools = vec![Tool::Mailfetch(find_mailfetch()?)];
+    match dovecot::find_binary("mpop") {
+        Some(p) => tools.push(Tool::Mpop(p)),
+        None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
+    }
+    match dovecot::find_binary("fetchmail") {
+        Some(p) => tools.push(Tool::Fetchmail(p)),
+        None => {
+            println!("fetchmail not installed: no comparison with it (apt-get install fetchmail)")
+        }
+    }
+    if !opts.only.is_empty() {
+        tools.retain(|t| opts.only.iter().any(|o| o == t.name()));
+        if tools.is_empty() {
+            return Err("--only matched no installed tool".into());
+        }
+    }
+
+    // Everything on the same filesystem as the current directory (not a
+    // tmpfs /tmp): the server's Maildir and the fetchers' Maildirs.
+    let work = tempfile::Builder::new()
+        .prefix(".mailfetch-bench-")
+        .tempdir_in(&cwd)
+        .map_err(|e| format!("creating a temp dir in {}: {e}", cwd.display()))?;
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let Some(server) = Dovecot::start_in(work.path()) else {
+        return Err(format!(
+            "Dovecot is not installed: {}",
+            dovecot::INSTALL_HINT
+        ));
+    };
+    server.add_user(USER, PASSWORD);
+    println!(
+        "Private Dovecot on 127.0.0.1:{} (plain POP3), working in {}",
+        server.pop3_port(),
+        work.path().display()
+    );
+    println!(
+        "{} run(s) per tool and scenario; each run re-seeds the mailbox and \
+         times one delete-mode poll.",
+        opts.runs
+    );
+
+    let mut rows = Vec::new();
+    for &scenario in &opts.scenarios {
+        let t = Instant::now();
+        let messages = match scenario {
+            Scenario::Mixed => mixed_messages(opts.messages),
+            Scenario::Big => vec![big_message(opts.big_mib * 1024 * 1024)],
+        };
+        let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
+        println!(
+            "\n== scenario {}: {} message(s), {:.1} MiB (largest {:.1} MiB), generated in {:.1} s",
+            scenario.name(),
+            messages.len(),
+            bytes as f64 / MIB,
+            messages.iter().map(|m| m.data.len()).max().unwrap_or(0) as f64 / MIB,
+            t.elapsed().as_secs_f64()
+        );
+        for tool in &tools {
+            let mut runs = Vec::new();
+            for i in 1..=opts.runs {
+                let run_dir = work
+                    .path()
+                    .join(format!("{}-{}-{i}", scenario.name(), tool.name()));
+                let m = one_run(&server, tool, &messages, &run_dir)?;
+                println!(
+                    "  {:<10} run {i}: {:>8.3} s  {:>8.1} msg/s  {:>7.1} MiB/s  max RSS {:>7.1} MiB",
+                    tool.name(),
+                    m.wall.as_secs_f64(),
+                    messages.len() as f64 / m.wall.as_secs_f64(),
+                    bytes as f64 / MIB / m.wall.as_secs_f64(),
+                    m.max_rss_kib as f64 / 1024.0
+                );
+                runs.push(m);
+                let _ = fs::remove_dir_all(&run_dir);
+            }
+            rows.push(Row {
+                scenario: scenario.name(),
+                tool: tool.name(),
+                messages: messages.len(),
+                bytes,
+                runs,
+            });
+        }
+    }
+
+    print_table(&rows);
+    drop(server);
+    Ok(())
+}
+
+/// Seeds the mailbox, runs the tool once (timed), verifies the result.
+fn one_run(
+    server: &Dovecot,
+    tool: &Tool,
+    messages: &[Message],
+    run_dir: &Path,
+) -> Result<Measurement, String> {
+    if server.message_count(USER) != 0 {
+        return Err("the server mailbox is not empty before seeding".into());
+    }
+    for m in messages {
+        server.add_message(USER, &m.data);
+    }
+    fs::create_dir_all(run_dir).map_err(|e| e.to_string())?;
+    let maildir = run_dir.join("Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        fs::create_dir_all(maildir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let cmd = match tool {
+        Tool::Mailfetch(bin) => {
+            let conf = run_dir.join("fetchrc");
+            write_private(
+                &conf,
+                &format!(
+                    "[general]\nstate_dir = \"{}\"\n\n[[account]]\nname = \"bench\"\n\
+                     protocol = \"pop3\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+                     auth = \"user\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+                     keep = false\ndeliver = \"maildir:{}\"\n",
+                    run_dir.join("state").display(),
+                    server.pop3_port(),
+                    maildir.display()
+                ),
+            )?;
+            let mut c = Command::new(bin);
+            c.arg("-q").arg("-c").arg(&conf);
+            c
+        }
+        Tool::Mpop(bin) => {
+            let conf = run_dir.join("mpoprc");
+            write_private(
+                &conf,
+                &format!(
+                    "defaults\n\naccount bench\nhost 127.0.0.1\nport {}\ntls off\n\
+                     auth user\nuser {USER}\npassword {PASSWORD}\nkeep off\nonly_new on\n\
+                     uidls_file {}\ndelivery maildir {}\n",
+                    server.pop3_port(),
+                    run_dir.join("mpop-uidls").display(),
+                    maildir.display()
+                ),
+            )?;
+            let mut c = Command::new(bin);
+            c.arg("-q").arg("-C").arg(&conf).arg("bench");
+            c
+        }
+        Tool::Fetchmail(bin) => {
+            // fetchmail cannot write a Maildir itself; it hands each message
+            // to an MDA through sh. This is the cheapest one possible (no
+            // tmp/ → new/ rename, no fsync).
+            let conf = run_dir.join("fetchmailrc");
+            write_private(
+                &conf,
+                &format!(
+                    "set no bouncemail\nset no syslog\n\
+                     poll 127.0.0.1 service {} protocol pop3 auth password\n  \
+                     user \"{USER}\" password \"{PASSWORD}\" fetchall nokeep sslproto ''\n  \
+                     mda \"cat > {}/new/fm.$$\"\n",
+                    server.pop3_port(),
+                    maildir.display()
+                ),
+            )?;
+            let mut c = Command::new(bin);
+            c.env("FETCHMAILHOME", run_dir)
+                .arg("-N")
+                .arg("-s")
+                .arg("--nosyslog")
+                .arg("-f")
+                .arg(&conf)
+                .arg("--pidfile")
+                .arg(run_dir.join("fetchmail.pid"))
+                .arg("--idfile")
+                .arg(run_dir.join("fetchids"));
+            c
+        }
+    };
+    // ru_maxrss survives exec, so a child forked from this (big) process
+    // would report at least our own RSS. A fresh, small copy of this program
+    // (`--measure-child`) spawns the tool and reports the tool's own peak.
+    let rss_file = run_dir.join("maxrss");
+    let mut wrapper = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    wrapper
+        .arg("--measure-child")
+        .arg(&rss_file)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapper.env(k, v),
+            None => wrapper.env_remove(k),
+        };
+    }
+    wrapper
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let start = Instant::now();
+    let mut child = wrapper
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", tool.name()))?;
+    // Drain output in threads so a chatty tool never blocks on a pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let (status, _) = wait4(child.id())?;
+    let wall = start.elapsed();
+    let max_rss_kib = fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or("the --measure-child wrapper reported no max RSS")?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out_t.join().unwrap_or_default()),
+        String::from_utf8_lossy(&err_t.join().unwrap_or_default())
+    );
+
+    if !status.success() {
+        return Err(format!(
+            "{} failed ({status}):\n{output}\nDovecot log tail:\n{}",
+            tool.name(),
+            tail(&server.log(), 20)
+        ));
+    }
+    verify(server, tool, messages, &maildir)?;
+    Ok(Measurement { wall, max_rss_kib })
+}
+
+/// Waits for the child with wait4(2): exit status and the child's maximum
+/// RSS in KiB (Linux: the max over it and the descendants it waited for;
+/// a child forked from a big process starts with that process's RSS).
+fn wait4(pid: u32) -> Result<(ExitStatus, i64), String> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid value; pointers are to locals.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: plain syscall on our own child's pid.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r == pid as libc::pid_t {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait4: {e}"));
+        }
+    }
+    Ok((ExitStatus::from_raw(status), usage.ru_maxrss))
+}
+
+/// The max RSS that `--measure-child` reports for `true`: the floor.
+fn rss_floor_kib() -> i64 {
+    let file = std::env::temp_dir().join(format!("mailfetch-bench-rss-{}", std::process::id()));
+    let ok = std::env::current_exe()
+        .and_then(|exe| {
+            Command::new(exe)
+                .arg("--measure-child")
+                .arg(&file)
+                .arg("true")
+                .status()
+        })
+        .is_ok_and(|s| s.success());
+    let kib = fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|_| ok)
+        .unwrap_or(0);
+    let _ = fs::remove_file(&file);
+    kib
+}
+
+/// `bench --measure-child RSS_FILE PROGRAM ARGS...`: runs PROGRAM with our
+/// stdio, writes its max RSS (KiB) to RSS_FILE, exits with its status.
+fn measure_child() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    if args.len() < 2 {
+        eprintln!("usage: bench --measure-child RSS_FILE PROGRAM [ARGS...]");
+        return ExitCode::from(125);
+    }
+    let child = match Command::new(&args[1]).args(&args[2..]).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot run {:?}: {e}", args[1]);
+            return ExitCode::from(127);
+        }
+    };
+    let (status, max_rss_kib) = match wait4(child.id()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(125);
+        }
+    };
+    if let Err(e) = fs::write(&args[0], format!("{max_rss_kib}\n")) {
+        eprintln!("writing {:?}: {e}", args[0]);
+        return ExitCode::from(125);
+    }
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c as u8),
+        (None, Some(sig)) => ExitCode::from(128 + sig as u8),
+        _ => ExitCode::from(125),
+    }
+}
+
+/// Every message delivered exactly once, the server mailbox empty.
+fn verify(
+    server: &Dovecot,
+    tool: &Tool,
+    messages: &[Message],
+    maildir: &Path,
+) -> Result<(), String> {
+    let left = server.message_count(USER);
+    if left != 0 {
+        return Err(format!(
+            "{}: {left} message(s) still on the server after a delete-mode poll",
+            tool.name()
+        ));
+    }
+    let mut files = Vec::new();
+    for sub in ["new", "cur"] {
+        for e in fs::read_dir(maildir.join(sub))
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            files.push(e.path());
+        }
+    }
+    if files.len() != messages.len() {
+        return Err(format!(
+            "{}: {} message(s) in the Maildir, expected {}",
+            tool.name(),
+            files.len(),
+            messages.len()
+        ));
+    }
+    let want: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    let mut delivered_bytes = 0u64;
+    for f in &files {
+        delivered_bytes += fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let mut head = vec![0u8; 16 * 1024];
+        let n = fs::File::open(f)
+            .and_then(|mut h| h.read(&mut head))
+            .map_err(|e| e.to_string())?;
+        let head = String::from_utf8_lossy(&head[..n]);
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .map(|s| s.trim_end_matches('\r').to_string())
+            .ok_or_else(|| format!("{}: no Message-ID in {}", tool.name(), f.display()))?;
+        if !want.contains(id.as_str()) || !seen.insert(id.clone()) {
+            return Err(format!(
+                "{}: unexpected or duplicate message {id} in {}",
+                tool.name(),
+                f.display()
+            ));
+        }
+    }
+    let seeded: usize = messages.iter().map(|m| m.data.len()).sum();
+    if delivered_bytes < seeded as u64 {
+        return Err(format!(
+            "{}: delivered {delivered_bytes} bytes, less than the {seeded} seeded",
+            tool.name()
+        ));
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!("\n== results (median of each tool's runs; MiB = message files on the server, LF)");
+    println!(
+        "{:<8} {:<10} {:>6} {:>9} {:>10} {:>10} {:>9} {:>12}  all runs (s)",
+        "scenario", "tool", "msgs", "MiB", "wall (s)", "msg/s", "MiB/s", "max RSS MiB"
+    );
+    for r in rows {
+        let mut walls: Vec<f64> = r.runs.iter().map(|m| m.wall.as_secs_f64()).collect();
+        let all = walls
+            .iter()
+            .map(|w| format!("{w:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        walls.sort_by(f64::total_cmp);
+        let median = walls[walls.len() / 2];
+        let mut rss: Vec<i64> = r.runs.iter().map(|m| m.max_rss_kib).collect();
+        rss.sort();
+        let rss_median = rss[rss.len() / 2] as f64 / 1024.0;
+        println!(
+            "{:<8} {:<10} {:>6} {:>9.1} {:>10.3} {:>10.1} {:>9.1} {:>12.1}  {all}",
+            r.scenario,
+            r.tool,
+            r.messages,
+            r.bytes as f64 / MIB,
+            median,
+            r.messages as f64 / median,
+            r.bytes as f64 / MIB / median,
+            rss_median
+        );
+    }
+    println!(
+        "\nmax RSS is measured through a small wrapper and cannot read below its \
+         {:.1} MiB.",
+        rss_floor_kib() as f64 / 1024.0
+    );
+    println!(
+        "mailfetch fsyncs every message (batched) and its state; mpop writes \
+         its Maildir;\nfetchmail pipes each message through `sh -c 'cat > FILE'` \
+         (it has no Maildir\ndelivery of its own), without fsync."
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Message generation
+
+struct Message {
+    id: String,
+    data: Vec<u8>,
+}
+
+/// SplitMix64: small, fast, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [lo, hi).
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+    /// Log-uniform in [lo, hi).
+    fn log_range(&mut self, lo: f64, hi: f64) -> f64 {
+        (lo.ln() + (hi.ln() - lo.ln()) * self.unit()).exp()
+    }
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
+
+const NAMES: &[&str] = &[
+    "Alice Martin",
+    "Bob Schmidt",
+    "Chen Wei",
+    "Dana Kowalski",
+    "Emeka Obi",
+    "Fatima Haddad",
+    "Gustavo Lima",
+    "Hana Sato",
+    "Ivan Petrov",
+    "Julia Rossi",
+    "Kofi Mensah",
+    "Laura Nilsson",
+    "Mateo Garcia",
+    "Nora Berg",
+    "Omar Khalil",
+];
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "example.org",
+    "example.net",
+    "mail.example.de",
+    "lists.example.io",
+];
+const SUBJECTS: &[&str] = &[
+    "Re: meeting notes",
+    "Quarterly figures",
+    "Fwd: travel booking",
+    "Build failed on main",
+    "Invitation: design review",
+    "Your order has shipped",
+    "Re: Re: contract draft",
+    "Weekly newsletter",
+    "Photos",
+    "Question about the API",
+    "[list] Release 2.4 announcement",
+    "Lunch?",
+    "Password reset requested",
+    "Re: bug in the parser",
+    "Minutes of the board meeting",
+];
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be",
+    "by", "on", "not", "this", "are", "at", "from", "have", "or", "report", "meeting", "please",
+    "attached", "review", "thanks", "tomorrow", "server", "release", "draft", "numbers",
+    "schedule", "budget", "regards",
+];
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn headers(rng: &mut Rng, n: usize, boundary: Option<&str>) -> (String, String) {
+    let from = rng.pick(NAMES);
+    let from_addr = format!(
+        "{}@{}",
+        from.split(' ').next().unwrap().to_ascii_lowercase(),
+        rng.pick(DOMAINS)
+    );
+    let id = format!("<bench.{n}.{:016x}@{}>", rng.next(), rng.pick(DOMAINS));
+    let day = 1 + rng.below(28);
+    let (h, m, s) = (rng.below(24), rng.below(60), rng.below(60));
+    let ctype = match boundary {
+        Some(b) => format!("multipart/mixed; boundary=\"{b}\""),
+        None => "text/plain; charset=utf-8; format=flowed".to_string(),
+    };
+    let text = format!(
+        "Return-Path: <{from_addr}>\n\
+         Delivered-To: bench@example.com\n\
+         Received: from mx{mx}.example.net (mx{mx}.example.net [192.0.2.{ip}])\n\
+         \tby mail.example.com (Postfix) with ESMTPS id {qid:X}\n\
+         \tfor <bench@example.com>; Mon, {day} Mar 2026 {h:02}:{m:02}:{s:02} +0000 (UTC)\n\
+         From: {from} <{from_addr}>\n\
+         To: Bench User <bench@example.com>\n\
+         Subject: {subject}\n\
+         Date: Mon, {day} Mar 2026 {h:02}:{m:02}:{s:02} +0000\n\
+         Message-ID: {id}\n\
+         MIME-Version: 1.0\n\
+         Content-Type: {ctype}\n\
+         X-Bench-Seq: {n}\n",
+        mx = rng.below(9) + 1,
+        ip = rng.below(250) + 1,
+        qid = rng.next() & 0xFF_FFFF_FFFF,
+        subject = rng.pick(SUBJECTS),
+    );
+    (id, text)
+}
+
+/// Plain text of about `len` bytes, wrapped at ~72 columns.
+fn text_body(rng: &mut Rng, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut col = 0;
+    while out.len() - start < len {
+        let w = rng.pick(WORDS);
+        if col + w.len() + 1 > 72 {
+            out.push(b'\n');
+            col = 0;
+            // Now and then a blank line, and a line starting with a dot
+            // (which POP3 has to dot-stuff).
+            match rng.below(12) {
+                0 => out.push(b'\n'),
+                1 => {
+                    out.extend_from_slice(b".");
+                    col = 1;
+                }
+                _ => {}
+            }
+        } else if col > 0 {
+            out.push(b' ');
+            col += 1;
+        }
+        out.extend_from_slice(w.as_bytes());
+        col += w.len();
+    }
+    out.push(b'\n');
+}
+
+/// Random base64 of about `len` bytes in 76-column lines.
+fn base64_body(rng: &mut Rng, len: usize, out: &mut Vec<u8>) {
+    out.reserve(len + len / 76 + 2);
+    let mut remaining = len;
+    while remaining > 0 {
+        let line = remaining.min(76);
+        let mut i = 0;
+        while i < line {
+            let mut r = rng.next();
+            for _ in 0..10.min(line - i) {
+                out.push(B64[(r & 63) as usize]);
+                r >>= 6;
+                i += 1;
+            }
+        }
+        out.push(b'\n');
+        remaining -= line;
+    }
+}
+
+fn message(rng: &mut Rng, n: usize, size: usize) -> Message {
+    let mut data = Vec::with_capacity(size + 4096);
+    if size < 24 * 1024 {
+        let (id, h) = headers(rng, n, None);
+        data.extend_from_slice(h.as_bytes());
+        data.push(b'\n');
+        let body = size.saturating_sub(data.len()).max(64);
+        text_body(rng, body, &mut data);
+        return Message { id, data };
+    }
+    let boundary = format!("=_bench_{:012x}", rng.next() & 0xFFFF_FFFF_FFFF);
+    let (id, h) = headers(rng, n, Some(&boundary));
+    data.extend_from_slice(h.as_bytes());
+    data.extend_from_slice(b"\nThis is a multi-part message in MIME format.\n\n");
+    data.extend_from_slice(
+        format!("--{boundary}\nContent-Type: text/plain; charset=utf-8\n\n").as_bytes(),
+    );
+    let text = 1000 + rng.below(3000) as usize;
+    text_body(rng, text, &mut data);
+    let ext = ["pdf", "jpg", "zip", "docx", "png"][rng.below(5) as usize];
+    data.extend_from_slice(
+        format!(
+            "\n--{boundary}\nContent-Type: application/octet-stream; name=\"file{n}.{ext}\"\n\
+             Content-Disposition: attachment; filename=\"file{n}.{ext}\"\n\
+             Content-Transfer-Encoding: base64\n\n"
+        )
+        .as_bytes(),
+    );
+    let tail = format!("\n--{boundary}--\n");
+    let b64 = size.saturating_sub(data.len() + tail.len()).max(76);
+    // Lines are 77 bytes with their LF.
+    base64_body(rng, b64 * 76 / 77, &mut data);
+    data.extend_from_slice(tail.as_bytes());
+    Message { id, data }
+}
+
+/// `n` messages totalling ~63 MiB × n/2000: 90 % of 2–20 KiB, 9.5 % of
+/// 50–500 KiB, 0.5 % of 1–3 MiB, then scaled to hit the total.
+fn mixed_messages(n: usize) -> Vec<Message> {
+    let mut rng = Rng(0x6D61_696C_6665_7463); // "mailfetc"
+    let kib = 1024.0;
+    let mut sizes: Vec<f64> = (0..n)
+        .map(|_| {
+            let p = rng.unit();
+            if p < 0.90 {
+                rng.range(2.0 * kib, 20.0 * kib)
+            } else if p < 0.995 {
+                rng.log_range(50.0 * kib, 500.0 * kib)
+            } else {
+                rng.range(1024.0 * kib, 3072.0 * kib)
+            }
+        })
+        .collect();
+    let target = 63.0 * MIB * n as f64 / 2000.0;
+    let sum: f64 = sizes.iter().sum();
+    for s in &mut sizes {
+        *s = (*s * target / sum).max(1024.0);
+    }
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| message(&mut rng, i, s as usize))
+        .collect()
+}
+
+fn big_message(size: usize) -> Message {
+    let mut rng = Rng(0x6269_676D_6573_7367); // "bigmessg"
+    message(&mut rng, 0, size)
+}
+
+// ---------------------------------------------------------------------------
+
+fn find_mailfetch() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MAILFETCH") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mailfetch"))
+        .ok_or("cannot locate the mailfetch binary")?;
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release --bins --examples)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -421,6 +421,17 @@ fn starttls_refused_by_server_exits_2_without_credentials() {
 }
 
 #[test]
+fn plaintext_injected_after_stls_is_refused_before_credentials() {
+    let server = FakePop3::start(messages(1), Script::default().fault(Fault::StlsInjection));
+    let case = Case::new(&server).set("tls", "\"starttls\"");
+    let run = case.run();
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(run.stderr.contains("before the TLS handshake"), "{run:?}");
+    assert_no_credentials(&server);
+    assert!(case.delivered().is_empty());
+}
+
+#[test]
 fn malformed_uidl_line_exits_4() {
     let server = FakePop3::start(messages(3), Script::default().fault(Fault::GarbageUidlLine));
     let case = Case::new(&server);

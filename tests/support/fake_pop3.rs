@@ -71,6 +71,9 @@ pub enum Fault {
     RetrErr(usize),
     /// RETR of this message is never answered (the connection stays open).
     StallRetr(usize),
+    /// STLS is accepted, and a plaintext reply is sent right behind the
+    /// `+OK`, before any handshake: the STARTTLS injection attack.
+    StlsInjection,
 }
 
 /// How the server behaves.
@@ -394,6 +397,9 @@ impl Session {
             ("PASS", false) if self.user.is_some() && arg == self.password => self.login(),
             ("APOP", false) if self.apop && arg.split(' ').next() == Some(USER) => self.login(),
             ("USER" | "PASS" | "APOP", false) => self.send("-ERR [AUTH] invalid login\r\n"),
+            ("STLS", false) if self.faults.contains(&Fault::StlsInjection) => {
+                self.send("+OK Begin TLS negotiation\r\n+OK injected\r\n")
+            }
             ("STLS", false) => self.send("-ERR TLS is not available here\r\n"),
             ("STAT", true) => {
                 let (count, size) = self

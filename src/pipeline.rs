@@ -377,6 +377,7 @@ impl<C: Committer> CommitJob<C> {
             }
             staged.push(message);
         }
+        let started = Instant::now();
         if let Err(err) = self.committer.sync(&staged) {
             self.committer.discard(staged);
             return Err(failed("cannot make delivered messages durable", err));
@@ -398,6 +399,11 @@ impl<C: Committer> CommitJob<C> {
             // Harmless: the next run re-checks these intents and finds them done.
             tracing::warn!("cannot note published messages in the state file: {err}");
         }
+        tracing::debug!(
+            "committed {} messages in {:?}",
+            done.len(),
+            started.elapsed()
+        );
         Ok(done)
     }
 }

@@ -57,13 +57,15 @@ pub struct General {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Pop3,
+    Imap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
-    /// TLS from the first byte (POP3S, port 995).
+    /// TLS from the first byte (POP3S on port 995, IMAPS on port 993).
     Implicit,
-    /// Plain connection upgraded with STLS/STARTTLS, which must succeed.
+    /// Plain connection upgraded with STLS (POP3) or STARTTLS (IMAP), which
+    /// must succeed.
     StartTls,
     /// No encryption at all.
     None,
@@ -72,7 +74,10 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     Auto,
+    /// The protocol's own plain login: USER/PASS in POP3, LOGIN in IMAP.
+    /// Either sends the password as is.
     User,
+    /// POP3 only.
     Apop,
     Plain,
     Login,
@@ -122,6 +127,19 @@ pub enum PasswordSource {
     File(PathBuf),
 }
 
+/// Which messages of an IMAP folder a poll fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchMode {
+    /// Every message mailfetch has not delivered before, whatever its flags:
+    /// another client reading a message must not hide it from mailfetch.
+    New,
+    /// Messages without `\Seen` that mailfetch has not delivered before.
+    Unseen,
+    /// Every message in the folder, at every poll, even those delivered
+    /// before: for one-off copies, or with `keep = false`.
+    All,
+}
+
 /// Where fetched mail goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliverTarget {
@@ -149,6 +167,22 @@ pub struct Account {
     pub received_header: bool,
     /// How long to wait for the server before giving up.
     pub timeout: Duration,
+    /// IMAP: the folders to fetch from, as written (UTF-8; encoding them
+    /// for the server is the protocol's business). Never empty, no
+    /// duplicates. `["INBOX"]` for POP3, which has only that mailbox.
+    pub folders: Vec<String>,
+    /// IMAP: which messages to fetch. `New` for POP3, which is what it does.
+    pub fetch: FetchMode,
+    /// Messages larger than this many bytes are left on the server.
+    pub max_size: Option<u64>,
+    /// At most this many messages are fetched per poll (per folder for
+    /// IMAP); the others wait for the next poll.
+    pub max_per_poll: Option<usize>,
+    /// IMAP, only with `keep`: set `\Seen` on delivered messages.
+    pub mark_seen: bool,
+    /// IMAP, only without `keep`: move delivered messages to this folder
+    /// instead of deleting them.
+    pub move_to: Option<String>,
 }
 
 /// How long to wait for the server when `timeout` is not set.
@@ -393,6 +427,12 @@ struct RawAccount {
     deliver: Option<RawValue>,
     received_header: Option<RawValue>,
     timeout: Option<RawValue>,
+    folders: Option<RawValue>,
+    fetch: Option<RawValue>,
+    max_size: Option<RawValue>,
+    max_per_poll: Option<RawValue>,
+    mark_seen: Option<RawValue>,
+    move_to: Option<RawValue>,
 }
 
 // ---------------------------------------------------------------------------
@@ -481,7 +521,7 @@ impl Parser<'_> {
         })?;
         let protocol =
             self.convert("protocol", &required("protocol", &raw.protocol)?, |value| {
-                as_str(value).and_then(parse_protocol)
+                as_str(value).and_then(parse_keyword)
             })?;
         let host = self.convert("host", &required("host", &raw.host)?, |value| {
             as_non_empty_str(value).map(str::to_owned)
@@ -522,6 +562,42 @@ impl Parser<'_> {
         let timeout = self
             .optional("timeout", &raw.timeout, as_timeout)?
             .unwrap_or(DEFAULT_TIMEOUT);
+        let max_size = self.optional("max_size", &raw.max_size, as_size)?;
+        let max_per_poll = self.optional("max_per_poll", &raw.max_per_poll, as_count)?;
+        // The keys that only IMAP has.
+        for (key, field) in [
+            ("folders", &raw.folders),
+            ("fetch", &raw.fetch),
+            ("mark_seen", &raw.mark_seen),
+            ("move_to", &raw.move_to),
+        ] {
+            if let Some(value) = field
+                && protocol != Protocol::Imap
+            {
+                return Err(self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "only applies to protocol = \"imap\", not \"{}\"",
+                        keyword_name(protocol)
+                    ),
+                ));
+            }
+        }
+        let folders = self
+            .optional("folders", &raw.folders, as_folders)?
+            .unwrap_or_else(|| vec![INBOX.to_owned()]);
+        let fetch = self
+            .optional("fetch", &raw.fetch, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(FetchMode::New);
+        let mark_seen = self
+            .optional("mark_seen", &raw.mark_seen, as_bool)?
+            .unwrap_or(false);
+        let move_to = self.optional("move_to", &raw.move_to, |value| {
+            as_str(value).and_then(check_folder_name).map(str::to_owned)
+        })?;
 
         let account = Account {
             name,
@@ -539,10 +615,82 @@ impl Parser<'_> {
             deliver,
             received_header,
             timeout,
+            folders,
+            fetch,
+            max_size,
+            max_per_poll,
+            mark_seen,
+            move_to,
         };
+        self.check_auth_for_protocol(raw, &account)?;
         self.check_token_source(raw, &account)?;
         self.check_plaintext_exposure(raw, &account)?;
+        self.check_after_delivery(raw, &account)?;
         Ok(account)
+    }
+
+    /// APOP is POP3's own mechanism; IMAP has nothing like it.
+    fn check_auth_for_protocol(&self, raw: &RawAccount, account: &Account) -> Result<(), Error> {
+        match &raw.auth {
+            Some(auth)
+                if account.auth == AuthMethod::Apop && account.protocol != Protocol::Pop3 =>
+            {
+                Err(self.error(
+                    auth.span(),
+                    "auth",
+                    format!(
+                        "\"apop\" is a POP3 mechanism that protocol = \"{}\" does not have; \
+                         use \"auto\", \"cram-md5\" or \"scram-sha-256\" instead",
+                        keyword_name(account.protocol)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that what happens to a message after delivery is not
+    /// contradictory (`mark_seen`, `move_to` and `keep`), and that `move_to`
+    /// does not feed a folder that is fetched, which would deliver every
+    /// moved message a second time.
+    fn check_after_delivery(&self, raw: &RawAccount, account: &Account) -> Result<(), Error> {
+        if let Some(mark_seen) = &raw.mark_seen
+            && account.mark_seen
+            && !account.keep
+        {
+            return Err(self.error(
+                mark_seen.span(),
+                "mark_seen",
+                "mark_seen only applies with keep = true: with keep = false, messages \
+                 are deleted (or moved with move_to) once delivered",
+            ));
+        }
+        let (Some(value), Some(move_to)) = (&raw.move_to, &account.move_to) else {
+            return Ok(());
+        };
+        if account.keep {
+            return Err(self.error(
+                value.span(),
+                "move_to",
+                "move_to moves delivered messages out of the folder, which contradicts \
+                 keep = true; remove one of them",
+            ));
+        }
+        match account
+            .folders
+            .iter()
+            .find(|&folder| same_folder(folder, move_to))
+        {
+            Some(folder) => Err(self.error(
+                value.span(),
+                "move_to",
+                format!(
+                    "`{folder}` is also in folders, so moved messages would be fetched \
+                     and delivered again; move them to a folder that is not fetched"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The one password source of an account; setting several is an error,
@@ -949,6 +1097,118 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is too long"))
 }
 
+/// `max_size`: a whole number of bytes, or a string such as "25MB".
+fn as_size(value: &toml::Value) -> Result<u64, String> {
+    let size = match value {
+        // A negative size is refused below, like zero.
+        toml::Value::Integer(bytes) => u64::try_from(*bytes).unwrap_or(0),
+        toml::Value::String(text) => parse_size(text)?,
+        other => return Err(wrong_type("a size such as \"25MB\"", other)),
+    };
+    if size == 0 {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(size)
+}
+
+/// The units a size can be written in, largest first, as [`format_size`]
+/// picks them.
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("GiB", 1 << 30),
+    ("GB", 1_000_000_000),
+    ("MiB", 1 << 20),
+    ("MB", 1_000_000),
+    ("KiB", 1 << 10),
+    ("KB", 1_000),
+    ("B", 1),
+];
+
+/// Parses `25MB`, `25 mb`, `1GiB`, `512B` or a bare number of bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = || {
+        format!(
+            "`{text}` is not a size; write a whole number of bytes, optionally followed \
+             by B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), \
+             e.g. \"25MB\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit = match unit.strip_prefix(' ') {
+        Some(after_space) if !after_space.is_empty() => after_space,
+        _ => unit,
+    };
+    let bytes_per_unit = if unit.is_empty() {
+        1
+    } else {
+        SIZE_UNITS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(unit))
+            .map(|&(_, bytes)| bytes)
+            .ok_or_else(invalid)?
+    };
+    number
+        .checked_mul(bytes_per_unit)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// `max_per_poll`: a whole number greater than zero.
+fn as_count(value: &toml::Value) -> Result<usize, String> {
+    let number = value
+        .as_integer()
+        .ok_or_else(|| wrong_type("a whole number", value))?;
+    usize::try_from(number)
+        .ok()
+        .filter(|&count| count > 0)
+        .ok_or_else(|| "must be greater than zero".to_owned())
+}
+
+/// The one IMAP folder whose name is case-insensitive (RFC 3501 §5.1).
+const INBOX: &str = "INBOX";
+
+/// True if the folder names `a` and `b` mean the same folder.
+fn same_folder(a: &str, b: &str) -> bool {
+    a == b || (a.eq_ignore_ascii_case(INBOX) && b.eq_ignore_ascii_case(INBOX))
+}
+
+/// `folders`: a non-empty list of distinct folder names.
+fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| wrong_type("a list of folder names such as [\"INBOX\"]", value))?;
+    if list.is_empty() {
+        return Err("must name at least one folder, e.g. [\"INBOX\"]".to_owned());
+    }
+    let mut folders: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        let folder = as_str(item).and_then(check_folder_name)?;
+        if folders.iter().any(|seen| same_folder(seen, folder)) {
+            return Err(format!("`{folder}` is listed twice"));
+        }
+        folders.push(folder.to_owned());
+    }
+    Ok(folders)
+}
+
+/// A folder name can be anything but empty or holding CR, LF or NUL: a
+/// line break would end the IMAP command that carries it, and IMAP has no
+/// way to send a NUL in a name.
+fn check_folder_name(name: &str) -> Result<&str, String> {
+    if name.is_empty() {
+        Err("a folder name must not be empty".to_owned())
+    } else if name.contains(['\r', '\n', '\0']) {
+        Err(format!(
+            "the folder name {} contains a line break or NUL byte",
+            toml_string(name)
+        ))
+    } else {
+        Ok(name)
+    }
+}
+
 fn parse_account_name(name: &str) -> Result<String, String> {
     let valid = !name.is_empty()
         && name
@@ -965,14 +1225,6 @@ fn parse_account_name(name: &str) -> Result<String, String> {
     }
 }
 
-fn parse_protocol(name: &str) -> Result<Protocol, String> {
-    if name.eq_ignore_ascii_case("imap") {
-        Err("IMAP support is not implemented yet; only \"pop3\" is supported for now".to_owned())
-    } else {
-        parse_keyword(name)
-    }
-}
-
 /// The words a configuration enum is written as.
 trait Keyword: Copy + PartialEq + 'static {
     /// Every variant with its word, in the order they are documented.
@@ -980,7 +1232,8 @@ trait Keyword: Copy + PartialEq + 'static {
 }
 
 impl Keyword for Protocol {
-    const WORDS: &'static [(&'static str, Self)] = &[("pop3", Protocol::Pop3)];
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("pop3", Protocol::Pop3), ("imap", Protocol::Imap)];
 }
 
 impl Keyword for TlsMode {
@@ -1002,6 +1255,14 @@ impl Keyword for AuthMethod {
         ("xoauth2", AuthMethod::XOAuth2),
         ("oauthbearer", AuthMethod::OAuthBearer),
         ("scram-sha-256", AuthMethod::ScramSha256),
+    ];
+}
+
+impl Keyword for FetchMode {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("new", FetchMode::New),
+        ("unseen", FetchMode::Unseen),
+        ("all", FetchMode::All),
     ];
 }
 
@@ -1070,6 +1331,8 @@ fn default_port(protocol: Protocol, tls: TlsMode) -> u16 {
     match (protocol, tls) {
         (Protocol::Pop3, TlsMode::Implicit) => 995,
         (Protocol::Pop3, TlsMode::StartTls | TlsMode::None) => 110,
+        (Protocol::Imap, TlsMode::Implicit) => 993,
+        (Protocol::Imap, TlsMode::StartTls | TlsMode::None) => 143,
     }
 }
 
@@ -1147,7 +1410,28 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
         )?,
     }
     writeln!(f, "received_header = {}", account.received_header)?;
-    writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))
+    writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))?;
+    if let Some(max_size) = account.max_size {
+        writeln!(f, "max_size = \"{}\"", format_size(max_size))?;
+    }
+    if let Some(max_per_poll) = account.max_per_poll {
+        writeln!(f, "max_per_poll = {max_per_poll}")?;
+    }
+    // The IMAP-only keys, which a POP3 account must not have.
+    if account.protocol == Protocol::Imap {
+        let folders: Vec<String> = account
+            .folders
+            .iter()
+            .map(|folder| toml_string(folder))
+            .collect();
+        writeln!(f, "folders = [{}]", folders.join(", "))?;
+        writeln!(f, "fetch = \"{}\"", keyword_name(account.fetch))?;
+        writeln!(f, "mark_seen = {}", account.mark_seen)?;
+        if let Some(move_to) = &account.move_to {
+            writeln!(f, "move_to = {}", toml_string(move_to))?;
+        }
+    }
+    Ok(())
 }
 
 /// A path as a TOML string that expands back to the same path.
@@ -1183,6 +1467,16 @@ fn toml_string(text: &str) -> String {
     }
     quoted.push('"');
     quoted
+}
+
+/// `bytes` in the largest unit that divides it exactly, e.g. `25MB`.
+fn format_size(bytes: u64) -> String {
+    let (unit, bytes_per_unit) = SIZE_UNITS
+        .iter()
+        .find(|&&(_, bytes_per_unit)| bytes.is_multiple_of(bytes_per_unit))
+        .copied()
+        .expect("the last unit, B, divides every size");
+    format!("{}{unit}", bytes / bytes_per_unit)
 }
 
 /// `90s`, or `1500ms` when not a whole number of seconds.
@@ -1505,10 +1799,8 @@ deliver = "maildir:~/Mail/home"
             "auth",
             "\"cram-md5\", \"xoauth2\"",
         );
-        let imap = account_with("").replace("\"pop3\"", "\"imap\"");
-        assert_config_error(&imap, 3, "protocol", "IMAP support is not implemented yet");
         let smtp = account_with("").replace("\"pop3\"", "\"smtp\"");
-        assert_config_error(&smtp, 3, "protocol", "not one of \"pop3\"");
+        assert_config_error(&smtp, 3, "protocol", "not one of \"pop3\", \"imap\"");
     }
 
     #[test]
@@ -1685,6 +1977,330 @@ deliver = "maildir:~/Mail/home"
         }
     }
 
+    /// An IMAP account with only the required keys, plus `extra` lines
+    /// (from line 7 on, as in [`account_with`]).
+    fn imap_account_with(extra: &str) -> String {
+        account_with(extra)
+            .replace("\"pop3\"", "\"imap\"")
+            .replace("pop.example.com", "imap.example.com")
+    }
+
+    #[test]
+    fn imap_defaults() {
+        let account = &parse_ok(&imap_account_with("")).accounts[0];
+        assert_eq!(account.protocol, Protocol::Imap);
+        assert_eq!(account.port, 993);
+        assert_eq!(account.tls, TlsMode::Implicit);
+        assert_eq!(account.folders, ["INBOX"]);
+        assert_eq!(account.fetch, FetchMode::New);
+        assert_eq!(account.max_size, None);
+        assert_eq!(account.max_per_poll, None);
+        assert!(!account.mark_seen);
+        assert_eq!(account.move_to, None);
+        assert!(!account.keep);
+        for tls in ["starttls", "none"] {
+            let config = parse_ok(&imap_account_with(&format!("tls = \"{tls}\"\n")));
+            assert_eq!(config.accounts[0].port, 143, "{tls}");
+        }
+        // POP3 gets the same defaults, which it has no keys to change.
+        let account = &parse_ok(&account_with("")).accounts[0];
+        assert_eq!(account.folders, ["INBOX"]);
+        assert_eq!(account.fetch, FetchMode::New);
+        assert!(!account.mark_seen);
+        assert_eq!(account.move_to, None);
+    }
+
+    #[test]
+    fn every_imap_key_is_read() {
+        let text = imap_account_with(
+            "folders = [\"INBOX\", \"Lists/rust\", \"Entwürfe\", \"a \\\"quoted\\\" name\"]\n\
+             fetch = \"unseen\"\n\
+             max_size = \"25MB\"\n\
+             max_per_poll = 100\n\
+             move_to = \"Archive/2024\"\n",
+        );
+        let account = &parse_ok(&text).accounts[0];
+        assert_eq!(
+            account.folders,
+            ["INBOX", "Lists/rust", "Entwürfe", "a \"quoted\" name"]
+        );
+        assert_eq!(account.fetch, FetchMode::Unseen);
+        assert_eq!(account.max_size, Some(25_000_000));
+        assert_eq!(account.max_per_poll, Some(100));
+        assert_eq!(account.move_to.as_deref(), Some("Archive/2024"));
+
+        let text = imap_account_with("keep = true\nmark_seen = true\nfetch = \"ALL\"\n");
+        let account = &parse_ok(&text).accounts[0];
+        assert!(account.keep && account.mark_seen);
+        assert_eq!(account.fetch, FetchMode::All);
+    }
+
+    #[test]
+    fn imap_only_keys_are_refused_for_pop3() {
+        for setting in [
+            "folders = [\"INBOX\"]",
+            "fetch = \"new\"",
+            "mark_seen = false",
+            "move_to = \"Archive\"",
+        ] {
+            let key = setting.split_once(' ').unwrap().0;
+            let text = account_with(&format!("keep = true\n{setting}\n"));
+            assert_config_error(
+                &text,
+                8,
+                key,
+                "only applies to protocol = \"imap\", not \"pop3\"",
+            );
+        }
+    }
+
+    #[test]
+    fn bad_folders() {
+        for (written, fragment) in [
+            ("[]", "at least one folder"),
+            (
+                "\"INBOX\"",
+                "expected a list of folder names such as [\"INBOX\"], found a string",
+            ),
+            ("[\"INBOX\", 5]", "expected a string, found an integer"),
+            ("[\"INBOX\", \"\"]", "must not be empty"),
+            (
+                "[\"INBOX\", \"Lists\", \"Lists\"]",
+                "`Lists` is listed twice",
+            ),
+            // INBOX is the same folder in any case, other names are not.
+            ("[\"INBOX\", \"Inbox\"]", "`Inbox` is listed twice"),
+            (
+                "[\"a\\r\\nb\"]",
+                "\"a\\r\\nb\" contains a line break or NUL",
+            ),
+            ("[\"a\\nb\"]", "line break"),
+            ("[\"a\\u0000b\"]", "NUL"),
+        ] {
+            let text = imap_account_with(&format!("folders = {written}\n"));
+            assert_config_error(&text, 7, "folders", fragment);
+        }
+        parse_ok(&imap_account_with("folders = [\"Lists\", \"lists\"]\n"));
+        // A list over several lines is located at its key.
+        let text = imap_account_with("folders = [\n  \"INBOX\",\n  \"\",\n]\n");
+        assert_config_error(&text, 7, "folders", "must not be empty");
+    }
+
+    #[test]
+    fn bad_fetch_modes() {
+        assert_config_error(
+            &imap_account_with("fetch = \"recent\"\n"),
+            7,
+            "fetch",
+            "`recent` is not one of \"new\", \"unseen\", \"all\"",
+        );
+        assert_config_error(
+            &imap_account_with("fetch = true\n"),
+            7,
+            "fetch",
+            "expected a string, found a boolean",
+        );
+    }
+
+    #[test]
+    fn max_size_spellings() {
+        for (written, bytes) in [
+            ("1", 1),
+            ("25000000", 25_000_000),
+            ("\"512\"", 512),
+            ("\"512B\"", 512),
+            ("\"25MB\"", 25_000_000),
+            ("\"25 MB\"", 25_000_000),
+            ("\"25mb\"", 25_000_000),
+            ("\"3kb\"", 3_000),
+            ("\"2GB\"", 2_000_000_000),
+            ("\"3KiB\"", 3 << 10),
+            ("\"10 mib\"", 10 << 20),
+            ("\"2GiB\"", 2 << 30),
+        ] {
+            // Both protocols.
+            for text in [account_with(""), imap_account_with("")] {
+                let text = format!("{text}max_size = {written}\n");
+                assert_eq!(
+                    parse_ok(&text).accounts[0].max_size,
+                    Some(bytes),
+                    "{written}"
+                );
+            }
+        }
+        for (written, fragment) in [
+            ("0", "greater than zero"),
+            ("-1", "greater than zero"),
+            ("\"0MB\"", "greater than zero"),
+            ("\"\"", "is not a size"),
+            ("\"MB\"", "is not a size"),
+            ("\"1.5MB\"", "is not a size"),
+            ("\"25 XB\"", "`25 XB` is not a size"),
+            ("\"25  MB\"", "is not a size"),
+            ("\"25 \"", "is not a size"),
+            ("\"-5MB\"", "is not a size"),
+            ("\"99999999999GB\"", "too large"),
+            ("1.5", "expected a size such as \"25MB\", found a float"),
+        ] {
+            let text = account_with(&format!("max_size = {written}\n"));
+            assert_config_error(&text, 7, "max_size", fragment);
+        }
+    }
+
+    #[test]
+    fn sizes_are_shown_in_the_largest_exact_unit() {
+        for (bytes, shown) in [
+            (1, "1B"),
+            (1_500, "1500B"),
+            (3_000, "3KB"),
+            (3 << 10, "3KiB"),
+            (25_000_000, "25MB"),
+            (10 << 20, "10MiB"),
+            (2_000_000_000, "2GB"),
+            (3 << 30, "3GiB"),
+            (5_000_000_000_000, "5000GB"),
+        ] {
+            assert_eq!(format_size(bytes), shown);
+            assert_eq!(parse_size(shown), Ok(bytes));
+        }
+    }
+
+    #[test]
+    fn max_per_poll() {
+        for text in [account_with(""), imap_account_with("")] {
+            let text = format!("{text}max_per_poll = 1\n");
+            assert_eq!(parse_ok(&text).accounts[0].max_per_poll, Some(1));
+        }
+        for (written, fragment) in [
+            ("0", "greater than zero"),
+            ("-3", "greater than zero"),
+            ("\"10\"", "expected a whole number, found a string"),
+        ] {
+            let text = account_with(&format!("max_per_poll = {written}\n"));
+            assert_config_error(&text, 7, "max_per_poll", fragment);
+        }
+    }
+
+    #[test]
+    fn mark_seen_needs_keep() {
+        for keep in ["", "keep = false\n"] {
+            let text = imap_account_with(&format!("{keep}mark_seen = true\n"));
+            let line = if keep.is_empty() { 7 } else { 8 };
+            assert_config_error(
+                &text,
+                line,
+                "mark_seen",
+                "mark_seen only applies with keep = true",
+            );
+        }
+        // Saying false is harmless.
+        parse_ok(&imap_account_with("mark_seen = false\n"));
+    }
+
+    #[test]
+    fn bad_move_to() {
+        assert_config_error(
+            &imap_account_with("keep = true\nmove_to = \"Archive\"\n"),
+            8,
+            "move_to",
+            "contradicts keep = true",
+        );
+        for (written, fragment) in [
+            ("\"\"", "must not be empty"),
+            ("\"Arch\\nive\"", "line break or NUL"),
+            ("\"Arch\\rive\"", "line break or NUL"),
+            ("\"Arch\\u0000ive\"", "line break or NUL"),
+            ("[\"Archive\"]", "expected a string, found an array"),
+            // Moved messages would come back in the next poll.
+            ("\"INBOX\"", "`INBOX` is also in folders"),
+            ("\"inbox\"", "`INBOX` is also in folders"),
+        ] {
+            let text = imap_account_with(&format!("move_to = {written}\n"));
+            assert_config_error(&text, 7, "move_to", fragment);
+        }
+        let text = imap_account_with("folders = [\"INBOX\", \"Done\"]\nmove_to = \"Done\"\n");
+        assert_config_error(&text, 8, "move_to", "`Done` is also in folders");
+    }
+
+    #[test]
+    fn imap_auth_methods() {
+        assert_config_error(
+            &imap_account_with("auth = \"apop\"\n"),
+            7,
+            "auth",
+            "\"apop\" is a POP3 mechanism that protocol = \"imap\" does not have",
+        );
+        for auth in [
+            "auto",
+            "user",
+            "plain",
+            "login",
+            "cram-md5",
+            "scram-sha-256",
+        ] {
+            let account =
+                &parse_ok(&imap_account_with(&format!("auth = \"{auth}\"\n"))).accounts[0];
+            assert_eq!(keyword_name(account.auth), auth);
+        }
+        for auth in ["xoauth2", "oauthbearer"] {
+            let text = imap_account_with(&format!(
+                "auth = \"{auth}\"\npassword_command = \"get-token\"\n"
+            ));
+            parse_ok(&text);
+        }
+        // LOGIN sends the password as it is, like USER/PASS.
+        let text = imap_account_with("tls = \"none\"\nauth = \"user\"\n");
+        assert_config_error(
+            &text,
+            7,
+            "tls",
+            "auth = \"user\", the password would travel unencrypted",
+        );
+        parse_ok(&imap_account_with(
+            "tls = \"none\"\nauth = \"user\"\nallow_plaintext_auth = true\n",
+        ));
+    }
+
+    #[test]
+    fn imap_display_round_trips() {
+        let text = format!(
+            "{}\n{}\n{}",
+            imap_account_with(
+                "folders = [\"INBOX\", \"Entwürfe\", \"say \\\"hi\\\"\"]\n\
+                 fetch = \"all\"\nmax_size = \"10 MiB\"\nmax_per_poll = 50\n\
+                 move_to = \"Old\"\n"
+            ),
+            imap_account_with("keep = true\nmark_seen = true\nmax_size = 1500\n")
+                .replace("\"home\"", "\"work\""),
+            account_with("max_size = \"2gb\"\n").replace("\"home\"", "\"pop\""),
+        );
+        let shown = parse_ok(&text).to_string();
+        for line in [
+            "protocol = \"imap\"",
+            "port = 993",
+            "folders = [\"INBOX\", \"Entwürfe\", \"say \\\"hi\\\"\"]",
+            "fetch = \"all\"",
+            "max_size = \"10MiB\"",
+            "max_per_poll = 50",
+            "move_to = \"Old\"",
+            "folders = [\"INBOX\"]\nfetch = \"new\"\nmark_seen = true\n",
+            "max_size = \"1500B\"",
+            "max_size = \"2GB\"",
+        ] {
+            assert!(shown.contains(line), "want {line}, got:\n{shown}");
+        }
+        // The POP3 account, last, shows none of the IMAP-only keys.
+        let pop3 = shown.rsplit("[[account]]").next().unwrap();
+        for key in ["folders", "fetch", "mark_seen", "move_to", "max_per_poll"] {
+            assert!(!pop3.contains(&format!("{key} = ")), "{key} in:\n{pop3}");
+        }
+
+        let reparsed = parse_ok(&shown);
+        assert_eq!(reparsed.to_string(), shown);
+        assert_eq!(reparsed.accounts[0].folders[2], "say \"hi\"");
+        assert_eq!(reparsed.accounts[0].max_size, Some(10 << 20));
+    }
+
     #[test]
     fn loopback_hosts() {
         for host in [
@@ -1743,9 +2359,34 @@ deliver = "maildir:~/Mail/home"
 
     #[test]
     fn the_example_file_parses() {
-        let config = parse_ok(include_str!("../fetchrc.example"));
+        let example = include_str!("../fetchrc.example");
+        let config = parse_ok(example);
         assert_eq!(config.accounts.len(), 1);
         assert_eq!(config.accounts[0].name, "home");
+
+        // So do the commented-out example accounts, once uncommented: they
+        // start at the first `#[[account]]`, and their settings are the
+        // lines with no space after the `#`.
+        let start = example.find("\n#[[account]]").expect("example accounts");
+        let (active, examples) = example.split_at(start);
+        let uncommented: String = examples
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(setting) if !setting.starts_with([' ', '#']) && !setting.is_empty() => {
+                    format!("{setting}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let config = parse_ok(&format!("{active}{uncommented}"));
+        let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["home", "work", "gmail"]);
+        let gmail = &config.accounts[2];
+        assert_eq!(gmail.protocol, Protocol::Imap);
+        assert_eq!(gmail.port, 993);
+        assert_eq!(gmail.folders, ["INBOX", "Lists/rust"]);
+        assert!(gmail.keep);
+        assert_eq!(gmail.fetch, FetchMode::New);
     }
 
     /// The keys allowed in a section, as serde lists them when it meets an

@@ -183,13 +183,14 @@ fn run(args: &Args) -> Result<u8, Error> {
     let reports = runtime.block_on(async {
         let mut reports = Vec::new();
         for account in &config.accounts {
-            let report = pipeline::poll(account, &config.general.state_dir).await;
-            if report.failure().is_some() {
-                tracing::error!("{}", report.summary());
-            } else {
-                tracing::info!("{}", report.summary());
+            for report in pipeline::poll(account, &config.general.state_dir).await {
+                if report.failure().is_some() {
+                    tracing::error!("{}", report.summary());
+                } else {
+                    tracing::info!("{}", report.summary());
+                }
+                reports.push(report);
             }
-            reports.push(report);
         }
         reports
     });
@@ -219,8 +220,8 @@ fn select_accounts(mut config: Config, names: &[String]) -> Result<Config, Error
     Ok(config)
 }
 
-/// 0 if any account delivered mail without failing, else the highest
-/// failure code, else 1 (no new mail).
+/// 0 if any mailbox (an account, or an IMAP folder) delivered mail without
+/// failing, else the highest failure code, else 1 (no new mail).
 fn exit_code(reports: &[pipeline::Report]) -> u8 {
     if reports
         .iter()

@@ -19,19 +19,21 @@
 //! messages still on the server. Batches commit on a blocking thread while
 //! the next batch downloads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Account, DeliverTarget, Protocol, TlsMode};
+use crate::config::{Account, DeliverTarget, FetchMode, Protocol, TlsMode};
 use crate::error::{Error, Kind};
 use crate::received::{Trace, local_hostname};
 use crate::sink::maildir::MaildirSink;
 use crate::sink::{Acceptance, Committer, MessageWriter, Sink, Staged};
+use crate::source::imap::Imap;
 use crate::source::pop3::Pop3;
 use crate::source::{Listed, Retrieved, Source};
-use crate::state::MailboxState;
+use crate::state::{Entry, MailboxState};
 
 /// A batch is committed when it holds this many messages…
 const BATCH_MESSAGES: usize = 256;
@@ -39,43 +41,70 @@ const BATCH_MESSAGES: usize = 256;
 /// crash and the time a delivered message waits to become visible.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 
-/// What one poll of one account did.
+/// What one poll of one mailbox (a POP3 account, an IMAP folder) did.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub account: String,
+    /// `account`, or `account/folder` for IMAP.
+    pub mailbox: String,
     /// Where mail went, for the summary line.
     pub destination: String,
     /// Messages on the server not delivered before.
     pub new: usize,
     pub delivered: usize,
     pub delivered_bytes: u64,
+    /// Messages over `max_size`, left on the server.
+    pub skipped: usize,
+    /// Messages left for the next poll by `max_per_poll`.
+    pub deferred: usize,
     /// Messages the server would not hand out; they stay on the server.
     pub refused: usize,
     /// Messages the sink did not accept; they stay on the server.
     pub rejected: usize,
+    /// Messages deleted (or moved, see `removal`) on the server.
     pub deleted: usize,
+    /// How delivered messages leave the server: "deleted" or "moved to X".
+    pub removal: String,
     pub elapsed: Duration,
     /// Why the poll stopped early, if it did.
     pub error: Option<Error>,
 }
 
 impl Report {
+    fn new(mailbox: String, destination: &str, account: &Account) -> Report {
+        Report {
+            mailbox,
+            destination: destination.to_owned(),
+            removal: match &account.move_to {
+                Some(folder) => format!("moved to {folder}"),
+                None => "deleted".to_owned(),
+            },
+            ..Report::default()
+        }
+    }
+
     /// The one line a poll logs by default.
     pub fn summary(&self) -> String {
         let mut line = format!(
             "{}: {} new, {} delivered ({}) to {}",
-            self.account,
+            self.mailbox,
             self.new,
             self.delivered,
             human_bytes(self.delivered_bytes),
             self.destination
         );
+        if self.skipped > 0 {
+            line.push_str(&format!(", {} over max_size", self.skipped));
+        }
+        if self.deferred > 0 {
+            line.push_str(&format!(", {} left for the next poll", self.deferred));
+        }
         if self.refused + self.rejected > 0 {
             line.push_str(&format!(", {} failed", self.refused + self.rejected));
         }
         line.push_str(&format!(
-            ", {} deleted, {:.1} s",
+            ", {} {}, {:.1} s",
             self.deleted,
+            self.removal,
             self.elapsed.as_secs_f64()
         ));
         if let Some(error) = &self.error {
@@ -105,45 +134,172 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Polls one account once. Never panics on bad input; every failure ends up
-/// in the report.
-pub async fn poll(account: &Account, state_dir: &std::path::Path) -> Report {
-    let started = Instant::now();
-    let mut report = Report {
-        account: account.name.clone(),
-        ..Report::default()
-    };
+/// Polls one account once: one report per mailbox (the POP3 account, or
+/// each IMAP folder). Never panics on bad input; every failure ends up in
+/// a report.
+pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
     let DeliverTarget::Maildir(path) = &account.deliver;
-    let result = match MaildirSink::open(path) {
-        Ok(sink) => {
-            report.destination = sink.describe();
-            poll_into(account, state_dir, sink, &mut report).await
+    match MaildirSink::open(path) {
+        Ok(sink) => match account.protocol {
+            Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
+            Protocol::Imap => poll_imap(account, state_dir, sink).await,
+        },
+        Err(err) => {
+            let mut report = Report::new(
+                account.name.clone(),
+                &format!("maildir {}", path.display()),
+                account,
+            );
+            report.error = Some(err);
+            vec![report]
         }
-        Err(err) => Err(err),
-    };
+    }
+}
+
+async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Report {
+    let started = Instant::now();
+    let mut report = Report::new(account.name.clone(), &sink.describe(), account);
+    let result = async {
+        let secret = account.password.resolve(&account.name).await?;
+        let key = format!(
+            "pop3 {}@{}:{}",
+            account.username, account.host, account.port
+        );
+        let mut source = Pop3::connect(account, secret.as_ref()).await?;
+        // On error the session is dropped without QUIT: POP3 then undoes
+        // any DELE, and the next poll deletes what was delivered.
+        poll_mailbox(
+            &mut source,
+            &mut sink,
+            account,
+            state_dir,
+            &key,
+            &mut report,
+        )
+        .await?;
+        source.finish().await
+    }
+    .await;
     report.error = result.err();
     report.elapsed = started.elapsed();
     report
 }
 
-async fn poll_into<K: Sink>(
+async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Vec<Report> {
+    let started = Instant::now();
+    let mut reports: Vec<Report> = account
+        .folders
+        .iter()
+        .map(|folder| {
+            Report::new(
+                format!("{}/{folder}", account.name),
+                &sink.describe(),
+                account,
+            )
+        })
+        .collect();
+    let secret = match account.password.resolve(&account.name).await {
+        Ok(secret) => secret,
+        Err(err) => return fail_all(reports, err),
+    };
+    let mut source = match Imap::connect(account, secret.as_ref()).await {
+        Ok(source) => source,
+        Err(err) => return fail_all(reports, err),
+    };
+    // Connecting and logging in count towards the first folder.
+    let mut folder_started = started;
+    // Nothing is changed in a folder in keep mode without mark_seen.
+    let read_only = account.keep && !account.mark_seen;
+    for (folder, report) in account.folders.iter().zip(reports.iter_mut()) {
+        if let Err(err) = source.select(folder, read_only).await {
+            // A folder that cannot be opened does not stop the others.
+            let usable = err.kind == Kind::Server;
+            report.error = Some(err);
+            if usable {
+                continue;
+            }
+            break;
+        }
+        let key = format!(
+            "imap {}@{}:{}/{folder}",
+            account.username, account.host, account.port
+        );
+        let result = poll_mailbox(&mut source, &mut sink, account, state_dir, &key, report).await;
+        report.elapsed = folder_started.elapsed();
+        folder_started = Instant::now();
+        if let Err(err) = result {
+            report.error = Some(err);
+            break;
+        }
+    }
+    if let Some(pos) = reports
+        .iter()
+        .position(|r| r.error.is_some() && r.error.as_ref().is_some_and(|e| e.kind != Kind::Server))
+    {
+        // The session broke: the folders after it were not polled.
+        for report in &mut reports[pos + 1..] {
+            report.error = Some(Error::new(
+                Kind::Connection,
+                "not polled: the session broke on an earlier folder",
+            ));
+        }
+    } else if let Err(err) = source.finish().await {
+        tracing::debug!("{}: LOGOUT: {err}", account.name);
+    }
+    reports
+}
+
+fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
+    for report in &mut reports {
+        report.error = Some(Error::new(err.kind, err.message.clone()));
+    }
+    reports
+}
+
+/// The part of a poll common to every protocol, on one mailbox of an open
+/// session.
+async fn poll_mailbox<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
     account: &Account,
-    state_dir: &std::path::Path,
-    mut sink: K,
+    state_dir: &Path,
+    key: &str,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let secret = account.password.resolve(&account.name).await?;
-    let Protocol::Pop3 = account.protocol;
-    let key = format!(
-        "pop3 {}@{}:{}",
-        account.username, account.host, account.port
-    );
-    let mut state = MailboxState::open(state_dir, &key)?;
+    let state_error = |err: std::io::Error| {
+        Error::new(
+            Kind::Delivery,
+            format!("cannot update the state file: {err}"),
+        )
+    };
+    let mut state = MailboxState::open(state_dir, key)?;
     let mut committer = sink.committer();
     recover(&mut state, &mut committer)?;
 
-    let mut source = Pop3::connect(account, secret.as_ref()).await?;
-    let listed = source.list().await?;
+    let listing = source.list(account.fetch == FetchMode::Unseen).await?;
+    let mut listed = listing.messages;
+    if let Some(identity) = &listing.identity {
+        match state.meta(IDENTITY) {
+            Some(known) if known == identity => {}
+            None if state.is_empty() => state
+                .reset(IDENTITY, identity, Vec::new())
+                .map_err(state_error)?,
+            known => {
+                let carried = reidentify(source, &mut listed, &state).await?;
+                tracing::warn!(
+                    "{}: the server renumbered the folder (UIDVALIDITY {} → {identity}); {} of {} messages recognised \
+                     as delivered before, the rest will be fetched",
+                    report.mailbox,
+                    known.unwrap_or("unknown"),
+                    carried.len(),
+                    listed.len()
+                );
+                state
+                    .reset(IDENTITY, identity, carried)
+                    .map_err(state_error)?;
+            }
+        }
+    }
     let has_uids = listed.iter().all(|message| message.uid.is_some());
     if !has_uids && account.keep {
         return Err(Error::new(
@@ -157,25 +313,50 @@ async fn poll_into<K: Sink>(
     }
     if has_uids {
         let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
-        state.retain(&present).map_err(|err| {
-            Error::new(
-                Kind::Delivery,
-                format!("cannot update the state file: {err}"),
-            )
-        })?;
+        state.retain(&present).map_err(state_error)?;
     }
-    let (old, new): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|message| {
-        message
-            .uid
-            .as_deref()
-            .is_some_and(|uid| state.is_delivered(uid))
+    let (old, mut new): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|message| {
+        account.fetch != FetchMode::All
+            && message
+                .uid
+                .as_deref()
+                .is_some_and(|uid| state.is_delivered(uid))
     });
+    if account.fetch == FetchMode::Unseen {
+        new.retain(|message| !message.seen);
+    }
     report.new = new.len();
+    source.describe(&mut new).await?;
+    if let Some(max_size) = account.max_size {
+        new.retain(|message| match message.size {
+            Some(size) if size > max_size => {
+                tracing::info!(
+                    "{}: skipping message {} ({} > max_size {}); it stays on the server",
+                    report.mailbox,
+                    message.number,
+                    human_bytes(size),
+                    human_bytes(max_size)
+                );
+                report.skipped += 1;
+                false
+            }
+            _ => true,
+        });
+    }
+    if let Some(limit) = account.max_per_poll
+        && new.len() > limit
+    {
+        report.deferred = new.len() - limit;
+        new.truncate(limit);
+    }
 
     let trace = Trace {
         server: &account.host,
         local_host: &local_hostname(),
-        protocol: "POP3",
+        protocol: match account.protocol {
+            Protocol::Pop3 => "POP3",
+            Protocol::Imap => "IMAP",
+        },
         tls: account.tls != TlsMode::None,
         account: &account.name,
         username: &account.username,
@@ -184,45 +365,70 @@ async fn poll_into<K: Sink>(
         .received_header
         .then(|| trace.header(SystemTime::now()));
     let mut commits = CommitQueue::new(committer, state);
-    let retrieval = retrieve(
-        &mut source,
-        &mut sink,
-        &new,
-        header.as_deref(),
-        &mut commits,
-        report,
-    )
-    .await;
+    let retrieval = retrieve(source, sink, &new, header.as_deref(), &mut commits, report).await;
     // Whatever happened, what was fully received is made durable.
     let committed = commits.finish().await;
     let (committed, error) = match (retrieval, committed) {
         (Ok(()), Ok(committed)) => (committed, None),
         (Err(err), Ok(committed)) | (Ok(()), Err((err, committed))) => (committed, Some(err)),
         (Err(err), Err((commit_err, committed))) => {
-            tracing::error!("{}: {commit_err}", account.name);
+            tracing::error!("{}: {commit_err}", report.mailbox);
             (committed, Some(err))
         }
     };
     report.delivered = committed.len();
     report.delivered_bytes = committed.iter().map(|(_, size)| size).sum();
     if let Some(err) = error {
-        // The session is unusable; what was committed is deleted next time.
+        // The session may be unusable; what was committed is deleted (or
+        // marked) next time, as a message known to be delivered.
         return Err(err);
     }
-
-    if !account.keep {
+    let delivered: Vec<u32> = committed.iter().map(|(number, _)| *number).collect();
+    if account.keep {
+        if account.mark_seen {
+            source.mark_seen(&delivered).await?;
+        }
+    } else {
+        // Messages delivered by an earlier poll that are still here (a crash
+        // or a dropped connection came before their deletion) go too.
         let doomed: Vec<u32> = old
             .iter()
             .map(|message| message.number)
-            .chain(committed.iter().map(|(number, _)| *number))
+            .chain(delivered)
             .collect();
-        let accepted = source.delete(&doomed).await?;
-        source.finish().await?;
-        report.deleted = accepted;
-    } else {
-        source.finish().await?;
+        report.deleted = source.delete(&doomed).await?;
     }
     Ok(())
+}
+
+/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
+const IDENTITY: &str = "identity";
+
+/// After the server renumbered a mailbox, finds the messages delivered
+/// before by their digests; returns them under their new ids.
+async fn reidentify<S: Source>(
+    source: &mut S,
+    listed: &mut [Listed],
+    state: &MailboxState,
+) -> Result<Vec<Entry>, Error> {
+    let known: HashSet<String> = state.digests().into_iter().map(str::to_owned).collect();
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    source.describe(listed).await?;
+    Ok(listed
+        .iter()
+        .filter_map(|message| {
+            let digest = message
+                .digest
+                .as_ref()
+                .filter(|digest| known.contains(*digest))?;
+            Some(Entry {
+                digest: Some(digest.clone()),
+                ..Entry::new(message.uid.clone()?)
+            })
+        })
+        .collect())
 }
 
 /// Finishes deliveries a crash interrupted between journaling and
@@ -262,22 +468,29 @@ async fn retrieve<S: Source, K: Sink>(
     report: &mut Report,
 ) -> Result<(), Error> {
     let numbers: Vec<u32> = messages.iter().map(|m| m.number).collect();
+    let by_number: HashMap<u32, &Listed> = messages.iter().map(|m| (m.number, m)).collect();
     source.request(&numbers);
     let mut batch = Batch::default();
     let mut result = Ok(());
-    for message in messages {
-        match retrieve_one(source, sink, message, header).await {
-            Ok(Fetched::Staged(staged)) => {
+    for _ in messages {
+        match retrieve_one(source, sink, header).await {
+            Ok((number, Fetched::Staged(staged))) => {
+                let Some(message) = by_number.get(&number) else {
+                    sink.committer().discard(vec![staged]);
+                    result = Err(Error::new(
+                        Kind::Protocol,
+                        format!("the server sent message {number}, which was not asked for"),
+                    ));
+                    break;
+                };
                 batch.bytes += staged.size();
-                batch
-                    .messages
-                    .push((message.number, message.uid.clone(), staged));
+                batch.messages.push(((*message).clone(), staged));
                 if batch.messages.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
                     commits.submit(std::mem::take(&mut batch)).await;
                 }
             }
-            Ok(Fetched::Refused) => report.refused += 1,
-            Ok(Fetched::Rejected) => report.rejected += 1,
+            Ok((_, Fetched::Refused)) => report.refused += 1,
+            Ok((_, Fetched::Rejected)) => report.rejected += 1,
             Err(err) => {
                 result = Err(err);
                 break;
@@ -297,13 +510,12 @@ enum Fetched<T> {
     Rejected,
 }
 
-/// Retrieves one message into the sink.
+/// Retrieves the next message into the sink; says which one it was.
 async fn retrieve_one<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
-    message: &Listed,
     header: Option<&str>,
-) -> Result<Fetched<K::Staged>, Error> {
+) -> Result<(u32, Fetched<K::Staged>), Error> {
     let mut writer = sink.begin().await?;
     if let Some(header) = header
         && let Err(err) = writer.write(header.as_bytes()).await
@@ -314,35 +526,31 @@ async fn retrieve_one<S: Source, K: Sink>(
             format!("cannot write message: {err}"),
         ));
     }
-    match source.retrieve(message.number, &mut writer).await {
-        Ok(Retrieved::Complete) => {}
-        Ok(Retrieved::Refused(reason)) => {
+    let number = match source.retrieve(&mut writer).await {
+        Ok((number, Retrieved::Complete)) => number,
+        Ok((number, Retrieved::Refused(reason))) => {
             sink.abort(writer);
-            tracing::warn!("server refused message {}: {reason}", message.number);
-            return Ok(Fetched::Refused);
+            tracing::warn!("server refused message {number}: {reason}");
+            return Ok((number, Fetched::Refused));
         }
         Err(err) => {
             // Nothing of a partly received message may become visible.
             sink.abort(writer);
             return Err(err);
         }
-    }
+    };
     match sink.finish(writer).await? {
-        Acceptance::Accepted(staged) => Ok(Fetched::Staged(staged)),
+        Acceptance::Accepted(staged) => Ok((number, Fetched::Staged(staged))),
         Acceptance::TemporaryFailure(reason) | Acceptance::PermanentFailure(reason) => {
-            tracing::warn!(
-                "message {} not delivered, left on the server: {reason}",
-                message.number
-            );
-            Ok(Fetched::Rejected)
+            tracing::warn!("message {number} not delivered, left on the server: {reason}");
+            Ok((number, Fetched::Rejected))
         }
     }
 }
 
 /// Staged messages waiting to be committed together.
 struct Batch<T> {
-    /// (server number, uid, staged message)
-    messages: Vec<(u32, Option<String>, T)>,
+    messages: Vec<(Listed, T)>,
     bytes: u64,
 }
 
@@ -370,10 +578,14 @@ impl<C: Committer> CommitJob<C> {
         let mut done = Vec::with_capacity(batch.messages.len());
         let mut entries = Vec::new();
         let mut staged = Vec::with_capacity(batch.messages.len());
-        for (number, uid, message) in batch.messages {
-            done.push((number, message.size()));
-            if let Some(uid) = uid {
-                entries.push((uid, message.intent()));
+        for (listed, message) in batch.messages {
+            done.push((listed.number, message.size()));
+            if let Some(uid) = listed.uid {
+                entries.push(Entry {
+                    id: uid,
+                    intent: message.intent(),
+                    digest: listed.digest,
+                });
             }
             staged.push(message);
         }
@@ -390,7 +602,7 @@ impl<C: Committer> CommitJob<C> {
             .map_err(|err| failed("cannot write the state file", err))?;
         let intents: Vec<String> = entries
             .into_iter()
-            .filter_map(|(_, intent)| intent)
+            .filter_map(|entry| entry.intent)
             .collect();
         self.committer
             .publish(staged)
@@ -445,7 +657,7 @@ impl<C: Committer> CommitQueue<C> {
                 batch
                     .messages
                     .into_iter()
-                    .map(|(_, _, staged)| staged)
+                    .map(|(_, staged)| staged)
                     .collect(),
             );
             self.idle = Some(job);
@@ -512,7 +724,10 @@ mod tests {
         committer.sync(std::slice::from_ref(&staged)).unwrap();
         let mut state = MailboxState::open(dir.path(), "key").unwrap();
         state
-            .record_delivered(&[("uid-1".into(), staged.intent())])
+            .record_delivered(&[Entry {
+                intent: staged.intent(),
+                ..Entry::new("uid-1")
+            }])
             .unwrap();
         drop((staged, state)); // the crash
 
@@ -541,7 +756,10 @@ mod tests {
         };
         let mut state = MailboxState::open(dir.path(), "key").unwrap();
         state
-            .record_delivered(&[("uid-1".into(), staged.intent())])
+            .record_delivered(&[Entry {
+                intent: staged.intent(),
+                ..Entry::new("uid-1")
+            }])
             .unwrap();
         let mut committer = sink.committer();
         committer.discard(vec![staged]);

@@ -5,10 +5,13 @@
 //!
 //! ```text
 //! mailfetch-state 1
-//! + UID            delivered
-//! + UID INTENT     delivered; the sink may not have published it yet
+//! + ID             delivered
+//! + ID INTENT      delivered; the sink may not have published it yet
+//! + ID … #DIGEST   either of the above, with a digest of the message that
+//!                  recognises it when its ID changes (IMAP UIDVALIDITY)
 //! = INTENT         that intent is published
-//! - UID            forgotten (no longer on the server)
+//! - ID             forgotten (no longer on the server)
+//! ! KEY VALUE      a setting of the mailbox (IMAP: its UIDVALIDITY)
 //! ```
 //!
 //! A crash can only tear the last line, which is dropped on the next open.
@@ -26,11 +29,48 @@ use crate::error::{Error, Kind};
 
 const HEADER: &str = "mailfetch-state 1";
 
+/// One delivered message, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The server's id for it (POP3 UIDL, IMAP UID).
+    pub id: String,
+    /// The sink's intent, when publishing is still to come.
+    pub intent: Option<String>,
+    /// A digest of the message that outlives `id` (see [`MailboxState::reset`]).
+    pub digest: Option<String>,
+}
+
+impl Entry {
+    pub fn new(id: impl Into<String>) -> Entry {
+        Entry {
+            id: id.into(),
+            intent: None,
+            digest: None,
+        }
+    }
+
+    fn record(&self) -> String {
+        let mut line = format!("+ {}", self.id);
+        if let Some(intent) = &self.intent {
+            line.push(' ');
+            line.push_str(intent);
+        }
+        if let Some(digest) = &self.digest {
+            line.push_str(" #");
+            line.push_str(digest);
+        }
+        line.push('\n');
+        line
+    }
+}
+
 /// The delivered ids of one server mailbox.
 pub struct MailboxState {
     path: PathBuf,
     journal: File,
-    delivered: HashSet<String>,
+    /// Delivered ids, with their digests.
+    delivered: HashMap<String, Option<String>>,
+    meta: HashMap<String, String>,
     /// Intents journaled but not known to be published, by intent.
     pending: HashMap<String, String>,
     /// Records in the journal, live or dead; drives compaction.
@@ -60,12 +100,13 @@ impl MailboxState {
             Err(err) => return Err(err),
         };
         let Some(bytes) = existing else {
-            return Self::create(path, &HashSet::new(), &HashMap::new());
+            return Self::create(path, HashMap::new(), HashMap::new(), HashMap::new());
         };
         let mut state = MailboxState {
             path: path.to_owned(),
             journal: OpenOptions::new().append(true).open(path)?,
-            delivered: HashSet::new(),
+            delivered: HashMap::new(),
+            meta: HashMap::new(),
             pending: HashMap::new(),
             records: 0,
         };
@@ -102,19 +143,36 @@ impl MailboxState {
 
     fn apply(&mut self, line: &str) -> Option<()> {
         let mut words = line.split(' ');
-        match (words.next()?, words.next(), words.next(), words.next()) {
-            ("+", Some(uid), None, None) => {
-                self.delivered.insert(uid.to_owned());
+        let kind = words.next()?;
+        let first = words.next()?;
+        match kind {
+            "+" => {
+                let mut entry = Entry::new(first);
+                for word in words {
+                    match word.strip_prefix('#') {
+                        Some(digest) if entry.digest.is_none() => {
+                            entry.digest = Some(digest.to_owned())
+                        }
+                        None if entry.intent.is_none() && entry.digest.is_none() => {
+                            entry.intent = Some(word.to_owned())
+                        }
+                        _ => return None,
+                    }
+                }
+                if let Some(intent) = entry.intent {
+                    self.pending.insert(intent, entry.id.clone());
+                }
+                self.delivered.insert(entry.id, entry.digest);
             }
-            ("+", Some(uid), Some(intent), None) => {
-                self.delivered.insert(uid.to_owned());
-                self.pending.insert(intent.to_owned(), uid.to_owned());
+            "=" if words.next().is_none() => {
+                self.pending.remove(first);
             }
-            ("=", Some(intent), None, None) => {
-                self.pending.remove(intent);
+            "-" if words.next().is_none() => {
+                self.delivered.remove(first);
             }
-            ("-", Some(uid), None, None) => {
-                self.delivered.remove(uid);
+            "!" => {
+                let value: Vec<&str> = words.collect();
+                self.meta.insert(first.to_owned(), value.join(" "));
             }
             _ => return None,
         }
@@ -125,16 +183,23 @@ impl MailboxState {
     /// replacing any file at `path`.
     fn create(
         path: &Path,
-        delivered: &HashSet<String>,
-        pending: &HashMap<String, String>,
+        delivered: HashMap<String, Option<String>>,
+        pending: HashMap<String, String>,
+        meta: HashMap<String, String>,
     ) -> io::Result<MailboxState> {
         let mut text = format!("{HEADER}\n");
-        let pending_uids: HashSet<&String> = pending.values().collect();
-        for uid in delivered.iter().filter(|uid| !pending_uids.contains(uid)) {
-            text.push_str(&format!("+ {uid}\n"));
+        for (key, value) in &meta {
+            text.push_str(&format!("! {key} {value}\n"));
         }
-        for (intent, uid) in pending {
-            text.push_str(&format!("+ {uid} {intent}\n"));
+        let intents: HashMap<&String, &String> =
+            pending.iter().map(|(intent, id)| (id, intent)).collect();
+        for (id, digest) in &delivered {
+            let entry = Entry {
+                id: id.clone(),
+                intent: intents.get(id).map(|intent| (*intent).clone()),
+                digest: digest.clone(),
+            };
+            text.push_str(&entry.record());
         }
         let fresh = path.with_extension("new");
         let mut file = OpenOptions::new()
@@ -150,14 +215,57 @@ impl MailboxState {
         Ok(MailboxState {
             path: path.to_owned(),
             journal: OpenOptions::new().append(true).open(path)?,
-            delivered: delivered.clone(),
-            pending: pending.clone(),
-            records: delivered.len(),
+            records: delivered.len() + meta.len(),
+            delivered,
+            pending,
+            meta,
         })
     }
 
-    pub fn is_delivered(&self, uid: &str) -> bool {
-        self.delivered.contains(uid)
+    pub fn is_delivered(&self, id: &str) -> bool {
+        self.delivered.contains_key(id)
+    }
+
+    /// How many messages are recorded as delivered.
+    pub fn len(&self) -> usize {
+        self.delivered.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delivered.is_empty()
+    }
+
+    /// The digests of every delivered message that has one.
+    pub fn digests(&self) -> HashSet<&str> {
+        self.delivered
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// A mailbox setting recorded with [`reset`](Self::reset).
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).map(String::as_str)
+    }
+
+    /// Starts the mailbox over: forgets every id and records `key = value`
+    /// and `carried` instead, atomically and durably. Used when the server
+    /// renumbers a mailbox (IMAP UIDVALIDITY): `carried` are the messages
+    /// recognised by digest under their new ids. Pending intents survive.
+    pub fn reset(&mut self, key: &str, value: &str, carried: Vec<Entry>) -> io::Result<()> {
+        let mut meta = self.meta.clone();
+        meta.insert(key.to_owned(), value.to_owned());
+        let mut delivered: HashMap<String, Option<String>> = self
+            .pending
+            .values()
+            .map(|id| (id.clone(), self.delivered.get(id).cloned().flatten()))
+            .collect();
+        for entry in carried {
+            delivered.insert(entry.id, entry.digest);
+        }
+        *self = Self::create(&self.path, delivered, self.pending.clone(), meta)?;
+        Ok(())
     }
 
     /// Intents a crash may have left unpublished, with their ids.
@@ -171,23 +279,18 @@ impl MailboxState {
     /// Durably records that these messages are delivered (one write, one
     /// fdatasync for the whole batch). An intent, if any, must be journaled
     /// before its message becomes visible.
-    pub fn record_delivered(&mut self, entries: &[(String, Option<String>)]) -> io::Result<()> {
+    pub fn record_delivered(&mut self, entries: &[Entry]) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut text = String::new();
-        for (uid, intent) in entries {
-            match intent {
-                Some(intent) => text.push_str(&format!("+ {uid} {intent}\n")),
-                None => text.push_str(&format!("+ {uid}\n")),
-            }
-        }
+        let text: String = entries.iter().map(Entry::record).collect();
         self.append(&text)?;
         self.journal.sync_data()?;
-        for (uid, intent) in entries {
-            self.delivered.insert(uid.clone());
-            if let Some(intent) = intent {
-                self.pending.insert(intent.clone(), uid.clone());
+        for entry in entries {
+            self.delivered
+                .insert(entry.id.clone(), entry.digest.clone());
+            if let Some(intent) = &entry.intent {
+                self.pending.insert(intent.clone(), entry.id.clone());
             }
         }
         self.records += entries.len();
@@ -219,7 +322,7 @@ impl MailboxState {
         let pending_uids: HashSet<&String> = self.pending.values().collect();
         let gone: Vec<String> = self
             .delivered
-            .iter()
+            .keys()
             .filter(|uid| !present.contains(uid.as_str()) && !pending_uids.contains(uid))
             .cloned()
             .collect();
@@ -250,9 +353,14 @@ impl MailboxState {
     }
 
     fn compact_if_worthwhile(&mut self) -> io::Result<()> {
-        let live = self.delivered.len() + self.pending.len();
+        let live = self.delivered.len() + self.pending.len() + self.meta.len();
         if self.records > 2 * live + 1000 {
-            *self = Self::create(&self.path, &self.delivered, &self.pending)?;
+            *self = Self::create(
+                &self.path,
+                std::mem::take(&mut self.delivered),
+                std::mem::take(&mut self.pending),
+                std::mem::take(&mut self.meta),
+            )?;
         }
         Ok(())
     }
@@ -300,9 +408,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path());
         assert!(!state.is_delivered("a"));
-        state
-            .record_delivered(&[("a".into(), None), ("b".into(), Some("i1".into()))])
-            .unwrap();
+        let b = Entry {
+            intent: Some("i1".into()),
+            ..Entry::new("b")
+        };
+        state.record_delivered(&[Entry::new("a"), b]).unwrap();
         drop(state);
         let mut state = open(dir.path());
         assert!(state.is_delivered("a") && state.is_delivered("b"));
@@ -319,10 +429,7 @@ mod tests {
     fn retain_prunes_ids_gone_from_the_server() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path());
-        let ids: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|id| (id.to_string(), None))
-            .collect();
+        let ids = ["a", "b", "c"].map(Entry::new);
         state.record_delivered(&ids).unwrap();
         assert_eq!(state.retain(&HashSet::from(["b"])).unwrap(), 2);
         drop(state);
@@ -335,14 +442,14 @@ mod tests {
     fn torn_last_record_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path());
-        state.record_delivered(&[("a".into(), None)]).unwrap();
+        state.record_delivered(&[Entry::new("a")]).unwrap();
         let path = state.path.clone();
         drop(state);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"+ half-writ").unwrap();
         let mut state = open(dir.path());
         assert!(state.is_delivered("a") && !state.is_delivered("half-writ"));
-        state.record_delivered(&[("b".into(), None)]).unwrap();
+        state.record_delivered(&[Entry::new("b")]).unwrap();
         drop(state);
         let state = open(dir.path());
         assert!(state.is_delivered("b"));
@@ -367,16 +474,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path());
         for round in 0..3 {
-            let ids: Vec<_> = (0..1000).map(|i| (format!("{round}-{i}"), None)).collect();
+            let ids: Vec<_> = (0..1000)
+                .map(|i| Entry::new(format!("{round}-{i}")))
+                .collect();
             state.record_delivered(&ids).unwrap();
             state.retain(&HashSet::new()).unwrap();
         }
-        state.record_delivered(&[("keep".into(), None)]).unwrap();
+        state.record_delivered(&[Entry::new("keep")]).unwrap();
         let size = fs::metadata(&state.path).unwrap().len();
         assert!(size < 4096, "journal not compacted: {size} bytes");
         drop(state);
         let state = open(dir.path());
         assert!(state.is_delivered("keep") && !state.is_delivered("2-5"));
+    }
+
+    #[test]
+    fn digests_and_meta_survive_reopen_and_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = open(dir.path());
+        let with_digest = |id: &str, digest: &str| Entry {
+            digest: Some(digest.into()),
+            ..Entry::new(id)
+        };
+        let pending = Entry {
+            intent: Some("i9".into()),
+            ..with_digest("9", "d9")
+        };
+        state.reset("uidvalidity", "100", Vec::new()).unwrap();
+        state
+            .record_delivered(&[with_digest("1", "d1"), with_digest("2", "d2"), pending])
+            .unwrap();
+        drop(state);
+        let mut state = open(dir.path());
+        assert_eq!(state.meta("uidvalidity"), Some("100"));
+        assert_eq!(state.digests(), HashSet::from(["d1", "d2", "d9"]));
+
+        state
+            .reset("uidvalidity", "200", vec![with_digest("7", "d1")])
+            .unwrap();
+        drop(state);
+        let state = open(dir.path());
+        assert_eq!(state.meta("uidvalidity"), Some("200"));
+        assert!(state.is_delivered("7") && !state.is_delivered("1") && !state.is_delivered("2"));
+        // A delivery in flight is not forgotten by a reset.
+        assert!(state.is_delivered("9"));
+        assert_eq!(
+            state.pending_intents(),
+            vec![("9".to_string(), "i9".to_string())]
+        );
     }
 
     #[test]

@@ -425,7 +425,8 @@ fn percent_encode(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut out = String::new();
     for &byte in path.as_os_str().as_bytes() {
-        if byte.is_ascii_graphic() && byte != b'%' && byte != b'>' {
+        // '#' starts a digest in the state journal.
+        if byte.is_ascii_graphic() && !b"%>#".contains(&byte) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));

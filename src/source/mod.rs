@@ -1,6 +1,8 @@
 //! Servers mail is fetched from.
 
+pub mod imap;
 pub mod pop3;
+pub mod wire;
 
 use std::future::Future;
 
@@ -8,16 +10,30 @@ use crate::error::Error;
 use crate::sink::MessageWriter;
 
 /// One message as the server lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listed {
-    /// The server's handle for the message in this session.
+    /// The server's handle for the message in this session (POP3 message
+    /// number, IMAP UID).
     pub number: u32,
-    /// The id that stays the same across sessions (POP3 UIDL), if the
-    /// server has one.
+    /// The id that stays the same across sessions (POP3 UIDL, IMAP UID),
+    /// if the server has one.
     pub uid: Option<String>,
-    /// Size as announced by the server. Only ever used for reporting and
-    /// decisions, never to size a buffer.
-    pub size: u64,
+    /// Size as announced by the server, once known. Only ever used for
+    /// reporting and decisions, never to size a buffer.
+    pub size: Option<u64>,
+    /// The server says it has been read (IMAP `\Seen`).
+    pub seen: bool,
+    /// A digest that recognises the message if its `uid` changes (IMAP
+    /// UIDVALIDITY), once known.
+    pub digest: Option<String>,
+}
+
+/// What a mailbox holds.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Changes when every `uid` of the mailbox changes (IMAP UIDVALIDITY).
+    pub identity: Option<String>,
+    pub messages: Vec<Listed>,
 }
 
 /// How a retrieval ended, when the session itself is still usable.
@@ -29,26 +45,37 @@ pub enum Retrieved {
     Refused(String),
 }
 
-/// A logged-in session with a mail server.
+/// A logged-in session with a mail server, on one mailbox.
 pub trait Source: Send {
-    /// The server's messages.
-    fn list(&mut self) -> impl Future<Output = Result<Vec<Listed>, Error>> + Send;
+    /// The mailbox's messages. `with_seen` asks for the `seen` flags.
+    fn list(&mut self, with_seen: bool) -> impl Future<Output = Result<Listing, Error>> + Send;
+
+    /// Fills in `size` and `digest` where they are missing.
+    fn describe(
+        &mut self,
+        messages: &mut [Listed],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Announces that these messages will be retrieved, in this order, so
     /// that the requests can be pipelined.
     fn request(&mut self, numbers: &[u32]);
 
-    /// Streams the next requested message into `out`. An `Err` means the
-    /// session is unusable (or `out` failed); the message is incomplete.
+    /// Streams the next requested message to arrive into `out`, and says
+    /// which it was (IMAP servers may answer pipelined fetches in any
+    /// order). Called once per requested message. An `Err` means the
+    /// session is unusable (or `out` failed); what `out` got is incomplete.
     fn retrieve<W: MessageWriter>(
         &mut self,
-        number: u32,
         out: &mut W,
-    ) -> impl Future<Output = Result<Retrieved, Error>> + Send;
+    ) -> impl Future<Output = Result<(u32, Retrieved), Error>> + Send;
 
-    /// Marks messages for deletion; returns how many the server accepted.
+    /// Removes delivered messages from the mailbox (deleting or moving them
+    /// as configured); returns how many the server accepted.
     fn delete(&mut self, numbers: &[u32]) -> impl Future<Output = Result<usize, Error>> + Send;
 
-    /// Ends the session; deletions take effect only if this succeeds.
+    /// Marks delivered messages as read, where the protocol can.
+    fn mark_seen(&mut self, numbers: &[u32]) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Ends the session; POP3 deletions take effect only if this succeeds.
     fn finish(self) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -527,6 +527,42 @@ service lmtp {{
     /// Runs `doveadm -c <our config> ARGS...` (e.g. `["mailbox", "create",
     /// "-u", "alice", "Archive"]`) and returns its output. Panics if doveadm
     /// is not installed or cannot be run; check `status` yourself.
+    /// Saves a message into `folder` of `user` through Dovecot (so it gets
+    /// a UID at once), as another mail client would.
+    pub fn save(&self, user: &str, folder: &str, message: &[u8]) {
+        let bin = self
+            .doveadm
+            .as_ref()
+            .unwrap_or_else(|| panic!("doveadm not found: {INSTALL_HINT}"));
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["save", "-u", user, "-m", folder])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running doveadm save: {e}"));
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "doveadm save failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The UIDs in `folder` of `user` that match a doveadm search query
+    /// (e.g. `["ALL"]`, `["SEEN"]`, `["DELETED"]`).
+    pub fn uids(&self, user: &str, folder: &str, query: &[&str]) -> Vec<u32> {
+        let mut args = vec!["search", "-u", user, "mailbox", folder];
+        args.extend_from_slice(query);
+        self.doveadm_ok(&args)
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    }
+
     pub fn doveadm(&self, args: &[&str]) -> Output {
         let bin = self
             .doveadm

@@ -8,24 +8,19 @@
 pub mod codec;
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use self::codec::{BodyDecoder, MAX_LINE, Status};
-use super::{Listed, Retrieved, Source};
+use super::wire::Wire;
+use super::{Listed, Listing, Retrieved, Source};
 use crate::auth::{self, Mechanism, SaslSession};
 use crate::config::{Account, AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
-use crate::net::{self, Stream, TlsOptions};
+use crate::net::{self, TlsOptions};
 use crate::sink::MessageWriter;
-
-/// Socket reads land here; message bodies are decoded in place, so this is
-/// all the memory a message of any size needs on the receiving side.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// Commands in flight at once when the server allows pipelining. Enough to
 /// keep the server streaming across a high-latency link; small enough that
@@ -77,40 +72,30 @@ struct Command {
 
 /// A POP3 session in the TRANSACTION state (or on its way there).
 pub struct Pop3 {
-    stream: Stream,
-    buf: Box<[u8]>,
-    /// Unread data is `buf[start..end]`.
-    start: usize,
-    end: usize,
+    wire: Wire,
     queued: VecDeque<Command>,
-    /// Commands sent whose status line has not been read yet.
+    /// Messages requested with RETR and not retrieved yet, in order.
+    requested: VecDeque<u32>,
+    /// Commands sent whose reply has not been read completely.
     in_flight: usize,
     caps: Capabilities,
-    timeout: Duration,
     host: String,
 }
 
 impl Pop3 {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Pop3, Error> {
-        let tcp = net::connect(&account.host, account.port, account.timeout).await?;
         let tls = TlsOptions {
             ca_file: account.ca_file.clone(),
             fingerprint: account.fingerprint,
         };
-        let stream = match account.tls {
-            TlsMode::Implicit => net::start_tls(tcp, &account.host, &tls, account.timeout).await?,
-            TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
-        };
+        let implicit = (account.tls == TlsMode::Implicit).then_some(&tls);
         let mut session = Pop3 {
-            stream,
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            wire: Wire::connect(&account.host, account.port, implicit, account.timeout).await?,
             queued: VecDeque::new(),
+            requested: VecDeque::new(),
             in_flight: 0,
             caps: Capabilities::default(),
-            timeout: account.timeout,
             host: account.host.clone(),
         };
         let greeting = session.read_line().await?;
@@ -161,25 +146,8 @@ impl Pop3 {
                 ));
             }
         }
-        if self.start != self.end {
-            // Anything the server sent before the handshake is outside the
-            // TLS protection and could have been injected (CVE-2011-0411 class).
-            return Err(Error::new(
-                Kind::Protocol,
-                format!(
-                    "{}: the server sent data after its STLS reply, before the TLS handshake; refusing to continue",
-                    self.host
-                ),
-            ));
-        }
-        let Stream::Plain(tcp) = self.stream else {
-            return Err(Error::new(
-                Kind::Protocol,
-                format!("{}: STLS on an encrypted connection", self.host),
-            ));
-        };
-        let stream = net::start_tls(tcp, &self.host, tls, self.timeout).await?;
-        Ok(Pop3 { stream, ..self })
+        let wire = self.wire.start_tls(tls).await?;
+        Ok(Pop3 { wire, ..self })
     }
 
     async fn authenticate(
@@ -194,7 +162,7 @@ impl Pop3 {
                 format!("account {}: no password configured (password, password_command or password_file)", account.name),
             )
         })?;
-        let may_reveal = self.stream.is_tls()
+        let may_reveal = self.wire.is_tls()
             || account.allow_plaintext_auth
             || net::is_loopback_host(&account.host);
         let apop_stamp = codec::apop_timestamp(greeting);
@@ -342,18 +310,7 @@ impl Pop3 {
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let write = async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(Error::new(
-                Kind::Connection,
-                format!("{}: connection lost: {err}", self.host),
-            )),
-            Err(_) => Err(self.timed_out()),
-        }
+        self.wire.write_all(bytes).await
     }
 
     /// Reads the status line of a single-line reply, for the oldest command
@@ -423,36 +380,9 @@ impl Pop3 {
     /// Reads one line (without CRLF), refusing to buffer more than
     /// [`MAX_LINE`] bytes for it.
     async fn read_line(&mut self) -> Result<Vec<u8>, Error> {
-        let mut scanned = 0;
-        loop {
-            let unread = &self.buf[self.start..self.end];
-            if let Some(pos) = memchr::memchr(b'\n', &unread[scanned..]) {
-                let line_end = scanned + pos;
-                let line = unread[..line_end]
-                    .strip_suffix(b"\r")
-                    .unwrap_or(&unread[..line_end])
-                    .to_vec();
-                self.start += line_end + 1;
-                self.trace_reply(&line);
-                return Ok(line);
-            }
-            scanned = unread.len();
-            if scanned >= MAX_LINE {
-                return Err(Error::new(
-                    Kind::Protocol,
-                    format!(
-                        "{}: the server sent a line longer than {MAX_LINE} bytes",
-                        self.host
-                    ),
-                ));
-            }
-            if self.fill().await? == 0 {
-                return Err(Error::new(
-                    Kind::Connection,
-                    format!("{}: the server closed the connection", self.host),
-                ));
-            }
-        }
+        let line = self.wire.read_line(MAX_LINE).await?;
+        self.trace_reply(&line);
+        Ok(line)
     }
 
     fn trace_reply(&self, line: &[u8]) {
@@ -462,41 +392,6 @@ impl Pop3 {
         } else if line != b"." {
             debug!(target: TRACE, "S: {}", String::from_utf8_lossy(line));
         }
-    }
-
-    /// Reads more from the socket into the buffer; returns bytes read (0 at EOF).
-    async fn fill(&mut self) -> Result<usize, Error> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        match tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[self.end..])).await
-        {
-            Ok(Ok(read)) => {
-                self.end += read;
-                Ok(read)
-            }
-            Ok(Err(err)) => Err(Error::new(
-                Kind::Connection,
-                format!("{}: connection lost: {err}", self.host),
-            )),
-            Err(_) => Err(self.timed_out()),
-        }
-    }
-
-    fn timed_out(&self) -> Error {
-        Error::new(
-            Kind::Server,
-            format!(
-                "{}: no answer from the server for {} s",
-                self.host,
-                self.timeout.as_secs()
-            ),
-        )
     }
 
     fn unexpected(&self, what: &str, line: &[u8]) -> Error {
@@ -512,7 +407,7 @@ impl Pop3 {
 }
 
 impl Source for Pop3 {
-    async fn list(&mut self) -> Result<Vec<Listed>, Error> {
+    async fn list(&mut self, _with_seen: bool) -> Result<Listing, Error> {
         self.queue("UIDL".into(), None);
         self.queue("LIST".into(), None);
         let uids = match self.multiline().await? {
@@ -536,8 +431,8 @@ impl Source for Pop3 {
                         .ok_or_else(|| self.unexpected("LIST line", line))?;
                     listed.push(Listed {
                         number,
-                        uid: None,
-                        size,
+                        size: Some(size),
+                        ..Listed::default()
                     });
                 }
                 listed
@@ -560,40 +455,52 @@ impl Source for Pop3 {
                 })?);
             }
         }
-        Ok(listed)
+        Ok(Listing {
+            identity: None,
+            messages: listed,
+        })
+    }
+
+    /// LIST already gave every size, and UIDLs never change: nothing to add.
+    async fn describe(&mut self, _messages: &mut [Listed]) -> Result<(), Error> {
+        Ok(())
     }
 
     fn request(&mut self, numbers: &[u32]) {
         for number in numbers {
             self.queue(format!("RETR {number}"), None);
+            self.requested.push_back(*number);
         }
     }
 
-    async fn retrieve<W: MessageWriter>(
-        &mut self,
-        number: u32,
-        out: &mut W,
-    ) -> Result<Retrieved, Error> {
+    /// POP3 replies in order: the next message is the oldest requested.
+    async fn retrieve<W: MessageWriter>(&mut self, out: &mut W) -> Result<(u32, Retrieved), Error> {
+        let number = self.requested.pop_front().ok_or_else(|| {
+            Error::new(
+                Kind::Protocol,
+                format!("{}: no message was requested", self.host),
+            )
+        })?;
         if let Status::Err(text) = self.status_line().await? {
             self.reply_done();
-            return Ok(Retrieved::Refused(text));
+            return Ok((number, Retrieved::Refused(text)));
         }
         let mut decoder = BodyDecoder::new();
         let mut received: u64 = 0;
         loop {
-            let step = decoder.decode(&mut self.buf[self.start..self.end]);
-            let payload = &self.buf[self.start..self.start + step.payload];
-            out.write(payload).await.map_err(|err| {
+            let unread = self.wire.unread();
+            let step = decoder.decode(unread);
+            out.write(&unread[..step.payload]).await.map_err(|err| {
                 Error::new(Kind::Delivery, format!("cannot write message: {err}"))
             })?;
             received += step.payload as u64;
-            self.start += step.consumed;
+            self.wire.consume(step.consumed);
             if step.done {
                 debug!(target: TRACE, "S: <message {number}: {received} bytes>");
                 self.reply_done();
-                return Ok(Retrieved::Complete);
+                return Ok((number, Retrieved::Complete));
             }
-            if self.fill().await? == 0 {
+            if self.wire.fill().await? == 0 {
                 return Err(Error::new(
                     Kind::Connection,
                     format!(
@@ -617,6 +524,11 @@ impl Source for Pop3 {
             }
         }
         Ok(accepted)
+    }
+
+    /// POP3 has no flags.
+    async fn mark_seen(&mut self, _numbers: &[u32]) -> Result<(), Error> {
+        Ok(())
     }
 
     async fn finish(mut self) -> Result<(), Error> {

@@ -1,0 +1,778 @@
+//! The sans-IO half of the IMAP client: framing of server responses into
+//! parts (text and literals) and parsing of the responses mailfetch uses.
+//!
+//! The client reads a response as a run of CRLF-terminated text parts,
+//! each but the last ending in a literal announcement `{N}`. It asks
+//! [`literal_len`] how big the literal is and [`is_message_body`] whether
+//! it is a message body, which it streams to a sink instead of keeping
+//! ([`Part::Streamed`]). [`parse`] then turns the parts into a [`Response`].
+
+use std::fmt;
+
+/// The longest text part accepted. A `SEARCH` result names every message
+/// of a mailbox on one line, so this is far above RFC limits for other
+/// lines, but still a bound a misbehaving server cannot push us past.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The largest literal kept in memory (header fields, quoted data); a
+/// server announcing more for anything but a message body is refused.
+pub const MAX_SMALL_LITERAL: u64 = 1024 * 1024;
+
+/// One piece of a response as read from the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// A line without its CRLF (ending in `{N}` if a literal follows).
+    Text(Vec<u8>),
+    /// A literal kept in memory.
+    Literal(Vec<u8>),
+    /// A literal of this many bytes, streamed elsewhere.
+    Streamed(u64),
+}
+
+/// The size of the literal announced at the end of `line`, if any.
+/// `Err` when the announcement is malformed or absurd (over `u64`).
+pub fn literal_len(line: &[u8]) -> Result<Option<u64>, ParseError> {
+    let Some(inner) = line.strip_suffix(b"}") else {
+        return Ok(None);
+    };
+    let Some(open) = inner.iter().rposition(|&b| b == b'{') else {
+        return Ok(None);
+    };
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        // "{" in text, e.g. a human-readable message: not a literal.
+        return Ok(None);
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ParseError::new("literal size out of range", line))
+}
+
+/// Whether the literal announced at the end of `line` is the value of a
+/// `BODY[]` (or `BODY[]<0>`) fetch item, i.e. a whole message.
+pub fn is_message_body(line: &[u8]) -> bool {
+    let Some(open) = line.iter().rposition(|&b| b == b'{') else {
+        return false;
+    };
+    let before = line[..open].trim_ascii_end();
+    let upper = before.to_ascii_uppercase();
+    let item = match upper.iter().rposition(|&b| b == b' ' || b == b'(') {
+        Some(start) => &upper[start + 1..],
+        None => &upper[..],
+    };
+    item == b"BODY[]" || item.starts_with(b"BODY[]<") || item == b"RFC822"
+}
+
+/// The UID a FETCH line names before its literal (`… UID 42 BODY[] {n}`),
+/// so a body's announced size can be checked before a byte of it is read.
+pub fn uid_in(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut words = text.split([' ', '(']);
+    while let Some(word) = words.next() {
+        if word.eq_ignore_ascii_case("UID") {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub what: &'static str,
+    pub near: String,
+}
+
+impl ParseError {
+    fn new(what: &'static str, near: &[u8]) -> ParseError {
+        ParseError {
+            what,
+            near: String::from_utf8_lossy(&near[..near.len().min(120)]).into_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} near {:?}", self.what, self.near)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    No,
+    Bad,
+    Bye,
+    Preauth,
+}
+
+/// A response code: `[NAME args]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Code {
+    /// Upper-cased name, e.g. `UIDVALIDITY`.
+    pub name: String,
+    /// Everything after the name, verbatim.
+    pub args: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// `+ …`: the server waits for more from us.
+    Continue(Vec<u8>),
+    Tagged {
+        tag: String,
+        status: Status,
+        code: Option<Code>,
+        text: String,
+    },
+    Untagged(Untagged),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untagged {
+    Status {
+        status: Status,
+        code: Option<Code>,
+        text: String,
+    },
+    Capability(Vec<String>),
+    Exists(u32),
+    Expunge(u32),
+    /// `SEARCH` or `ESEARCH … ALL`: the matching numbers.
+    Search(Vec<u32>),
+    Fetch {
+        seq: u32,
+        attrs: Fetch,
+    },
+    /// Anything mailfetch has no use for (FLAGS, LIST, RECENT, ENABLED…).
+    Other,
+}
+
+/// The items of a FETCH response mailfetch asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetch {
+    pub uid: Option<u32>,
+    pub size: Option<u64>,
+    pub flags: Option<Vec<String>>,
+    /// `BODY[]` streamed: its length. `Some(None)` for `BODY[] NIL`.
+    pub body: Option<Option<u64>>,
+    /// `BODY[HEADER.FIELDS (…)]`
+    pub header_fields: Option<Vec<u8>>,
+}
+
+impl Fetch {
+    pub fn is_seen(&self) -> bool {
+        self.flags
+            .as_ref()
+            .is_some_and(|flags| flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
+    }
+}
+
+/// Parses one complete response.
+pub fn parse(parts: &[Part]) -> Result<Response, ParseError> {
+    let mut lexer = Lexer::new(parts);
+    let first = lexer.atom()?;
+    match first.as_str() {
+        "+" => Ok(Response::Continue(lexer.rest_bytes())),
+        "*" => {
+            lexer.space()?;
+            parse_untagged(&mut lexer).map(Response::Untagged)
+        }
+        tag => {
+            lexer.space()?;
+            let status =
+                parse_status(&lexer.atom()?).ok_or_else(|| lexer.error("unknown status"))?;
+            let (code, text) = parse_resp_text(&mut lexer)?;
+            Ok(Response::Tagged {
+                tag: tag.to_owned(),
+                status,
+                code,
+                text,
+            })
+        }
+    }
+}
+
+fn parse_status(word: &str) -> Option<Status> {
+    Some(match word.to_ascii_uppercase().as_str() {
+        "OK" => Status::Ok,
+        "NO" => Status::No,
+        "BAD" => Status::Bad,
+        "BYE" => Status::Bye,
+        "PREAUTH" => Status::Preauth,
+        _ => return None,
+    })
+}
+
+fn parse_untagged(lexer: &mut Lexer) -> Result<Untagged, ParseError> {
+    let word = lexer.atom()?;
+    if let Ok(number) = word.parse::<u32>() {
+        lexer.space()?;
+        let what = lexer.atom()?.to_ascii_uppercase();
+        return match what.as_str() {
+            "EXISTS" => Ok(Untagged::Exists(number)),
+            "EXPUNGE" => Ok(Untagged::Expunge(number)),
+            "FETCH" => {
+                lexer.space()?;
+                Ok(Untagged::Fetch {
+                    seq: number,
+                    attrs: parse_fetch(lexer)?,
+                })
+            }
+            _ => Ok(Untagged::Other),
+        };
+    }
+    let upper = word.to_ascii_uppercase();
+    if let Some(status) = parse_status(&upper) {
+        let (code, text) = parse_resp_text(lexer)?;
+        return Ok(Untagged::Status { status, code, text });
+    }
+    match upper.as_str() {
+        "CAPABILITY" => Ok(Untagged::Capability(
+            lexer
+                .rest_text()
+                .split_ascii_whitespace()
+                .map(str::to_ascii_uppercase)
+                .collect(),
+        )),
+        "SEARCH" => {
+            let mut numbers = Vec::new();
+            for word in lexer.rest_text().split_ascii_whitespace() {
+                // A trailing "(MODSEQ n)" from CONDSTORE ends the list.
+                if word.starts_with('(') {
+                    break;
+                }
+                numbers.push(
+                    word.parse()
+                        .map_err(|_| lexer.error("bad number in SEARCH"))?,
+                );
+            }
+            Ok(Untagged::Search(numbers))
+        }
+        "ESEARCH" => parse_esearch(&lexer.rest_text()).ok_or_else(|| lexer.error("bad ESEARCH")),
+        _ => Ok(Untagged::Other),
+    }
+}
+
+/// `(TAG "x") UID ALL 1:5,7` → the numbers in ALL (none if absent).
+fn parse_esearch(text: &str) -> Option<Untagged> {
+    let mut words = text.split_ascii_whitespace().peekable();
+    if words.peek().is_some_and(|w| w.starts_with('(')) {
+        // The correlator, up to its closing parenthesis.
+        for word in words.by_ref() {
+            if word.ends_with(')') {
+                break;
+            }
+        }
+    }
+    let mut numbers = Vec::new();
+    while let Some(word) = words.next() {
+        if word.eq_ignore_ascii_case("ALL") {
+            numbers = parse_sequence_set(words.next()?)?;
+        }
+    }
+    Some(Untagged::Search(numbers))
+}
+
+/// `1:3,7` → [1, 2, 3, 7]. Refuses `*` and ranges over a million numbers,
+/// which no real mailbox result needs and would be a memory bomb.
+pub fn parse_sequence_set(text: &str) -> Option<Vec<u32>> {
+    let mut numbers = Vec::new();
+    for range in text.split(',') {
+        let (low, high) = match range.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = range.parse().ok()?;
+                (n, n)
+            }
+        };
+        let (low, high) = (low.min(high), low.max(high));
+        if numbers.len() + (high - low) as usize > 10_000_000 {
+            return None;
+        }
+        numbers.extend(low..=high);
+    }
+    Some(numbers)
+}
+
+/// Renders numbers as a compact sequence set (`1:3,7`). Sorts a copy.
+pub fn sequence_set(numbers: &[u32]) -> String {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// After the status word: ` [CODE args] text`.
+fn parse_resp_text(lexer: &mut Lexer) -> Result<(Option<Code>, String), ParseError> {
+    let text = lexer.rest_text();
+    let text = text.strip_prefix(' ').unwrap_or(&text);
+    if let Some(rest) = text.strip_prefix('[')
+        && let Some(end) = rest.find(']')
+    {
+        let inner = &rest[..end];
+        let (name, args) = inner.split_once(' ').unwrap_or((inner, ""));
+        let code = Code {
+            name: name.to_ascii_uppercase(),
+            args: args.to_owned(),
+        };
+        return Ok((Some(code), rest[end + 1..].trim_start().to_owned()));
+    }
+    Ok((None, text.to_owned()))
+}
+
+fn parse_fetch(lexer: &mut Lexer) -> Result<Fetch, ParseError> {
+    let mut fetch = Fetch::default();
+    lexer.expect(b'(')?;
+    loop {
+        if lexer.eat(b')') {
+            return Ok(fetch);
+        }
+        let name = lexer.atom()?.to_ascii_uppercase();
+        lexer.space()?;
+        match name.as_str() {
+            "UID" => fetch.uid = Some(lexer.number()?),
+            "RFC822.SIZE" => fetch.size = Some(lexer.number64()?),
+            "FLAGS" => fetch.flags = Some(lexer.list_of_atoms()?),
+            "BODY[]" | "RFC822" => {
+                fetch.body = Some(match lexer.value()? {
+                    Value::Streamed(len) => Some(len),
+                    Value::Nil => None,
+                    _ => return Err(lexer.error("message body not streamed")),
+                })
+            }
+            name if name.starts_with("BODY[HEADER.FIELDS") => match lexer.value()? {
+                Value::Bytes(bytes) => fetch.header_fields = Some(bytes),
+                Value::Nil => fetch.header_fields = Some(Vec::new()),
+                _ => return Err(lexer.error("bad header fields")),
+            },
+            // Other items (INTERNALDATE, MODSEQ, ENVELOPE…): skip their value.
+            _ => lexer.skip_value()?,
+        }
+        if !lexer.eat(b' ') && lexer.peek() != Some(b')') {
+            return Err(lexer.error("expected space or ')' in FETCH"));
+        }
+    }
+}
+
+enum Value {
+    Nil,
+    Bytes(Vec<u8>),
+    Streamed(u64),
+}
+
+/// Walks the parts of a response byte by byte, stepping over literals.
+struct Lexer<'a> {
+    parts: &'a [Part],
+    part: usize,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(parts: &'a [Part]) -> Lexer<'a> {
+        Lexer {
+            parts,
+            part: 0,
+            pos: 0,
+        }
+    }
+
+    fn text(&self) -> &'a [u8] {
+        match self.parts.get(self.part) {
+            Some(Part::Text(text)) => &text[self.pos.min(text.len())..],
+            _ => &[],
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text().first().copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn error(&self, what: &'static str) -> ParseError {
+        ParseError::new(what, self.text())
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), ParseError> {
+        if self.eat(byte) {
+            Ok(())
+        } else {
+            Err(self.error("unexpected character"))
+        }
+    }
+
+    fn space(&mut self) -> Result<(), ParseError> {
+        self.expect(b' ')
+    }
+
+    /// An atom, with a bracketed section and a partial `<n>` kept whole
+    /// (`BODY[HEADER.FIELDS (A B)]<0>`).
+    fn atom(&mut self) -> Result<String, ParseError> {
+        let text = self.text();
+        let mut end = 0;
+        let mut depth = 0;
+        while end < text.len() {
+            match text[end] {
+                b'[' => depth += 1,
+                b']' if depth > 0 => depth -= 1,
+                b' ' | b'(' | b')' | b'{' | b'"' if depth == 0 => break,
+                byte if byte < 0x20 || byte == 0x7f => break,
+                _ => {}
+            }
+            end += 1;
+        }
+        if end == 0 || depth != 0 {
+            return Err(self.error("expected an atom"));
+        }
+        self.pos += end;
+        Ok(String::from_utf8_lossy(&text[..end]).into_owned())
+    }
+
+    fn number64(&mut self) -> Result<u64, ParseError> {
+        let atom = self.atom()?;
+        atom.parse().map_err(|_| self.error("expected a number"))
+    }
+
+    fn number(&mut self) -> Result<u32, ParseError> {
+        let atom = self.atom()?;
+        atom.parse().map_err(|_| self.error("expected a number"))
+    }
+
+    /// `(a b c)`
+    fn list_of_atoms(&mut self) -> Result<Vec<String>, ParseError> {
+        self.expect(b'(')?;
+        let mut items = Vec::new();
+        while !self.eat(b')') {
+            if !items.is_empty() {
+                self.space()?;
+            }
+            items.push(self.atom()?);
+        }
+        Ok(items)
+    }
+
+    /// A string value: NIL, quoted, or literal (kept or streamed).
+    fn value(&mut self) -> Result<Value, ParseError> {
+        match self.peek() {
+            Some(b'"') => self.quoted().map(Value::Bytes),
+            Some(b'{') => self.literal(),
+            _ => {
+                let atom = self.atom()?;
+                if atom.eq_ignore_ascii_case("NIL") {
+                    Ok(Value::Nil)
+                } else {
+                    Err(self.error("expected a string"))
+                }
+            }
+        }
+    }
+
+    fn quoted(&mut self) -> Result<Vec<u8>, ParseError> {
+        self.expect(b'"')?;
+        let text = self.text();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            match text[i] {
+                b'"' => {
+                    self.pos += i + 1;
+                    return Ok(out);
+                }
+                b'\\' if i + 1 < text.len() => {
+                    out.push(text[i + 1]);
+                    i += 2;
+                }
+                byte => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        Err(self.error("unterminated quoted string"))
+    }
+
+    /// `{N}` at the end of a text part, then the literal part.
+    fn literal(&mut self) -> Result<Value, ParseError> {
+        let text = self.text();
+        let Some(close) = text.iter().position(|&b| b == b'}') else {
+            return Err(self.error("bad literal"));
+        };
+        if close + 1 != text.len() {
+            return Err(self.error("literal announcement not at the end of the line"));
+        }
+        let announced = literal_len(text)?.ok_or_else(|| self.error("bad literal"))?;
+        let value = match self.parts.get(self.part + 1) {
+            Some(Part::Literal(bytes)) if bytes.len() as u64 == announced => {
+                Value::Bytes(bytes.clone())
+            }
+            Some(Part::Streamed(len)) if *len == announced => Value::Streamed(*len),
+            _ => return Err(self.error("literal missing")),
+        };
+        // Continue with the text part after the literal.
+        self.part += 2;
+        self.pos = 0;
+        if !matches!(self.parts.get(self.part), Some(Part::Text(_))) {
+            return Err(ParseError::new("response ends inside a literal", b""));
+        }
+        Ok(value)
+    }
+
+    /// Skips one value of any shape: atom, string, literal or list.
+    fn skip_value(&mut self) -> Result<(), ParseError> {
+        match self.peek() {
+            Some(b'(') => {
+                self.pos += 1;
+                while !self.eat(b')') {
+                    self.eat(b' ');
+                    if self.peek() != Some(b')') {
+                        self.skip_value()?;
+                    }
+                }
+                Ok(())
+            }
+            Some(b'"') | Some(b'{') => self.value().map(drop),
+            _ => self.atom().map(drop),
+        }
+    }
+
+    /// The rest of the current text part, as text.
+    fn rest_text(&mut self) -> String {
+        String::from_utf8_lossy(&self.rest_bytes()).into_owned()
+    }
+
+    fn rest_bytes(&mut self) -> Vec<u8> {
+        let text = self.text().to_vec();
+        self.pos += text.len();
+        text.strip_prefix(b" ").map(<[u8]>::to_vec).unwrap_or(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(line: &str) -> Part {
+        Part::Text(line.as_bytes().to_vec())
+    }
+
+    fn one(line: &str) -> Response {
+        parse(&[text(line)]).unwrap()
+    }
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_len(b"* 1 FETCH (BODY[] {1234}"), Ok(Some(1234)));
+        assert_eq!(literal_len(b"A1 LOGIN {5+}"), Ok(Some(5)));
+        assert_eq!(literal_len(b"* OK no literal"), Ok(None));
+        assert_eq!(literal_len(b"* OK weird {x}"), Ok(None));
+        assert!(literal_len(b"* 1 FETCH (BODY[] {99999999999999999999999}").is_err());
+        assert!(is_message_body(b"* 1 FETCH (UID 5 BODY[] {12}"));
+        assert!(is_message_body(b"* 1 FETCH (body[] {12}"));
+        assert!(is_message_body(b"* 1 FETCH (UID 5 BODY[]<0> {12}"));
+        assert!(!is_message_body(
+            b"* 1 FETCH (UID 5 BODY[HEADER.FIELDS (MESSAGE-ID)] {12}"
+        ));
+        assert!(!is_message_body(b"* OK [ALERT] {12}"));
+        assert_eq!(uid_in(b"* 3 FETCH (UID 42 BODY[] {12}"), Some(42));
+        assert_eq!(uid_in(b"* 3 FETCH (BODY[] {12}"), None);
+    }
+
+    #[test]
+    fn status_responses() {
+        assert_eq!(
+            one("A1 OK [READ-WRITE] SELECT completed"),
+            Response::Tagged {
+                tag: "A1".into(),
+                status: Status::Ok,
+                code: Some(Code {
+                    name: "READ-WRITE".into(),
+                    args: "".into()
+                }),
+                text: "SELECT completed".into()
+            }
+        );
+        assert_eq!(
+            one("* OK [UIDVALIDITY 3857529045] UIDs valid"),
+            Response::Untagged(Untagged::Status {
+                status: Status::Ok,
+                code: Some(Code {
+                    name: "UIDVALIDITY".into(),
+                    args: "3857529045".into()
+                }),
+                text: "UIDs valid".into()
+            })
+        );
+        assert!(matches!(
+            one("* BYE bye"),
+            Response::Untagged(Untagged::Status {
+                status: Status::Bye,
+                ..
+            })
+        ));
+        assert!(matches!(
+            one("A2 no [AUTHENTICATIONFAILED] nope"),
+            Response::Tagged {
+                status: Status::No,
+                ..
+            }
+        ));
+        assert_eq!(one("+ abc="), Response::Continue(b"abc=".to_vec()));
+        assert_eq!(one("+"), Response::Continue(Vec::new()));
+    }
+
+    #[test]
+    fn data_responses() {
+        assert_eq!(
+            one("* CAPABILITY IMAP4rev1 uidplus AUTH=PLAIN"),
+            Response::Untagged(Untagged::Capability(vec![
+                "IMAP4REV1".into(),
+                "UIDPLUS".into(),
+                "AUTH=PLAIN".into()
+            ]))
+        );
+        assert_eq!(one("* 23 EXISTS"), Response::Untagged(Untagged::Exists(23)));
+        assert_eq!(one("* 3 EXPUNGE"), Response::Untagged(Untagged::Expunge(3)));
+        assert_eq!(
+            one("* SEARCH 2 84 882"),
+            Response::Untagged(Untagged::Search(vec![2, 84, 882]))
+        );
+        assert_eq!(
+            one("* SEARCH"),
+            Response::Untagged(Untagged::Search(vec![]))
+        );
+        assert_eq!(
+            one("* SEARCH 2 5 (MODSEQ 917162500)"),
+            Response::Untagged(Untagged::Search(vec![2, 5]))
+        );
+        assert_eq!(
+            one("* ESEARCH (TAG \"A285\") UID ALL 1:3,7"),
+            Response::Untagged(Untagged::Search(vec![1, 2, 3, 7]))
+        );
+        assert_eq!(
+            one("* ESEARCH (TAG \"A285\") UID"),
+            Response::Untagged(Untagged::Search(vec![]))
+        );
+        assert_eq!(one("* 5 RECENT"), Response::Untagged(Untagged::Other));
+        assert_eq!(
+            one("* FLAGS (\\Seen \\Deleted)"),
+            Response::Untagged(Untagged::Other)
+        );
+        assert!(parse(&[text("* SEARCH 1 x")]).is_err());
+    }
+
+    #[test]
+    fn fetch_with_streamed_body_and_header_literal() {
+        let parts = vec![
+            text(
+                "* 12 FETCH (UID 4827 FLAGS (\\Seen $Junk) RFC822.SIZE 44827 INTERNALDATE \"17-Jul-1996 02:44:25 -0700\" BODY[HEADER.FIELDS (MESSAGE-ID)] {22}",
+            ),
+            Part::Literal(b"Message-ID: <a@b>\r\n\r\n\r\n"[..22].to_vec()),
+            text(" BODY[] {44827}"),
+            Part::Streamed(44827),
+            text(")"),
+        ];
+        let Response::Untagged(Untagged::Fetch { seq, attrs }) = parse(&parts).unwrap() else {
+            panic!()
+        };
+        assert_eq!(seq, 12);
+        assert_eq!(attrs.uid, Some(4827));
+        assert_eq!(attrs.size, Some(44827));
+        assert!(attrs.is_seen());
+        assert_eq!(attrs.body, Some(Some(44827)));
+        assert_eq!(
+            attrs.header_fields.as_deref(),
+            Some(&b"Message-ID: <a@b>\r\n\r\n\r"[..22])
+        );
+    }
+
+    #[test]
+    fn fetch_edge_cases() {
+        let fetch = |parts: Vec<Part>| match parse(&parts) {
+            Ok(Response::Untagged(Untagged::Fetch { attrs, .. })) => Ok(attrs),
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => Err(err),
+        };
+        assert_eq!(
+            fetch(vec![text("* 1 FETCH (UID 7 BODY[] NIL)")])
+                .unwrap()
+                .body,
+            Some(None)
+        );
+        assert_eq!(
+            fetch(vec![text("* 1 FETCH (FLAGS ())")]).unwrap().flags,
+            Some(vec![])
+        );
+        // Unknown items with nested lists are skipped.
+        assert_eq!(
+            fetch(vec![text(
+                "* 1 FETCH (X-GM-LABELS (\"a b\" c) MODSEQ (12) UID 9)"
+            )])
+            .unwrap()
+            .uid,
+            Some(9)
+        );
+        // Malformed: a size that is not a number, or a cut-off list.
+        assert!(fetch(vec![text("* 1 FETCH (UID 5 RFC822.SIZE xyz)")]).is_err());
+        assert!(fetch(vec![text("* 1 FETCH (UID 5 RFC822.SIZE 12")]).is_err());
+        // A literal whose length differs from its announcement.
+        assert!(
+            fetch(vec![
+                text("* 1 FETCH (BODY[] {5}"),
+                Part::Streamed(6),
+                text(")")
+            ])
+            .is_err()
+        );
+        // Bytes after the closing parenthesis of a literal-carrying item.
+        assert!(
+            fetch(vec![
+                text("* 1 FETCH (BODY[] {5}"),
+                Part::Streamed(5),
+                text("xx)")
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sequence_sets() {
+        assert_eq!(sequence_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
+        assert_eq!(sequence_set(&[5]), "5");
+        assert_eq!(
+            parse_sequence_set("1:3,7,10:9"),
+            Some(vec![1, 2, 3, 7, 9, 10])
+        );
+        assert_eq!(parse_sequence_set("1:*"), None);
+        assert_eq!(parse_sequence_set("1:4000000000"), None);
+    }
+}

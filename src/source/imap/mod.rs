@@ -1,0 +1,1110 @@
+//! IMAP client (RFC 3501, with UIDPLUS, MOVE, ESEARCH, SASL-IR, LITERAL+,
+//! UTF8=ACCEPT where the server has them).
+//!
+//! Messages are tracked by UID within a UIDVALIDITY, never by flags, so
+//! other clients reading or flagging mail do not change what is fetched.
+//! Bodies are fetched with `BODY.PEEK[]`, one pipelined `UID FETCH` per
+//! message, and streamed from the socket into the sink.
+
+pub mod codec;
+pub mod utf7;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tracing::{debug, warn};
+
+use self::codec::{Code, Fetch, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, Status, Untagged};
+use super::wire::Wire;
+use super::{Listed, Listing, Retrieved, Source};
+use crate::auth::{Mechanism, SaslSession};
+use crate::config::{Account, AuthMethod, Secret, TlsMode};
+use crate::error::{Error, Kind};
+use crate::net::{self, TlsOptions};
+use crate::sink::MessageWriter;
+
+/// Where protocol traces go (`-v`).
+const TRACE: &str = "mailfetch::protocol";
+
+/// Body fetches in flight at once: enough to keep the server streaming.
+const PIPELINE_WINDOW: usize = 32;
+
+/// The header fields that, with the size, make a message's digest.
+const DIGEST_FIELDS: &str = "MESSAGE-ID DATE FROM";
+
+/// A message body may exceed its announced RFC822.SIZE by this much before
+/// the announcement is refused as a lie (some servers count slightly
+/// differently); anything more is a misbehaving server.
+const SIZE_SLACK: u64 = 64 * 1024;
+
+/// A logged-in IMAP session.
+pub struct Imap {
+    wire: Wire,
+    host: String,
+    caps: HashSet<String>,
+    next_tag: u32,
+    /// Send folder names as UTF-8 (RFC 6855) rather than modified UTF-7.
+    utf8: bool,
+    selected: Option<Selected>,
+    /// `UID FETCH` commands not sent yet.
+    queued: VecDeque<u32>,
+    /// Tags of body fetches sent and not completed, with their UID.
+    in_flight: VecDeque<(String, u32)>,
+    /// UIDs whose body (or NIL) arrived before their command completed.
+    answered: HashSet<u32>,
+    /// What to do with delivered messages.
+    after: After,
+}
+
+#[derive(Debug, Clone)]
+struct Selected {
+    name: String,
+    uidvalidity: Option<u32>,
+    exists: u32,
+    /// Sizes learned in `describe`, to check body literals against.
+    sizes: HashMap<u32, u64>,
+}
+
+#[derive(Debug, Clone)]
+enum After {
+    Keep,
+    Expunge,
+    MoveTo(String),
+}
+
+impl Imap {
+    /// Connects, secures the link as configured and logs in.
+    pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Imap, Error> {
+        let tls = TlsOptions {
+            ca_file: account.ca_file.clone(),
+            fingerprint: account.fingerprint,
+        };
+        let implicit = (account.tls == TlsMode::Implicit).then_some(&tls);
+        let mut session = Imap {
+            wire: Wire::connect(&account.host, account.port, implicit, account.timeout).await?,
+            host: account.host.clone(),
+            caps: HashSet::new(),
+            next_tag: 1,
+            utf8: false,
+            selected: None,
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            answered: HashSet::new(),
+            after: match (&account.move_to, account.keep) {
+                (Some(folder), _) => After::MoveTo(folder.clone()),
+                (None, true) => After::Keep,
+                (None, false) => After::Expunge,
+            },
+        };
+        let preauth = session.greeting().await?;
+        if account.tls == TlsMode::StartTls {
+            if preauth {
+                // A PREAUTH session can no longer be upgraded: refusing is
+                // the only safe answer (RFC 9051 §11.2).
+                return Err(session.error(Kind::Connection, "tls = \"starttls\" but the server sent PREAUTH, which makes STARTTLS impossible"));
+            }
+            session = session.start_tls(&tls).await?;
+        }
+        if !preauth {
+            session.authenticate(account, secret).await?;
+        }
+        if session.caps.contains("UTF8=ACCEPT") {
+            session.simple("ENABLE UTF8=ACCEPT").await?;
+            session.utf8 = true;
+        }
+        Ok(session)
+    }
+
+    /// Reads the greeting; returns whether it was PREAUTH.
+    async fn greeting(&mut self) -> Result<bool, Error> {
+        match self.read_plain().await? {
+            Response::Untagged(Untagged::Status { status, code, text }) => {
+                self.learn_caps(code.as_ref());
+                match status {
+                    Status::Ok => Ok(false),
+                    Status::Preauth => Ok(true),
+                    _ => Err(self.error(
+                        Kind::Server,
+                        &format!("the server refused the connection: {text}"),
+                    )),
+                }
+            }
+            other => Err(self.error(Kind::Protocol, &format!("unexpected greeting {other:?}"))),
+        }
+    }
+
+    async fn start_tls(mut self, tls: &TlsOptions) -> Result<Imap, Error> {
+        self.ensure_caps().await?;
+        if !self.caps.contains("STARTTLS") {
+            return Err(self.error(
+                Kind::Connection,
+                "tls = \"starttls\" but the server does not offer STARTTLS; refusing to continue without encryption \
+                 (use tls = \"implicit\" on port 993 if the server supports it)",
+            ));
+        }
+        if let Err(err) = self.simple("STARTTLS").await {
+            return Err(Error::new(
+                Kind::Connection,
+                format!("{err}; refusing to continue without encryption"),
+            ));
+        }
+        let wire = self.wire.start_tls(tls).await?;
+        // Capabilities seen before TLS may have been forged: forget them.
+        Ok(Imap {
+            wire,
+            caps: HashSet::new(),
+            ..self
+        })
+    }
+
+    async fn ensure_caps(&mut self) -> Result<(), Error> {
+        if self.caps.is_empty() {
+            self.simple("CAPABILITY").await?;
+        }
+        Ok(())
+    }
+
+    fn learn_caps(&mut self, code: Option<&Code>) {
+        if let Some(code) = code.filter(|code| code.name == "CAPABILITY") {
+            self.caps = code
+                .args
+                .split_ascii_whitespace()
+                .map(str::to_ascii_uppercase)
+                .collect();
+        }
+    }
+
+    // ---- authentication -------------------------------------------------
+
+    async fn authenticate(
+        &mut self,
+        account: &Account,
+        secret: Option<&Secret>,
+    ) -> Result<(), Error> {
+        let secret = secret.ok_or_else(|| {
+            Error::new(
+                Kind::Config,
+                format!("account {}: no password configured (password, password_command or password_file)", account.name),
+            )
+        })?;
+        self.ensure_caps().await?;
+        let may_reveal = self.wire.is_tls()
+            || account.allow_plaintext_auth
+            || net::is_loopback_host(&account.host);
+        let offered: Vec<&str> = self
+            .caps
+            .iter()
+            .filter_map(|cap| cap.strip_prefix("AUTH="))
+            .collect();
+        let login_allowed = !self.caps.contains("LOGINDISABLED");
+        let login = choose_login(account.auth, &offered, login_allowed, may_reveal)
+            .map_err(|message| self.error(Kind::Auth, &message))?;
+        debug!(target: TRACE, "{}: logging in with {}", self.host, login.describe());
+        let result = match login {
+            Login::Command => self.login_command(&account.username, secret).await,
+            Login::Sasl(mechanism) => {
+                self.login_sasl(mechanism, &account.username, secret, account.port)
+                    .await
+            }
+        };
+        let (status, code, text) = result?;
+        if status != Status::Ok {
+            return Err(self.error(
+                Kind::Auth,
+                &format!(
+                    "login as {} failed ({}): {text}",
+                    account.username,
+                    login.describe()
+                ),
+            ));
+        }
+        // Capabilities change after login; the server may have sent them.
+        self.caps.clear();
+        self.learn_caps(code.as_ref());
+        self.ensure_caps().await
+    }
+
+    async fn login_command(
+        &mut self,
+        username: &str,
+        secret: &Secret,
+    ) -> Result<(Status, Option<Code>, String), Error> {
+        let tag = self.tag();
+        let user = self.astring(username);
+        let pass = self.astring(secret.expose());
+        // Literals (non-ASCII credentials) need the server's go-ahead
+        // unless it has LITERAL+.
+        let mut pieces = format!("{tag} LOGIN {user} {pass}").into_bytes();
+        pieces.extend_from_slice(b"\r\n");
+        debug!(target: TRACE, "C: {tag} LOGIN {username} ****");
+        self.send_with_literals(&pieces).await?;
+        self.finish_tagged(&tag).await
+    }
+
+    async fn login_sasl(
+        &mut self,
+        mechanism: Mechanism,
+        username: &str,
+        secret: &Secret,
+        port: u16,
+    ) -> Result<(Status, Option<Code>, String), Error> {
+        let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
+        let tag = self.tag();
+        let mut command = format!("{tag} AUTHENTICATE {}", mechanism.name());
+        let mut initial = sasl.initial_response();
+        if self.caps.contains("SASL-IR")
+            && let Some(response) = initial.take()
+        {
+            command.push(' ');
+            command.push_str(&if response.is_empty() {
+                "=".to_owned()
+            } else {
+                BASE64.encode(response)
+            });
+        }
+        debug!(target: TRACE, "C: {tag} AUTHENTICATE {} ****", mechanism.name());
+        self.wire
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await?;
+        loop {
+            match self.read_plain().await? {
+                Response::Continue(challenge) => {
+                    let response = match initial.take() {
+                        // No SASL-IR: the first, empty challenge gets the initial response.
+                        Some(response) => Ok(response),
+                        None => {
+                            let challenge =
+                                BASE64.decode(challenge.trim_ascii()).map_err(|_| {
+                                    self.error(Kind::Protocol, "malformed SASL challenge")
+                                })?;
+                            sasl.respond(&challenge)
+                        }
+                    };
+                    match response {
+                        Ok(response) => {
+                            debug!(target: TRACE, "C: ****");
+                            self.wire
+                                .write_all(format!("{}\r\n", BASE64.encode(response)).as_bytes())
+                                .await?;
+                        }
+                        Err(err) => {
+                            // Cancel so the server ends the exchange cleanly.
+                            self.wire.write_all(b"*\r\n").await?;
+                            let _ = self.finish_tagged(&tag).await;
+                            return Err(err);
+                        }
+                    }
+                }
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    code,
+                    text,
+                } if done == tag => {
+                    if status == Status::Ok && !sasl.is_complete() {
+                        return Err(self.error(
+                            Kind::Auth,
+                            &format!(
+                                "the server accepted {} before proving its identity",
+                                mechanism.name()
+                            ),
+                        ));
+                    }
+                    return Ok((status, code, text));
+                }
+                other => self.untagged(other)?,
+            }
+        }
+    }
+
+    // ---- commands and responses ------------------------------------------
+
+    fn tag(&mut self) -> String {
+        let tag = format!("M{}", self.next_tag);
+        self.next_tag += 1;
+        tag
+    }
+
+    /// An astring: quoted when it can be, else a literal. Non-ASCII text
+    /// may be quoted only once UTF8=ACCEPT is enabled.
+    fn astring(&self, text: &str) -> String {
+        let quotable = |b: u8| (0x20..0x7f).contains(&b) || (self.utf8 && b >= 0x80);
+        if !text.is_empty() && text.bytes().all(quotable) {
+            format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+        } else {
+            let plus = if self.caps.contains("LITERAL+") {
+                "+"
+            } else {
+                ""
+            };
+            format!("{{{}{plus}}}\r\n{text}", text.len())
+        }
+    }
+
+    /// A folder name as the server wants it: UTF-8 if it accepts that,
+    /// else modified UTF-7.
+    fn mailbox(&self, name: &str) -> String {
+        if self.utf8 {
+            self.astring(name)
+        } else {
+            self.astring(&utf7::encode(name))
+        }
+    }
+
+    /// Reads a response that cannot carry a message body of ours.
+    async fn read_plain(&mut self) -> Result<Response, Error> {
+        self.read_response(None::<&mut NoWriter>).await
+    }
+
+    /// Sends a command that may contain synchronizing literals, waiting for
+    /// the server's `+` after each.
+    async fn send_with_literals(&mut self, command: &[u8]) -> Result<(), Error> {
+        let mut rest = command;
+        loop {
+            let line_end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (line, after) = rest.split_at(line_end);
+            self.wire.write_all(line).await?;
+            rest = after;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+            if !line.ends_with(b"+}") {
+                match self.read_plain().await? {
+                    Response::Continue(_) => {}
+                    other => {
+                        return Err(
+                            self.error(Kind::Protocol, &format!("literal refused: {other:?}"))
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a command and waits for its completion; `NO`/`BAD` is an error.
+    async fn simple(&mut self, command: &str) -> Result<Option<Code>, Error> {
+        let tag = self.send(command).await?;
+        let (status, code, text) = self.finish_tagged(&tag).await?;
+        if status != Status::Ok {
+            return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
+        }
+        Ok(code)
+    }
+
+    async fn send(&mut self, command: &str) -> Result<String, Error> {
+        let tag = self.tag();
+        debug!(target: TRACE, "C: {tag} {command}");
+        self.wire
+            .write_all(format!("{tag} {command}\r\n").as_bytes())
+            .await?;
+        Ok(tag)
+    }
+
+    /// Reads responses until `tag` completes, handling untagged ones.
+    async fn finish_tagged(&mut self, tag: &str) -> Result<(Status, Option<Code>, String), Error> {
+        loop {
+            match self.read_plain().await? {
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    code,
+                    text,
+                } if done == tag => return Ok((status, code, text)),
+                other => self.untagged(other)?,
+            }
+        }
+    }
+
+    /// Takes note of a response that was not the one waited for.
+    fn untagged(&mut self, response: Response) -> Result<(), Error> {
+        match response {
+            Response::Untagged(Untagged::Capability(caps)) => {
+                self.caps = caps.into_iter().collect()
+            }
+            Response::Untagged(Untagged::Exists(n)) => {
+                if let Some(selected) = &mut self.selected {
+                    selected.exists = n;
+                }
+            }
+            Response::Untagged(Untagged::Status {
+                status: Status::Bye,
+                text,
+                ..
+            }) => {
+                return Err(self.error(
+                    Kind::Server,
+                    &format!("the server ended the session: {text}"),
+                ));
+            }
+            Response::Untagged(Untagged::Status {
+                code: Some(code),
+                text,
+                ..
+            }) => match code.name.as_str() {
+                "UIDVALIDITY" => {
+                    if let Some(selected) = &mut self.selected {
+                        selected.uidvalidity = code.args.trim().parse().ok();
+                    }
+                }
+                "CAPABILITY" => self.learn_caps(Some(&code)),
+                "ALERT" => warn!("{}: server alert: {text}", self.host),
+                _ => {}
+            },
+            // A body fetch completing after its body was handed over.
+            Response::Tagged { tag, .. } if self.in_flight.iter().any(|(t, _)| *t == tag) => {
+                let uid = self.complete(&tag);
+                self.answered.remove(&uid);
+            }
+            Response::Tagged { tag, text, .. } => {
+                return Err(self.error(
+                    Kind::Protocol,
+                    &format!("unexpected completion of {tag}: {text}"),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads one whole response. A message body in it is streamed into
+    /// `body` (or thrown away when there is none) after its announced size
+    /// was checked against what the server said the message's size is.
+    async fn read_response<W: MessageWriter>(
+        &mut self,
+        mut body: Option<&mut W>,
+    ) -> Result<Response, Error> {
+        let mut parts = Vec::new();
+        loop {
+            let line = self.wire.read_line(MAX_LINE).await?;
+            trace_line(&line);
+            let announced = codec::literal_len(&line)
+                .map_err(|err| self.error(Kind::Protocol, &err.to_string()))?;
+            let streams_body = announced.is_some() && codec::is_message_body(&line);
+            parts.push(Part::Text(line));
+            let Some(len) = announced else { break };
+            if streams_body {
+                let limit = self.body_limit(codec::uid_in(parts_text(&parts)));
+                if len > limit {
+                    return Err(self.error(
+                        Kind::Protocol,
+                        &format!("the server announced a {len}-byte message where at most {limit} bytes were expected"),
+                    ));
+                }
+                self.stream_literal(len, body.as_deref_mut()).await?;
+                debug!(target: TRACE, "S: <message body: {len} bytes>");
+                parts.push(Part::Streamed(len));
+            } else {
+                if len > MAX_SMALL_LITERAL {
+                    return Err(self.error(
+                        Kind::Protocol,
+                        &format!("the server announced a {len}-byte literal"),
+                    ));
+                }
+                parts.push(Part::Literal(self.read_literal(len as usize).await?));
+            }
+        }
+        codec::parse(&parts)
+            .map_err(|err| self.error(Kind::Protocol, &format!("malformed response: {err}")))
+    }
+
+    async fn read_literal(&mut self, len: usize) -> Result<Vec<u8>, Error> {
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            if self.wire.unread().is_empty() {
+                self.wire.fill_or_eof().await?;
+            }
+            let unread = self.wire.unread();
+            let take = unread.len().min(len - data.len());
+            data.extend_from_slice(&unread[..take]);
+            self.wire.consume(take);
+        }
+        Ok(data)
+    }
+
+    async fn stream_literal<W: MessageWriter>(
+        &mut self,
+        len: u64,
+        mut out: Option<&mut W>,
+    ) -> Result<(), Error> {
+        let mut left = len;
+        while left > 0 {
+            if self.wire.unread().is_empty() && self.wire.fill().await? == 0 {
+                return Err(self.error(
+                    Kind::Connection,
+                    &format!("the connection closed in the middle of a message, {} of {len} bytes received", len - left),
+                ));
+            }
+            let unread = self.wire.unread();
+            let take = (unread.len() as u64).min(left) as usize;
+            if let Some(out) = out.as_mut() {
+                out.write(&unread[..take]).await.map_err(|err| {
+                    Error::new(Kind::Delivery, format!("cannot write message: {err}"))
+                })?;
+            }
+            self.wire.consume(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Forgets a completed body fetch; returns its UID.
+    fn complete(&mut self, tag: &str) -> u32 {
+        let pos = self
+            .in_flight
+            .iter()
+            .position(|(t, _)| t == tag)
+            .unwrap_or_default();
+        self.in_flight.remove(pos).map_or(0, |(_, uid)| uid)
+    }
+
+    /// The largest body the server may announce for `uid`: its
+    /// RFC822.SIZE with some slack, or without a UID the largest in flight.
+    fn body_limit(&self, uid: Option<u32>) -> u64 {
+        let Some(selected) = &self.selected else {
+            return u64::MAX;
+        };
+        let expected = match uid.and_then(|uid| selected.sizes.get(&uid)) {
+            Some(size) => Some(*size),
+            None => self
+                .in_flight
+                .iter()
+                .filter_map(|(_, uid)| selected.sizes.get(uid))
+                .max()
+                .copied(),
+        };
+        expected.map_or(u64::MAX, |size| size + size / 8 + SIZE_SLACK)
+    }
+
+    fn error(&self, kind: Kind, message: &str) -> Error {
+        Error::new(kind, format!("{}: {message}", self.host))
+    }
+
+    fn folder(&self) -> &str {
+        self.selected.as_ref().map_or("", |s| s.name.as_str())
+    }
+
+    // ---- mailboxes ------------------------------------------------------
+
+    /// Opens a folder; read-only when nothing will be changed in it.
+    pub async fn select(&mut self, name: &str, read_only: bool) -> Result<(), Error> {
+        self.selected = Some(Selected {
+            name: name.to_owned(),
+            uidvalidity: None,
+            exists: 0,
+            sizes: HashMap::new(),
+        });
+        let command = format!(
+            "{} {}",
+            if read_only { "EXAMINE" } else { "SELECT" },
+            self.mailbox(name)
+        );
+        let tag = self.send(&command).await?;
+        let (status, _, text) = self.finish_tagged(&tag).await?;
+        if status != Status::Ok {
+            self.selected = None;
+            return Err(self.error(
+                Kind::Server,
+                &format!("cannot open folder {name:?}: {text}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `UID SEARCH` with the given criteria.
+    async fn search(&mut self, criteria: &str) -> Result<Vec<u32>, Error> {
+        let command = if self.caps.contains("ESEARCH") {
+            format!("UID SEARCH RETURN (ALL) {criteria}")
+        } else {
+            format!("UID SEARCH {criteria}")
+        };
+        let tag = self.send(&command).await?;
+        let mut found = Vec::new();
+        loop {
+            match self.read_plain().await? {
+                Response::Untagged(Untagged::Search(uids)) => found.extend(uids),
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    text,
+                    ..
+                } if done == tag => {
+                    if status != Status::Ok {
+                        return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
+                    }
+                    return Ok(found);
+                }
+                other => self.untagged(other)?,
+            }
+        }
+    }
+
+    /// Sends the queued body fetches the window has room for.
+    async fn pump(&mut self) -> Result<(), Error> {
+        let mut out = String::new();
+        while self.in_flight.len() < PIPELINE_WINDOW {
+            let Some(uid) = self.queued.pop_front() else {
+                break;
+            };
+            let tag = self.tag();
+            debug!(target: TRACE, "C: {tag} UID FETCH {uid} (UID BODY.PEEK[])");
+            out.push_str(&format!("{tag} UID FETCH {uid} (UID BODY.PEEK[])\r\n"));
+            self.in_flight.push_back((tag, uid));
+        }
+        if !out.is_empty() {
+            self.wire.write_all(out.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a flag on `uids`.
+    async fn add_flag(&mut self, uids: &[u32], flag: &str) -> Result<(), Error> {
+        self.simple(&format!(
+            "UID STORE {} +FLAGS.SILENT ({flag})",
+            codec::sequence_set(uids)
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// Flags `uids` \Deleted and expunges them, without touching messages
+    /// someone else flagged: `UID EXPUNGE` with UIDPLUS; without it a plain
+    /// EXPUNGE only if no other message is \Deleted.
+    async fn expunge(&mut self, uids: &[u32]) -> Result<usize, Error> {
+        self.add_flag(uids, "\\Deleted").await?;
+        if self.caps.contains("UIDPLUS") {
+            self.simple(&format!("UID EXPUNGE {}", codec::sequence_set(uids)))
+                .await?;
+            return Ok(uids.len());
+        }
+        let ours: HashSet<u32> = uids.iter().copied().collect();
+        let flagged = self.search("DELETED").await?;
+        let others = flagged.iter().filter(|uid| !ours.contains(uid)).count();
+        if others > 0 {
+            warn!(
+                "{}: {}: left {} delivered message(s) flagged \\Deleted but not expunged: the server lacks UIDPLUS and \
+                 {others} other message(s) in the folder are flagged \\Deleted, which a plain EXPUNGE would remove too",
+                self.host,
+                self.folder(),
+                uids.len()
+            );
+            return Ok(0);
+        }
+        self.simple("EXPUNGE").await?;
+        Ok(uids.len())
+    }
+}
+
+/// Stands in for a sink where a response can carry no body of ours.
+struct NoWriter;
+
+impl MessageWriter for NoWriter {
+    async fn write(&mut self, _chunk: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The last text part read, where a literal was announced.
+fn parts_text(parts: &[Part]) -> &[u8] {
+    match parts.last() {
+        Some(Part::Text(text)) => text,
+        _ => &[],
+    }
+}
+
+fn trace_line(line: &[u8]) {
+    if line.starts_with(b"+ ") {
+        // SASL challenges can carry tokens and account details.
+        debug!(target: TRACE, "S: + ****");
+    } else {
+        debug!(target: TRACE, "S: {}", String::from_utf8_lossy(&line[..line.len().min(400)]));
+    }
+}
+
+/// A compact digest of a message: SHA-256 over its size and its Message-ID,
+/// Date and From fields (names lower-cased, values unfolded and trimmed),
+/// cut to 64 bits. It recognises a message whose UID changed.
+fn digest(size: u64, header_fields: &[u8]) -> String {
+    let text = String::from_utf8_lossy(header_fields)
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    let mut fields: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| format!("{}:{}", name.trim().to_ascii_lowercase(), value.trim()))
+        .collect();
+    fields.sort();
+    let mut input = size.to_string();
+    for field in fields {
+        input.push('\n');
+        input.push_str(&field);
+    }
+    let hash = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
+    hash.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Source for Imap {
+    async fn list(&mut self, with_seen: bool) -> Result<Listing, Error> {
+        let selected = self
+            .selected
+            .clone()
+            .ok_or_else(|| self.error(Kind::Protocol, "no folder selected"))?;
+        let uidvalidity = selected.uidvalidity.ok_or_else(|| {
+            self.error(
+                Kind::Protocol,
+                &format!("folder {:?} has no UIDVALIDITY", selected.name),
+            )
+        })?;
+        let mut listing = Listing {
+            identity: Some(uidvalidity.to_string()),
+            messages: Vec::new(),
+        };
+        if selected.exists == 0 {
+            return Ok(listing);
+        }
+        let all = self.search("ALL").await?;
+        let unseen: HashSet<u32> = if with_seen {
+            self.search("UNSEEN").await?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        listing.messages = all
+            .into_iter()
+            .map(|uid| Listed {
+                number: uid,
+                uid: Some(uid.to_string()),
+                seen: with_seen && !unseen.contains(&uid),
+                ..Listed::default()
+            })
+            .collect();
+        Ok(listing)
+    }
+
+    async fn describe(&mut self, messages: &mut [Listed]) -> Result<(), Error> {
+        let wanted: Vec<u32> = messages
+            .iter()
+            .filter(|m| m.size.is_none() || m.digest.is_none())
+            .map(|m| m.number)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let command = format!(
+            "UID FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({DIGEST_FIELDS})])",
+            codec::sequence_set(&wanted)
+        );
+        let tag = self.send(&command).await?;
+        let mut found: HashMap<u32, Fetch> = HashMap::with_capacity(wanted.len());
+        loop {
+            match self.read_plain().await? {
+                Response::Untagged(Untagged::Fetch { attrs, .. }) if attrs.size.is_some() => {
+                    if let Some(uid) = attrs.uid {
+                        found.insert(uid, attrs);
+                    }
+                }
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    text,
+                    ..
+                } if done == tag => {
+                    if status != Status::Ok {
+                        return Err(self.error(Kind::Server, &format!("UID FETCH failed: {text}")));
+                    }
+                    break;
+                }
+                other => self.untagged(other)?,
+            }
+        }
+        for message in messages.iter_mut() {
+            if let Some(attrs) = found.get(&message.number) {
+                let size = attrs.size.unwrap_or_default();
+                message.size = Some(size);
+                message.digest = Some(digest(
+                    size,
+                    attrs.header_fields.as_deref().unwrap_or_default(),
+                ));
+                if let Some(selected) = &mut self.selected {
+                    selected.sizes.insert(message.number, size);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn request(&mut self, numbers: &[u32]) {
+        self.queued.extend(numbers);
+    }
+
+    /// Servers may run pipelined fetches concurrently (Dovecot does), so
+    /// bodies and completions of different commands interleave: whichever
+    /// body comes next is the one streamed into `out`.
+    async fn retrieve<W: MessageWriter>(&mut self, out: &mut W) -> Result<(u32, Retrieved), Error> {
+        loop {
+            self.pump().await?;
+            if self.in_flight.is_empty() {
+                return Err(self.error(Kind::Protocol, "no message was requested"));
+            }
+            match self.read_response(Some(&mut *out)).await? {
+                Response::Untagged(Untagged::Fetch { attrs, .. }) if attrs.body.is_some() => {
+                    let uid = attrs
+                        .uid
+                        .filter(|uid| {
+                            self.in_flight.iter().any(|(_, u)| u == uid)
+                                && !self.answered.contains(uid)
+                        })
+                        .ok_or_else(|| {
+                            self.error(
+                                Kind::Protocol,
+                                &format!("unexpected message body for UID {:?}", attrs.uid),
+                            )
+                        })?;
+                    self.answered.insert(uid);
+                    return Ok(match attrs.body {
+                        Some(Some(_)) => (uid, Retrieved::Complete),
+                        _ => (
+                            uid,
+                            Retrieved::Refused("the server has no body for it".into()),
+                        ),
+                    });
+                }
+                Response::Tagged {
+                    tag, status, text, ..
+                } if self.in_flight.iter().any(|(t, _)| *t == tag) => {
+                    let uid = self.complete(&tag);
+                    if !self.answered.remove(&uid) {
+                        let reason = if status == Status::Ok {
+                            "it is no longer in the folder".to_owned()
+                        } else {
+                            text
+                        };
+                        return Ok((uid, Retrieved::Refused(reason)));
+                    }
+                }
+                other => self.untagged(other)?,
+            }
+        }
+    }
+
+    async fn delete(&mut self, numbers: &[u32]) -> Result<usize, Error> {
+        if numbers.is_empty() {
+            return Ok(0);
+        }
+        match self.after.clone() {
+            After::Keep => Ok(0),
+            After::Expunge => self.expunge(numbers).await,
+            After::MoveTo(folder) => {
+                let set = codec::sequence_set(numbers);
+                let target = self.mailbox(&folder);
+                if self.caps.contains("MOVE") {
+                    self.simple(&format!("UID MOVE {set} {target}")).await?;
+                    Ok(numbers.len())
+                } else {
+                    self.simple(&format!("UID COPY {set} {target}")).await?;
+                    self.expunge(numbers).await
+                }
+            }
+        }
+    }
+
+    async fn mark_seen(&mut self, numbers: &[u32]) -> Result<(), Error> {
+        if numbers.is_empty() {
+            return Ok(());
+        }
+        self.add_flag(numbers, "\\Seen").await
+    }
+
+    async fn finish(mut self) -> Result<(), Error> {
+        let tag = self.send("LOGOUT").await?;
+        loop {
+            match self.read_plain().await {
+                Ok(Response::Tagged { tag: done, .. }) if done == tag => return Ok(()),
+                Ok(_) => {}
+                // The server may close right after its BYE.
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// How to log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Login {
+    /// The LOGIN command.
+    Command,
+    Sasl(Mechanism),
+}
+
+impl Login {
+    fn describe(self) -> &'static str {
+        match self {
+            Login::Command => "LOGIN",
+            Login::Sasl(mechanism) => mechanism.name(),
+        }
+    }
+
+    fn reveals_secret(self) -> bool {
+        match self {
+            Login::Command => true,
+            Login::Sasl(mechanism) => mechanism.reveals_secret(),
+        }
+    }
+}
+
+/// Picks the login method: the configured one, or for `auto` the strongest
+/// the server offers. Methods that put the password on the wire are refused
+/// over an unencrypted link unless `may_reveal`.
+fn choose_login(
+    configured: AuthMethod,
+    offered: &[&str],
+    login_allowed: bool,
+    may_reveal: bool,
+) -> Result<Login, String> {
+    let mechanism = match configured {
+        AuthMethod::Auto => {
+            let sasl = Mechanism::strongest(offered.iter().copied(), may_reveal);
+            return match sasl {
+                Some(mechanism) if !mechanism.reveals_secret() || !login_allowed => {
+                    Ok(Login::Sasl(mechanism))
+                }
+                // LOGIN is as good as PLAIN and works everywhere.
+                _ if login_allowed && may_reveal => Ok(Login::Command),
+                Some(mechanism) => Ok(Login::Sasl(mechanism)),
+                None => Err(if login_allowed {
+                    "the connection is not encrypted and the server offers no login method that keeps the password secret; \
+                     use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
+                        .to_owned()
+                } else {
+                    "the server offers no login method mailfetch can use (LOGINDISABLED and no known AUTH= mechanism)".to_owned()
+                }),
+            };
+        }
+        AuthMethod::User => {
+            if !login_allowed {
+                return Err(
+                    "auth = \"user\" but the server disabled the LOGIN command (LOGINDISABLED)"
+                        .to_owned(),
+                );
+            }
+            if !may_reveal {
+                return Err(reveal_refusal("LOGIN"));
+            }
+            return Ok(Login::Command);
+        }
+        AuthMethod::Plain => Mechanism::Plain,
+        AuthMethod::Login => Mechanism::Login,
+        AuthMethod::CramMd5 => Mechanism::CramMd5,
+        AuthMethod::XOAuth2 => Mechanism::XOAuth2,
+        AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
+        AuthMethod::ScramSha256 => Mechanism::ScramSha256,
+        AuthMethod::Apop => {
+            return Err("APOP is a POP3 method; it does not exist in IMAP".to_owned());
+        }
+    };
+    if !offered
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(mechanism.name()))
+    {
+        return Err(format!(
+            "the server does not offer AUTHENTICATE {} (it offers: {})",
+            mechanism.name(),
+            if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(" ")
+            }
+        ));
+    }
+    let login = Login::Sasl(mechanism);
+    if login.reveals_secret() && !may_reveal {
+        return Err(reveal_refusal(mechanism.name()));
+    }
+    Ok(login)
+}
+
+fn reveal_refusal(method: &str) -> String {
+    format!(
+        "refusing to send the password with {method} over an unencrypted connection; \
+         use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_login_prefers_secret_keeping_mechanisms() {
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &["PLAIN", "SCRAM-SHA-256"], true, true),
+            Ok(Login::Sasl(Mechanism::ScramSha256))
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &["PLAIN"], true, true),
+            Ok(Login::Command)
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &["PLAIN"], false, true),
+            Ok(Login::Sasl(Mechanism::Plain))
+        );
+        assert_eq!(
+            choose_login(AuthMethod::Auto, &["CRAM-MD5"], true, false),
+            Ok(Login::Sasl(Mechanism::CramMd5))
+        );
+        assert!(choose_login(AuthMethod::Auto, &["PLAIN"], true, false).is_err());
+        assert!(choose_login(AuthMethod::Auto, &[], false, true).is_err());
+    }
+
+    #[test]
+    fn explicit_login_methods() {
+        assert_eq!(
+            choose_login(AuthMethod::User, &[], true, true),
+            Ok(Login::Command)
+        );
+        assert!(
+            choose_login(AuthMethod::User, &[], false, true)
+                .unwrap_err()
+                .contains("LOGINDISABLED")
+        );
+        assert!(choose_login(AuthMethod::User, &[], true, false).is_err());
+        assert!(choose_login(AuthMethod::Plain, &["PLAIN"], true, false).is_err());
+        assert!(
+            choose_login(AuthMethod::CramMd5, &["PLAIN"], true, true)
+                .unwrap_err()
+                .contains("offers: PLAIN")
+        );
+        assert!(choose_login(AuthMethod::Apop, &[], true, true).is_err());
+    }
+
+    #[test]
+    fn digests_ignore_folding_case_and_order() {
+        let a = digest(
+            100,
+            b"Message-ID: <1@x>\r\nDate: Mon, 1 Jan 2024\r\nFrom: a@b\r\n\r\n",
+        );
+        let b = digest(
+            100,
+            b"from: a@b\r\nmessage-id:\r\n <1@x>\r\ndate:  Mon, 1 Jan 2024 \r\n\r\n",
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_ne!(
+            a,
+            digest(
+                101,
+                b"Message-ID: <1@x>\r\nDate: Mon, 1 Jan 2024\r\nFrom: a@b\r\n\r\n"
+            )
+        );
+        assert_ne!(
+            a,
+            digest(
+                100,
+                b"Message-ID: <2@x>\r\nDate: Mon, 1 Jan 2024\r\nFrom: a@b\r\n\r\n"
+            )
+        );
+    }
+}

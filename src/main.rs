@@ -12,13 +12,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 const HELP: &str = "\
-mailfetch - fetch mail from POP3 servers into a Maildir, never losing a message
+mailfetch - fetch mail from POP3 and IMAP servers into a Maildir, never losing a message
 
 USAGE:
     mailfetch [OPTIONS]
 
-Polls every configured account once (or only those named with --account),
-delivers new mail, and exits.
+Polls every configured account once (or only those named with --account;
+for IMAP, each configured folder), delivers new mail, and exits.
 
 OPTIONS:
     -c, --config FILE    configuration file
@@ -34,8 +34,8 @@ OPTIONS:
     -V, --version        print the version
 
 EXIT CODES (as fetchmail's):
-    0   mail was delivered (with several accounts: by any account whose
-        poll completed)
+    0   mail was delivered (with several accounts or folders: by any one
+        whose poll completed)
     1   no new mail
     2   connection error (including TLS and certificate failures)
     3   authentication failed
@@ -46,8 +46,8 @@ EXIT CODES (as fetchmail's):
     8   another mailfetch holds the lock on the state directory
     10  delivery failed
     A poll that delivered some mail and then failed counts as failed. With
-    several accounts and none of them succeeding with mail, the highest
-    code wins.
+    several accounts or folders and none of them succeeding with mail, the
+    highest code wins.
 
 See fetchrc.example for every configuration key.
 ";

@@ -210,14 +210,17 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let mut folder_started = started;
     // Nothing is changed in a folder in keep mode without mark_seen.
     let read_only = account.keep && !account.mark_seen;
-    for (folder, report) in account.folders.iter().zip(reports.iter_mut()) {
+    let mut broken = None;
+    for (index, folder) in account.folders.iter().enumerate() {
+        let report = &mut reports[index];
         if let Err(err) = source.select(folder, read_only).await {
-            // A folder that cannot be opened does not stop the others.
-            let usable = err.kind == Kind::Server;
+            // A folder the server refuses to open does not stop the others.
+            let refused = err.kind == Kind::Server;
             report.error = Some(err);
-            if usable {
+            if refused {
                 continue;
             }
+            broken = Some(index);
             break;
         }
         let key = format!(
@@ -228,23 +231,26 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
         report.elapsed = folder_started.elapsed();
         folder_started = Instant::now();
         if let Err(err) = result {
+            // Mid-folder, the session's state is unknown: stop using it.
             report.error = Some(err);
+            broken = Some(index);
             break;
         }
     }
-    if let Some(pos) = reports
-        .iter()
-        .position(|r| r.error.is_some() && r.error.as_ref().is_some_and(|e| e.kind != Kind::Server))
-    {
-        // The session broke: the folders after it were not polled.
-        for report in &mut reports[pos + 1..] {
-            report.error = Some(Error::new(
-                Kind::Connection,
-                "not polled: the session broke on an earlier folder",
-            ));
+    match broken {
+        Some(index) => {
+            for report in &mut reports[index + 1..] {
+                report.error = Some(Error::new(
+                    Kind::Connection,
+                    "not polled: the session failed on an earlier folder",
+                ));
+            }
         }
-    } else if let Err(err) = source.finish().await {
-        tracing::debug!("{}: LOGOUT: {err}", account.name);
+        None => {
+            if let Err(err) = source.finish().await {
+                tracing::debug!("{}: LOGOUT: {err}", account.name);
+            }
+        }
     }
     reports
 }

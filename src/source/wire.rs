@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::{Account, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::{self, Stream, TlsOptions};
 
@@ -24,26 +25,28 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Connects to `host:port`, with TLS from the first byte if `implicit_tls`.
-    pub async fn connect(
-        host: &str,
-        port: u16,
-        implicit_tls: Option<&TlsOptions>,
-        timeout: Duration,
-    ) -> Result<Wire, Error> {
-        let tcp = net::connect(host, port, timeout).await?;
-        let stream = match implicit_tls {
-            Some(tls) => net::start_tls(tcp, host, tls, timeout).await?,
-            None => Stream::Plain(tcp),
+    /// Connects to an account's server, with TLS from the first byte if
+    /// configured. Returns the TLS settings too, for a later STARTTLS.
+    pub async fn open(account: &Account) -> Result<(Wire, TlsOptions), Error> {
+        let tls = TlsOptions {
+            ca_file: account.ca_file.clone(),
+            fingerprint: account.fingerprint,
         };
-        Ok(Wire {
+        let (host, timeout) = (&account.host, account.timeout);
+        let tcp = net::connect(host, account.port, timeout).await?;
+        let stream = match account.tls {
+            TlsMode::Implicit => net::start_tls(tcp, host, &tls, timeout).await?,
+            TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
+        };
+        let wire = Wire {
             stream,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
             timeout,
-            host: host.to_owned(),
-        })
+            host: host.clone(),
+        };
+        Ok((wire, tls))
     }
 
     pub fn host(&self) -> &str {

@@ -76,13 +76,9 @@ enum After {
 impl Imap {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Imap, Error> {
-        let tls = TlsOptions {
-            ca_file: account.ca_file.clone(),
-            fingerprint: account.fingerprint,
-        };
-        let implicit = (account.tls == TlsMode::Implicit).then_some(&tls);
+        let (wire, tls) = Wire::open(account).await?;
         let mut session = Imap {
-            wire: Wire::connect(&account.host, account.port, implicit, account.timeout).await?,
+            wire,
             host: account.host.clone(),
             caps: HashSet::new(),
             next_tag: 1,
@@ -393,6 +389,34 @@ impl Imap {
         Ok(code)
     }
 
+    /// Sends a command and collects the untagged responses `keep` wants
+    /// until it completes; `NO`/`BAD` is an error.
+    async fn collect(
+        &mut self,
+        command: &str,
+        keep: impl Fn(&Untagged) -> bool,
+    ) -> Result<Vec<Untagged>, Error> {
+        let tag = self.send(command).await?;
+        let mut kept = Vec::new();
+        loop {
+            match self.read_plain().await? {
+                Response::Untagged(untagged) if keep(&untagged) => kept.push(untagged),
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    text,
+                    ..
+                } if done == tag => {
+                    if status != Status::Ok {
+                        return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
+                    }
+                    return Ok(kept);
+                }
+                other => self.untagged(other)?,
+            }
+        }
+    }
+
     async fn send(&mut self, command: &str) -> Result<String, Error> {
         let tag = self.tag();
         debug!(target: TRACE, "C: {tag} {command}");
@@ -619,25 +643,16 @@ impl Imap {
         } else {
             format!("UID SEARCH {criteria}")
         };
-        let tag = self.send(&command).await?;
-        let mut found = Vec::new();
-        loop {
-            match self.read_plain().await? {
-                Response::Untagged(Untagged::Search(uids)) => found.extend(uids),
-                Response::Tagged {
-                    tag: done,
-                    status,
-                    text,
-                    ..
-                } if done == tag => {
-                    if status != Status::Ok {
-                        return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
-                    }
-                    return Ok(found);
-                }
-                other => self.untagged(other)?,
-            }
-        }
+        let results = self
+            .collect(&command, |r| matches!(r, Untagged::Search(_)))
+            .await?;
+        Ok(results
+            .into_iter()
+            .flat_map(|result| match result {
+                Untagged::Search(uids) => uids,
+                _ => Vec::new(),
+            })
+            .collect())
     }
 
     /// Sends the queued body fetches the window has room for.
@@ -797,29 +812,18 @@ impl Source for Imap {
             "UID FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({DIGEST_FIELDS})])",
             codec::sequence_set(&wanted)
         );
-        let tag = self.send(&command).await?;
-        let mut found: HashMap<u32, Fetch> = HashMap::with_capacity(wanted.len());
-        loop {
-            match self.read_plain().await? {
-                Response::Untagged(Untagged::Fetch { attrs, .. }) if attrs.size.is_some() => {
-                    if let Some(uid) = attrs.uid {
-                        found.insert(uid, attrs);
-                    }
-                }
-                Response::Tagged {
-                    tag: done,
-                    status,
-                    text,
-                    ..
-                } if done == tag => {
-                    if status != Status::Ok {
-                        return Err(self.error(Kind::Server, &format!("UID FETCH failed: {text}")));
-                    }
-                    break;
-                }
-                other => self.untagged(other)?,
-            }
-        }
+        let found: HashMap<u32, Fetch> = self
+            .collect(
+                &command,
+                |r| matches!(r, Untagged::Fetch { attrs, .. } if attrs.size.is_some()),
+            )
+            .await?
+            .into_iter()
+            .filter_map(|result| match result {
+                Untagged::Fetch { attrs, .. } => Some((attrs.uid?, attrs)),
+                _ => None,
+            })
+            .collect();
         for message in messages.iter_mut() {
             if let Some(attrs) = found.get(&message.number) {
                 let size = attrs.size.unwrap_or_default();

@@ -85,13 +85,9 @@ pub struct Pop3 {
 impl Pop3 {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Pop3, Error> {
-        let tls = TlsOptions {
-            ca_file: account.ca_file.clone(),
-            fingerprint: account.fingerprint,
-        };
-        let implicit = (account.tls == TlsMode::Implicit).then_some(&tls);
+        let (wire, tls) = Wire::open(account).await?;
         let mut session = Pop3 {
-            wire: Wire::connect(&account.host, account.port, implicit, account.timeout).await?,
+            wire,
             queued: VecDeque::new(),
             requested: VecDeque::new(),
             in_flight: 0,

@@ -902,15 +902,31 @@ impl Source for Imap {
             After::Keep => Ok(0),
             After::Expunge => self.expunge(numbers).await,
             After::MoveTo(folder) => {
-                let set = codec::sequence_set(numbers);
                 let target = self.mailbox(&folder);
                 if self.caps.contains("MOVE") {
-                    self.simple(&format!("UID MOVE {set} {target}")).await?;
-                    Ok(numbers.len())
-                } else {
-                    self.simple(&format!("UID COPY {set} {target}")).await?;
-                    self.expunge(numbers).await
+                    self.simple(&format!(
+                        "UID MOVE {} {target}",
+                        codec::sequence_set(numbers)
+                    ))
+                    .await?;
+                    return Ok(numbers.len());
                 }
+                // Copied and flagged \Deleted by an earlier poll whose
+                // expunge did not happen: copying again would duplicate.
+                let copied: HashSet<u32> = self.search("DELETED").await?.into_iter().collect();
+                let to_copy: Vec<u32> = numbers
+                    .iter()
+                    .copied()
+                    .filter(|uid| !copied.contains(uid))
+                    .collect();
+                if !to_copy.is_empty() {
+                    self.simple(&format!(
+                        "UID COPY {} {target}",
+                        codec::sequence_set(&to_copy)
+                    ))
+                    .await?;
+                }
+                self.expunge(numbers).await
             }
         }
     }

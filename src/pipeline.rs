@@ -278,11 +278,19 @@ async fn poll_mailbox<S: Source, K: Sink>(
             format!("cannot update the state file: {err}"),
         )
     };
-    let mut state = MailboxState::open(state_dir, key)?;
+    // The journal is read while the server answers the listing.
+    let opening = {
+        let (state_dir, key) = (state_dir.to_owned(), key.to_owned());
+        tokio::task::spawn_blocking(move || MailboxState::open(&state_dir, &key))
+    };
+    let listing = source.list(account.fetch == FetchMode::Unseen).await;
+    let mut state = opening
+        .await
+        .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))??;
     let mut committer = sink.committer();
     recover(&mut state, &mut committer)?;
+    let listing = listing?;
 
-    let listing = source.list(account.fetch == FetchMode::Unseen).await?;
     let mut listed = listing.messages;
     if let Some(identity) = &listing.identity {
         match state.meta(IDENTITY) {

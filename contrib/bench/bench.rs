@@ -1,24 +1,42 @@
-//! mailfetch benchmark: times ONE delete-mode POP3 poll against a private
-//! Dovecot on loopback (plain POP3, USER/PASS), for
+//! mailfetch benchmark: times ONE poll against a private Dovecot on
+//! loopback (plain TCP; POP3 USER/PASS, IMAP LOGIN), in these scenarios:
 //!
-//! * `mixed`: 2000 messages of mixed sizes, ~63 MiB in all (mostly 2–20 KiB
-//!   text, some 50–500 KiB with base64 attachments, a few 1–3 MiB), made
-//!   by a deterministic PRNG, and
-//! * `big`: one 100 MiB message.
+//! * `mixed` (POP3, delete mode): 2000 messages of mixed sizes, ~63 MiB in
+//!   all (mostly 2–20 KiB text, some 50–500 KiB with base64 attachments, a
+//!   few 1–3 MiB), made by a deterministic PRNG;
+//! * `big` (POP3, delete mode): one 100 MiB message;
+//! * `imap-mixed` (IMAP, keep mode): the same 2000 messages;
+//! * `imap-idle-poll` (IMAP, keep mode): a poll of a 5000-message INBOX
+//!   that has nothing new (mailfetch exits with 1);
+//! * `imap-big` (IMAP, keep mode): one 100 MiB message.
 //!
-//! Each run re-seeds the server mailbox (not timed), runs the fetcher into
-//! an empty Maildir with empty state, and then checks that every message
-//! arrived (by Message-ID) and that the server mailbox is empty. It reports
-//! the wall time of the fetcher process, messages/s, MiB/s (of the message
-//! files as stored on the server, LF line endings) and the fetcher's maximum
-//! RSS (from wait4, including any child it waited for, e.g. fetchmail's
-//! MDA; measured through a small copy of this program, since a process
-//! forked from this one would inherit our RSS as its peak).
+//! POP3 runs re-seed the server mailbox (not timed), run the fetcher into an
+//! empty Maildir with empty state, and then check that every message arrived
+//! (by Message-ID) and that the server mailbox is empty.
 //!
-//! mpop and fetchmail, when installed, are timed the same way.
+//! IMAP scenarios each use their own Dovecot user. The INBOX is seeded once,
+//! then polled once by mailfetch, untimed: Dovecot assigns UIDs and builds
+//! its index on the first access to a fresh Maildir, which a real server has
+//! done long before (the time of that first poll is printed). For
+//! `imap-mixed` and `imap-big`, each timed run then fetches everything into
+//! an empty Maildir with empty state; for `imap-idle-poll`, each timed run
+//! polls again with the Maildir and state of that first poll. Every run
+//! checks the Maildir (every message exactly once) and that the server still
+//! has every message, none flagged \Deleted.
 //!
-//! Usage: `bench [--scenario mixed|big|all] [--messages N] [--runs R]
-//! [--big-mib M] [--only mailfetch|mpop|fetchmail]...`
+//! It reports the wall time of the fetcher process, messages/s, MiB/s (of
+//! the message files as stored on the server, LF line endings) and the
+//! fetcher's maximum RSS (from wait4, including any child it waited for,
+//! e.g. fetchmail's MDA; measured through a small copy of this program,
+//! since a process forked from this one would inherit our RSS as its peak).
+//!
+//! mpop (POP3 scenarios) and fetchmail (POP3 scenarios and `imap-mixed`),
+//! when installed, are timed the same way.
+//!
+//! Usage: `bench [--scenario NAME] [--messages N] [--runs R] [--big-mib M]
+//! [--idle-messages N] [--idle-runs R] [--only mailfetch|mpop|fetchmail]...`
+//! where NAME is one of the scenarios above, `pop3` (mixed, big), `imap`
+//! (the three IMAP ones) or `all` (the default).
 //! Run it through `contrib/bench/run.sh`.
 
 #[path = "../../tests/support/dovecot.rs"]
@@ -35,7 +53,6 @@ use std::time::{Duration, Instant};
 
 use dovecot::Dovecot;
 
-const USER: &str = "bench";
 const PASSWORD: &str = "bench-password";
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -44,6 +61,8 @@ struct Opts {
     messages: usize,
     runs: usize,
     big_mib: usize,
+    idle_messages: usize,
+    idle_runs: usize,
     only: Vec<String>,
 }
 
@@ -51,20 +70,66 @@ struct Opts {
 enum Scenario {
     Mixed,
     Big,
+    ImapMixed,
+    ImapIdlePoll,
+    ImapBig,
+}
+
+/// What a scenario's mailfetch median should stay under.
+#[derive(Clone, Copy)]
+enum Target {
+    Wall(f64),
+    RssMib(f64),
 }
 
 impl Scenario {
+    const POP3: [Scenario; 2] = [Scenario::Mixed, Scenario::Big];
+    const IMAP: [Scenario; 3] = [
+        Scenario::ImapMixed,
+        Scenario::ImapIdlePoll,
+        Scenario::ImapBig,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Scenario::Mixed => "mixed",
             Scenario::Big => "big",
+            Scenario::ImapMixed => "imap-mixed",
+            Scenario::ImapIdlePoll => "imap-idle-poll",
+            Scenario::ImapBig => "imap-big",
+        }
+    }
+
+    /// IMAP in keep mode, else POP3 in delete mode.
+    fn imap(self) -> bool {
+        !Scenario::POP3.contains(&self)
+    }
+
+    /// The Dovecot user whose INBOX the scenario uses: each IMAP scenario
+    /// has its own, so it never sees another's mail or index.
+    fn user(self) -> &'static str {
+        match self {
+            Scenario::Mixed | Scenario::Big => "bench",
+            Scenario::ImapMixed => "bench-imap-mixed",
+            Scenario::ImapIdlePoll => "bench-imap-idle",
+            Scenario::ImapBig => "bench-imap-big",
+        }
+    }
+
+    fn target(self) -> Option<Target> {
+        match self {
+            Scenario::ImapMixed => Some(Target::Wall(0.6)),
+            Scenario::ImapIdlePoll => Some(Target::Wall(0.040)),
+            Scenario::ImapBig => Some(Target::RssMib(16.0)),
+            Scenario::Mixed | Scenario::Big => None,
         }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--scenario mixed|big|all] [--messages N] [--runs R] [--big-mib M]\n             \
+        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|pop3|imap|all]\n             \
+         [--messages N] [--runs R] [--big-mib M] [--idle-messages N] [--idle-runs R]\n             \
          [--only mailfetch|mpop|fetchmail]..."
     );
     std::process::exit(2)
@@ -72,10 +137,12 @@ fn usage() -> ! {
 
 fn parse_args() -> Opts {
     let mut o = Opts {
-        scenarios: vec![Scenario::Mixed, Scenario::Big],
+        scenarios: [Scenario::POP3.as_slice(), Scenario::IMAP.as_slice()].concat(),
         messages: 2000,
         runs: 3,
         big_mib: 100,
+        idle_messages: 5000,
+        idle_runs: 5,
         only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -92,22 +159,33 @@ fn parse_args() -> Opts {
         };
         match key.as_str() {
             "--scenario" => {
-                o.scenarios = match value().as_str() {
-                    "mixed" => vec![Scenario::Mixed],
-                    "big" => vec![Scenario::Big],
-                    "all" => vec![Scenario::Mixed, Scenario::Big],
-                    _ => usage(),
+                let v = value();
+                o.scenarios = match v.as_str() {
+                    "pop3" => Scenario::POP3.to_vec(),
+                    "imap" => Scenario::IMAP.to_vec(),
+                    "all" => [Scenario::POP3.as_slice(), Scenario::IMAP.as_slice()].concat(),
+                    name => Scenario::POP3
+                        .into_iter()
+                        .chain(Scenario::IMAP)
+                        .filter(|s| s.name() == name)
+                        .collect(),
+                };
+                if o.scenarios.is_empty() {
+                    usage();
                 }
             }
             "--messages" => o.messages = value().parse().unwrap_or_else(|_| usage()),
             "--runs" => o.runs = value().parse().unwrap_or_else(|_| usage()),
             "--big-mib" => o.big_mib = value().parse().unwrap_or_else(|_| usage()),
+            "--idle-messages" => o.idle_messages = value().parse().unwrap_or_else(|_| usage()),
+            "--idle-runs" => o.idle_runs = value().parse().unwrap_or_else(|_| usage()),
             "--only" => o.only.push(value()),
             "-h" | "--help" => usage(),
             _ => usage(),
         }
     }
-    if o.messages == 0 || o.runs == 0 || o.big_mib == 0 {
+    if o.messages == 0 || o.runs == 0 || o.big_mib == 0 || o.idle_messages == 0 || o.idle_runs == 0
+    {
         usage();
     }
     o
@@ -143,6 +221,16 @@ impl Tool {
             Tool::Fetchmail(_) => "fetchmail",
         }
     }
+
+    /// Whether the tool is timed in this scenario: mpop speaks only POP3,
+    /// and fetchmail is compared on IMAP for `imap-mixed` only.
+    fn runs_in(&self, scenario: Scenario) -> bool {
+        match self {
+            Tool::Mailfetch(_) => true,
+            Tool::Mpop(_) => !scenario.imap(),
+            Tool::Fetchmail(_) => !scenario.imap() || scenario == Scenario::ImapMixed,
+        }
+    }
 }
 
 struct Measurement {
@@ -151,24 +239,44 @@ struct Measurement {
 }
 
 struct Row {
-    scenario: &'static str,
+    scenario: Scenario,
     tool: &'static str,
     messages: usize,
     bytes: usize,
     runs: Vec<Measurement>,
 }
 
+impl Row {
+    fn median_wall(&self) -> f64 {
+        let mut walls: Vec<f64> = self.runs.iter().map(|m| m.wall.as_secs_f64()).collect();
+        walls.sort_by(f64::total_cmp);
+        walls[walls.len() / 2]
+    }
+
+    fn median_rss_mib(&self) -> f64 {
+        let mut rss: Vec<i64> = self.runs.iter().map(|m| m.max_rss_kib).collect();
+        rss.sort();
+        rss[rss.len() / 2] as f64 / 1024.0
+    }
+}
+
 fn run(opts: &Opts) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-    let mut tools = vec![Tool::Mailfetch(find_mailfetch()?)];
-    match dovecot::find_binary("mpop") {
-        Some(p) => tools.push(Tool::Mpop(p)),
-        None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
+    let mailfetch = Tool::Mailfetch(find_mailfetch()?);
+    let mut tools = vec![mailfetch.clone()];
+    let wants = |s: Scenario| opts.scenarios.contains(&s);
+    if Scenario::POP3.into_iter().any(wants) {
+        match dovecot::find_binary("mpop") {
+            Some(p) => tools.push(Tool::Mpop(p)),
+            None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
+        }
     }
-    match dovecot::find_binary("fetchmail") {
-        Some(p) => tools.push(Tool::Fetchmail(p)),
-        None => {
-            println!("fetchmail not installed: no comparison with it (apt-get install fetchmail)")
+    if Scenario::POP3.into_iter().any(wants) || wants(Scenario::ImapMixed) {
+        match dovecot::find_binary("fetchmail") {
+            Some(p) => tools.push(Tool::Fetchmail(p)),
+            None => println!(
+                "fetchmail not installed: no comparison with it (apt-get install fetchmail)"
+            ),
         }
     }
     if !opts.only.is_empty() {
@@ -192,24 +300,29 @@ fn run(opts: &Opts) -> Result<(), String> {
             dovecot::INSTALL_HINT
         ));
     };
-    server.add_user(USER, PASSWORD);
     println!(
-        "Private Dovecot on 127.0.0.1:{} (plain POP3), working in {}",
+        "Private Dovecot on 127.0.0.1, POP3 port {}, IMAP port {} (plain TCP), working in {}",
         server.pop3_port(),
+        server.imap_port(),
         work.path().display()
     );
     println!(
-        "{} run(s) per tool and scenario; each run re-seeds the mailbox and \
-         times one delete-mode poll.",
-        opts.runs
+        "{} run(s) per tool and scenario ({} for imap-idle-poll); POP3 runs re-seed the \
+         mailbox and time one delete-mode poll, IMAP runs time one keep-mode poll.",
+        opts.runs, opts.idle_runs
     );
 
     let mut rows = Vec::new();
     for &scenario in &opts.scenarios {
+        let scenario_tools: Vec<&Tool> = tools.iter().filter(|t| t.runs_in(scenario)).collect();
+        if scenario_tools.is_empty() {
+            continue;
+        }
         let t = Instant::now();
         let messages = match scenario {
-            Scenario::Mixed => mixed_messages(opts.messages),
-            Scenario::Big => vec![big_message(opts.big_mib * 1024 * 1024)],
+            Scenario::Mixed | Scenario::ImapMixed => mixed_messages(opts.messages),
+            Scenario::Big | Scenario::ImapBig => vec![big_message(opts.big_mib * 1024 * 1024)],
+            Scenario::ImapIdlePoll => small_messages(opts.idle_messages),
         };
         let bytes: usize = messages.iter().map(|m| m.data.len()).sum();
         println!(
@@ -220,31 +333,84 @@ fn run(opts: &Opts) -> Result<(), String> {
             messages.iter().map(|m| m.data.len()).max().unwrap_or(0) as f64 / MIB,
             t.elapsed().as_secs_f64()
         );
-        for tool in &tools {
+        let user = scenario.user();
+        server.add_user(user, PASSWORD);
+
+        // IMAP: seed once, and let mailfetch poll once, untimed, so that
+        // Dovecot has indexed the mailbox. For imap-idle-poll, that poll's
+        // Maildir and state are the ones every timed run starts from.
+        let first_dir = work.path().join(format!("{}-first", scenario.name()));
+        if scenario.imap() {
+            let t = Instant::now();
+            seed(&server, user, &messages)?;
+            let seeded = t.elapsed();
+            let m = fetch(&server, &mailfetch, scenario, &first_dir, 0)?;
+            verify(&server, &mailfetch, scenario, &messages, &first_dir)?;
+            println!(
+                "  seeded in {:.1} s; first poll (untimed; Dovecot indexes the fresh Maildir): \
+                 {:.3} s",
+                seeded.as_secs_f64(),
+                m.wall.as_secs_f64()
+            );
+            if scenario != Scenario::ImapIdlePoll {
+                let _ = fs::remove_dir_all(&first_dir);
+            }
+        }
+
+        for &tool in &scenario_tools {
             let mut runs = Vec::new();
-            for i in 1..=opts.runs {
-                let run_dir = work
-                    .path()
-                    .join(format!("{}-{}-{i}", scenario.name(), tool.name()));
-                let m = one_run(&server, tool, &messages, &run_dir)?;
+            let n = if scenario == Scenario::ImapIdlePoll {
+                opts.idle_runs
+            } else {
+                opts.runs
+            };
+            for i in 1..=n {
+                let m = if scenario == Scenario::ImapIdlePoll {
+                    // Nothing new: exit code 1, and the Maildir unchanged.
+                    let m = fetch(&server, tool, scenario, &first_dir, 1)?;
+                    verify(&server, tool, scenario, &messages, &first_dir)?;
+                    m
+                } else {
+                    let run_dir =
+                        work.path()
+                            .join(format!("{}-{}-{i}", scenario.name(), tool.name()));
+                    if !scenario.imap() {
+                        seed(&server, user, &messages)?;
+                    }
+                    let m = fetch(&server, tool, scenario, &run_dir, 0)?;
+                    verify(&server, tool, scenario, &messages, &run_dir)?;
+                    let _ = fs::remove_dir_all(&run_dir);
+                    m
+                };
+                let secs = m.wall.as_secs_f64();
+                let rates = if scenario == Scenario::ImapIdlePoll {
+                    String::new()
+                } else {
+                    format!(
+                        "  {:>8.1} msg/s  {:>7.1} MiB/s",
+                        messages.len() as f64 / secs,
+                        bytes as f64 / MIB / secs
+                    )
+                };
                 println!(
-                    "  {:<10} run {i}: {:>8.3} s  {:>8.1} msg/s  {:>7.1} MiB/s  max RSS {:>7.1} MiB",
+                    "  {:<10} run {i}: {secs:>8.3} s{rates}  max RSS {:>7.1} MiB",
                     tool.name(),
-                    m.wall.as_secs_f64(),
-                    messages.len() as f64 / m.wall.as_secs_f64(),
-                    bytes as f64 / MIB / m.wall.as_secs_f64(),
                     m.max_rss_kib as f64 / 1024.0
                 );
                 runs.push(m);
-                let _ = fs::remove_dir_all(&run_dir);
             }
             rows.push(Row {
-                scenario: scenario.name(),
+                scenario,
                 tool: tool.name(),
                 messages: messages.len(),
                 bytes,
                 runs,
             });
+        }
+        if scenario.imap() {
+            // Free the disk space; the scenario's user is not used again.
+            let _ = fs::remove_dir_all(&first_dir);
+            let _ = fs::remove_dir_all(server.maildir(user));
         }
     }
 
@@ -253,24 +419,41 @@ fn run(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// Seeds the mailbox, runs the tool once (timed), verifies the result.
-fn one_run(
-    server: &Dovecot,
-    tool: &Tool,
-    messages: &[Message],
-    run_dir: &Path,
-) -> Result<Measurement, String> {
-    if server.message_count(USER) != 0 {
-        return Err("the server mailbox is not empty before seeding".into());
+/// Puts the messages into the user's empty INBOX (straight into
+/// `Maildir/new`).
+fn seed(server: &Dovecot, user: &str, messages: &[Message]) -> Result<(), String> {
+    if server.message_count(user) != 0 {
+        return Err(format!(
+            "the server mailbox of {user} is not empty before seeding"
+        ));
     }
     for m in messages {
-        server.add_message(USER, &m.data);
+        server.add_message(user, &m.data);
     }
+    Ok(())
+}
+
+/// Runs the tool once (timed) on the scenario's mailbox, delivering into
+/// `run_dir/Maildir` with its state in `run_dir` (both created if missing,
+/// kept if present), and checks that it exits with `expect`.
+fn fetch(
+    server: &Dovecot,
+    tool: &Tool,
+    scenario: Scenario,
+    run_dir: &Path,
+    expect: i32,
+) -> Result<Measurement, String> {
     fs::create_dir_all(run_dir).map_err(|e| e.to_string())?;
     let maildir = run_dir.join("Maildir");
     for sub in ["new", "cur", "tmp"] {
         fs::create_dir_all(maildir.join(sub)).map_err(|e| e.to_string())?;
     }
+    let user = scenario.user();
+    let (protocol, port, keep) = if scenario.imap() {
+        ("imap", server.imap_port(), true)
+    } else {
+        ("pop3", server.pop3_port(), false)
+    };
     let cmd = match tool {
         Tool::Mailfetch(bin) => {
             let conf = run_dir.join("fetchrc");
@@ -278,11 +461,10 @@ fn one_run(
                 &conf,
                 &format!(
                     "[general]\nstate_dir = \"{}\"\n\n[[account]]\nname = \"bench\"\n\
-                     protocol = \"pop3\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-                     auth = \"user\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-                     keep = false\ndeliver = \"maildir:{}\"\n",
+                     protocol = \"{protocol}\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+                     tls = \"none\"\nauth = \"user\"\nusername = \"{user}\"\n\
+                     password = \"{PASSWORD}\"\nkeep = {keep}\ndeliver = \"maildir:{}\"\n",
                     run_dir.join("state").display(),
-                    server.pop3_port(),
                     maildir.display()
                 ),
             )?;
@@ -291,14 +473,16 @@ fn one_run(
             c
         }
         Tool::Mpop(bin) => {
+            if scenario.imap() {
+                return Err("mpop speaks only POP3".into());
+            }
             let conf = run_dir.join("mpoprc");
             write_private(
                 &conf,
                 &format!(
-                    "defaults\n\naccount bench\nhost 127.0.0.1\nport {}\ntls off\n\
-                     auth user\nuser {USER}\npassword {PASSWORD}\nkeep off\nonly_new on\n\
+                    "defaults\n\naccount bench\nhost 127.0.0.1\nport {port}\ntls off\n\
+                     auth user\nuser {user}\npassword {PASSWORD}\nkeep off\nonly_new on\n\
                      uidls_file {}\ndelivery maildir {}\n",
-                    server.pop3_port(),
                     run_dir.join("mpop-uidls").display(),
                     maildir.display()
                 ),
@@ -310,16 +494,17 @@ fn one_run(
         Tool::Fetchmail(bin) => {
             // fetchmail cannot write a Maildir itself; it hands each message
             // to an MDA through sh. This is the cheapest one possible (no
-            // tmp/ → new/ rename, no fsync).
+            // tmp/ → new/ rename, no fsync). `fetchall` makes it fetch
+            // every message, seen or not.
             let conf = run_dir.join("fetchmailrc");
             write_private(
                 &conf,
                 &format!(
                     "set no bouncemail\nset no syslog\n\
-                     poll 127.0.0.1 service {} protocol pop3 auth password\n  \
-                     user \"{USER}\" password \"{PASSWORD}\" fetchall nokeep sslproto ''\n  \
+                     poll 127.0.0.1 service {port} protocol {protocol} auth password\n  \
+                     user \"{user}\" password \"{PASSWORD}\" fetchall {} sslproto ''\n  \
                      mda \"cat > {}/new/fm.$$\"\n",
-                    server.pop3_port(),
+                    if keep { "keep" } else { "nokeep" },
                     maildir.display()
                 ),
             )?;
@@ -341,6 +526,7 @@ fn one_run(
     // would report at least our own RSS. A fresh, small copy of this program
     // (`--measure-child`) spawns the tool and reports the tool's own peak.
     let rss_file = run_dir.join("maxrss");
+    let _ = fs::remove_file(&rss_file);
     let mut wrapper = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     wrapper
         .arg("--measure-child")
@@ -387,14 +573,13 @@ fn one_run(
         String::from_utf8_lossy(&err_t.join().unwrap_or_default())
     );
 
-    if !status.success() {
+    if status.code() != Some(expect) {
         return Err(format!(
-            "{} failed ({status}):\n{output}\nDovecot log tail:\n{}",
+            "{} failed ({status}, expected exit code {expect}):\n{output}\nDovecot log tail:\n{}",
             tool.name(),
             tail(&server.log(), 20)
         ));
     }
-    verify(server, tool, messages, &maildir)?;
     Ok(Measurement { wall, max_rss_kib })
 }
 
@@ -419,25 +604,35 @@ fn wait4(pid: u32) -> Result<(ExitStatus, i64), String> {
     Ok((ExitStatus::from_raw(status), usage.ru_maxrss))
 }
 
-/// The max RSS that `--measure-child` reports for `true`: the floor.
-fn rss_floor_kib() -> i64 {
+/// What `--measure-child` reports for `true`, the floor: the median over a
+/// few runs of its max RSS (KiB) and of the wall time of the whole wrapper.
+fn wrapper_floor() -> (i64, Duration) {
     let file = std::env::temp_dir().join(format!("mailfetch-bench-rss-{}", std::process::id()));
-    let ok = std::env::current_exe()
-        .and_then(|exe| {
-            Command::new(exe)
-                .arg("--measure-child")
-                .arg(&file)
-                .arg("true")
-                .status()
-        })
-        .is_ok_and(|s| s.success());
-    let kib = fs::read_to_string(&file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|_| ok)
-        .unwrap_or(0);
+    let Ok(exe) = std::env::current_exe() else {
+        return (0, Duration::ZERO);
+    };
+    let mut rss = Vec::new();
+    let mut walls = Vec::new();
+    for _ in 0..7 {
+        let start = Instant::now();
+        let ok = Command::new(&exe)
+            .arg("--measure-child")
+            .arg(&file)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success());
+        walls.push(start.elapsed());
+        let kib = fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|_| ok)
+            .unwrap_or(0);
+        rss.push(kib);
+    }
     let _ = fs::remove_file(&file);
-    kib
+    rss.sort();
+    walls.sort();
+    (rss[rss.len() / 2], walls[walls.len() / 2])
 }
 
 /// `bench --measure-child RSS_FILE PROGRAM ARGS...`: runs PROGRAM with our
@@ -473,20 +668,49 @@ fn measure_child() -> ExitCode {
     }
 }
 
-/// Every message delivered exactly once, the server mailbox empty.
+/// Every message in `run_dir/Maildir` exactly once; on the server, none left
+/// after a POP3 (delete-mode) poll, every one still there and none flagged
+/// \Deleted after an IMAP (keep-mode) poll.
 fn verify(
     server: &Dovecot,
     tool: &Tool,
+    scenario: Scenario,
     messages: &[Message],
-    maildir: &Path,
+    run_dir: &Path,
 ) -> Result<(), String> {
-    let left = server.message_count(USER);
-    if left != 0 {
+    let on_server = server.message_paths(scenario.user());
+    if !scenario.imap() && !on_server.is_empty() {
         return Err(format!(
-            "{}: {left} message(s) still on the server after a delete-mode poll",
-            tool.name()
+            "{}: {} message(s) still on the server after a delete-mode poll",
+            tool.name(),
+            on_server.len()
         ));
     }
+    if scenario.imap() {
+        if on_server.len() != messages.len() {
+            return Err(format!(
+                "{}: {} message(s) on the server after a keep-mode poll, expected {}",
+                tool.name(),
+                on_server.len(),
+                messages.len()
+            ));
+        }
+        // Maildir flags: "...:2,FLAGS", T = \Deleted.
+        if let Some(p) = on_server.iter().find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once(":2,"))
+                .is_some_and(|(_, flags)| flags.contains('T'))
+        }) {
+            return Err(format!(
+                "{}: message flagged \\Deleted on the server after a keep-mode poll: {}",
+                tool.name(),
+                p.display()
+            ));
+        }
+    }
+
+    let maildir = run_dir.join("Maildir");
     let mut files = Vec::new();
     for sub in ["new", "cur"] {
         for e in fs::read_dir(maildir.join(sub))
@@ -540,37 +764,66 @@ fn verify(
 fn print_table(rows: &[Row]) {
     println!("\n== results (median of each tool's runs; MiB = message files on the server, LF)");
     println!(
-        "{:<8} {:<10} {:>6} {:>9} {:>10} {:>10} {:>9} {:>12}  all runs (s)",
+        "{:<14} {:<10} {:>6} {:>9} {:>10} {:>10} {:>9} {:>12}  all runs (s)",
         "scenario", "tool", "msgs", "MiB", "wall (s)", "msg/s", "MiB/s", "max RSS MiB"
     );
     for r in rows {
-        let mut walls: Vec<f64> = r.runs.iter().map(|m| m.wall.as_secs_f64()).collect();
-        let all = walls
+        let all = r
+            .runs
             .iter()
-            .map(|w| format!("{w:.3}"))
+            .map(|m| format!("{:.3}", m.wall.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(" ");
-        walls.sort_by(f64::total_cmp);
-        let median = walls[walls.len() / 2];
-        let mut rss: Vec<i64> = r.runs.iter().map(|m| m.max_rss_kib).collect();
-        rss.sort();
-        let rss_median = rss[rss.len() / 2] as f64 / 1024.0;
+        let median = r.median_wall();
+        // An idle poll transfers no message: no rates.
+        let (msg_s, mib_s) = if r.scenario == Scenario::ImapIdlePoll {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.1}", r.messages as f64 / median),
+                format!("{:.1}", r.bytes as f64 / MIB / median),
+            )
+        };
         println!(
-            "{:<8} {:<10} {:>6} {:>9.1} {:>10.3} {:>10.1} {:>9.1} {:>12.1}  {all}",
-            r.scenario,
+            "{:<14} {:<10} {:>6} {:>9.1} {:>10.3} {:>10} {:>9} {:>12.1}  {all}",
+            r.scenario.name(),
             r.tool,
             r.messages,
             r.bytes as f64 / MIB,
             median,
-            r.messages as f64 / median,
-            r.bytes as f64 / MIB / median,
-            rss_median
+            msg_s,
+            mib_s,
+            r.median_rss_mib()
         );
     }
+
+    let targets: Vec<(&Row, Target)> = rows
+        .iter()
+        .filter(|r| r.tool == "mailfetch")
+        .filter_map(|r| Some((r, r.scenario.target()?)))
+        .collect();
+    if !targets.is_empty() {
+        println!("\n== targets (mailfetch medians)");
+        for (r, target) in targets {
+            let (what, value, limit, unit) = match target {
+                Target::Wall(s) => ("wall", r.median_wall(), s, "s"),
+                Target::RssMib(m) => ("max RSS", r.median_rss_mib(), m, "MiB"),
+            };
+            println!(
+                "{:<14} {what:<8} {value:>8.3} {unit:<3} target < {limit} {unit}: {}",
+                r.scenario.name(),
+                if value < limit { "met" } else { "MISSED" }
+            );
+        }
+    }
+
+    let (floor_rss, floor_wall) = wrapper_floor();
     println!(
         "\nmax RSS is measured through a small wrapper and cannot read below its \
-         {:.1} MiB.",
-        rss_floor_kib() as f64 / 1024.0
+         {:.1} MiB;\nstarting the wrapper and `true` through it takes {:.1} ms \
+         (included in every wall time).",
+        floor_rss as f64 / 1024.0,
+        floor_wall.as_secs_f64() * 1000.0
     );
     println!(
         "mailfetch fsyncs every message (batched) and its state; mpop writes \
@@ -819,6 +1072,17 @@ fn mixed_messages(n: usize) -> Vec<Message> {
 fn big_message(size: usize) -> Message {
     let mut rng = Rng(0x6269_676D_6573_7367); // "bigmessg"
     message(&mut rng, 0, size)
+}
+
+/// `n` text messages of 2–4 KiB.
+fn small_messages(n: usize) -> Vec<Message> {
+    let mut rng = Rng(0x736D_616C_6C6D_7367); // "smallmsg"
+    (0..n)
+        .map(|i| {
+            let size = rng.range(2048.0, 4096.0) as usize;
+            message(&mut rng, i, size)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Benchmarks one delete-mode POP3 poll against a private Dovecot on loopback:
-# 2000 mixed-size messages (~63 MiB) and one 100 MiB message, 3 runs each.
-# Also times mpop and fetchmail on the same mail when they are installed
+# Benchmarks one mailfetch poll against a private Dovecot on loopback (plain
+# TCP), in these scenarios:
+#   mixed           POP3, delete mode: 2000 mixed-size messages (~63 MiB)
+#   big             POP3, delete mode: one 100 MiB message
+#   imap-mixed      IMAP (LOGIN), keep mode: the same 2000 messages, into an
+#                   empty Maildir with empty state
+#   imap-idle-poll  IMAP, keep mode: a poll of a 5000-message INBOX with
+#                   nothing new (after an untimed poll that delivered them)
+#   imap-big        IMAP, keep mode: one 100 MiB message
+# 3 runs each (5 for imap-idle-poll); it reports the median wall time,
+# msg/s, MiB/s and max RSS, and for the IMAP scenarios whether mailfetch
+# meets its targets. IMAP mailboxes are seeded once and polled once untimed,
+# so that Dovecot has indexed them before the timed runs.
+# Also times mpop (POP3 scenarios) and fetchmail (POP3 scenarios and
+# imap-mixed) on the same mail when they are installed
 # (apt-get install mpop fetchmail).
 #
 # Options are passed on to the benchmark:
-#   --scenario mixed|big|all   --messages N   --runs R   --big-mib M
+#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|pop3|imap|all
+#              (default all; pop3 = mixed + big, imap = the three imap-*)
+#   --messages N   --runs R   --big-mib M   --idle-messages N   --idle-runs R
 #   --only mailfetch|mpop|fetchmail (repeatable)
 #
 # It works in a temp dir under the current directory (so on its

@@ -6,8 +6,32 @@ pub mod wire;
 
 use std::future::Future;
 
-use crate::error::Error;
+use crate::config::{Account, Secret};
+use crate::error::{Error, Kind};
+use crate::net;
 use crate::sink::MessageWriter;
+
+/// The password to log in with, and whether a method that puts it on the
+/// wire may be used: only over TLS, to this machine, or when the user
+/// explicitly allowed it.
+fn credentials<'a>(
+    account: &Account,
+    secret: Option<&'a Secret>,
+    encrypted: bool,
+) -> Result<(&'a Secret, bool), Error> {
+    let secret = secret.ok_or_else(|| {
+        Error::new(
+            Kind::Config,
+            format!(
+                "account {}: no password configured (password, password_command or password_file)",
+                account.name
+            ),
+        )
+    })?;
+    let may_reveal =
+        encrypted || account.allow_plaintext_auth || net::is_loopback_host(&account.host);
+    Ok((secret, may_reveal))
+}
 
 /// One message as the server lists it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

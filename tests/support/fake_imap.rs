@@ -726,26 +726,8 @@ impl Session {
 
     /// Stops answering; reads (and ignores) until the client goes away.
     fn hang(&mut self) -> io::Result<Flow> {
-        self.out
-            .set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mut buf = [0; 4096];
-        loop {
-            match self.reader.read(&mut buf) {
-                Ok(0) => return Ok(Flow::End),
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if self.stop.load(Ordering::SeqCst) {
-                        return Ok(Flow::End);
-                    }
-                }
-                Err(_) => return Ok(Flow::End),
-            }
-        }
+        super::hang(&mut self.reader, &self.out, &self.stop)?;
+        Ok(Flow::End)
     }
 
     /// Closes our side cleanly (everything sent arrives, then EOF).

@@ -21,7 +21,7 @@ use super::{Listed, Listing, Retrieved, Source};
 use crate::auth::{Mechanism, SaslSession};
 use crate::config::{Account, AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
-use crate::net::{self, TlsOptions};
+use crate::net::TlsOptions;
 use crate::sink::MessageWriter;
 
 /// Where protocol traces go (`-v`).
@@ -178,16 +178,8 @@ impl Imap {
         account: &Account,
         secret: Option<&Secret>,
     ) -> Result<(), Error> {
-        let secret = secret.ok_or_else(|| {
-            Error::new(
-                Kind::Config,
-                format!("account {}: no password configured (password, password_command or password_file)", account.name),
-            )
-        })?;
+        let (secret, may_reveal) = super::credentials(account, secret, self.wire.is_tls())?;
         self.ensure_caps().await?;
-        let may_reveal = self.wire.is_tls()
-            || account.allow_plaintext_auth
-            || net::is_loopback_host(&account.host);
         let offered: Vec<&str> = self
             .caps
             .iter()

@@ -19,7 +19,7 @@ use super::{Listed, Listing, Retrieved, Source};
 use crate::auth::{self, Mechanism, SaslSession};
 use crate::config::{Account, AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
-use crate::net::{self, TlsOptions};
+use crate::net::TlsOptions;
 use crate::sink::MessageWriter;
 
 /// Commands in flight at once when the server allows pipelining. Enough to
@@ -152,15 +152,7 @@ impl Pop3 {
         secret: Option<&Secret>,
         greeting: &str,
     ) -> Result<(), Error> {
-        let secret = secret.ok_or_else(|| {
-            Error::new(
-                Kind::Config,
-                format!("account {}: no password configured (password, password_command or password_file)", account.name),
-            )
-        })?;
-        let may_reveal = self.wire.is_tls()
-            || account.allow_plaintext_auth
-            || net::is_loopback_host(&account.host);
+        let (secret, may_reveal) = super::credentials(account, secret, self.wire.is_tls())?;
         let apop_stamp = codec::apop_timestamp(greeting);
         let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal)
             .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let mailfetch = find_mailfetch()?;
+    let mailfetch = dovecot::find_mailfetch()?;
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
     let demo = cwd.join("mailfetch-demo");
     if demo.exists() {
@@ -164,28 +164,6 @@ deliver = {deliver}
 
 fn step(what: &str) {
     println!("\n==> {what}");
-}
-
-/// The mailfetch binary next to the examples directory
-/// (`target/release/examples/demo` → `target/release/mailfetch`), or
-/// `$MAILFETCH`.
-fn find_mailfetch() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MAILFETCH") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mailfetch"))
-        .ok_or("cannot locate the mailfetch binary")?;
-    if !bin.is_file() {
-        return Err(format!(
-            "{} not found: build it first (cargo build --release --bins --examples)",
-            bin.display()
-        ));
-    }
-    Ok(bin)
 }
 
 /// Runs mailfetch with its output going straight to ours; returns the exit

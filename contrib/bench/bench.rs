@@ -262,7 +262,7 @@ impl Row {
 
 fn run(opts: &Opts) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-    let mailfetch = Tool::Mailfetch(find_mailfetch()?);
+    let mailfetch = Tool::Mailfetch(dovecot::find_mailfetch()?);
     let mut tools = vec![mailfetch.clone()];
     let wants = |s: Scenario| opts.scenarios.contains(&s);
     if Scenario::POP3.into_iter().any(wants) {
@@ -1086,25 +1086,6 @@ fn small_messages(n: usize) -> Vec<Message> {
 }
 
 // ---------------------------------------------------------------------------
-
-fn find_mailfetch() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MAILFETCH") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mailfetch"))
-        .ok_or("cannot locate the mailfetch binary")?;
-    if !bin.is_file() {
-        return Err(format!(
-            "{} not found: build it first (cargo build --release --bins --examples)",
-            bin.display()
-        ));
-    }
-    Ok(bin)
-}
 
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;

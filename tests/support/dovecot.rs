@@ -918,3 +918,25 @@ fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, String), String>
         format!("sha256:{hex}"),
     ))
 }
+
+/// The `mailfetch` binary next to a running example
+/// (`target/release/examples/demo` → `target/release/mailfetch`), or
+/// `$MAILFETCH`. Used by the demo and the benchmark.
+pub fn find_mailfetch() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MAILFETCH") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mailfetch"))
+        .ok_or("cannot locate the mailfetch binary")?;
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release --bins --examples)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}

@@ -555,7 +555,8 @@ async fn retrieve_one<S: Source, K: Sink>(
     };
     match sink.finish(writer).await? {
         Acceptance::Accepted(staged) => Ok((number, Fetched::Staged(staged))),
-        Acceptance::TemporaryFailure(reason) | Acceptance::PermanentFailure(reason) => {
+        Acceptance::TemporaryFailure(reason)
+        | Acceptance::PermanentFailure(crate::sink::Rejection { reason, .. }) => {
             tracing::warn!("message {number} not delivered, left on the server: {reason}");
             Ok((number, Fetched::Rejected))
         }

@@ -6,6 +6,7 @@
 //! can batch that work on another thread while the next messages download;
 //! the pipeline alone decides the order of barriers (see `pipeline`).
 
+pub mod envelope;
 pub mod maildir;
 
 use std::future::Future;
@@ -25,7 +26,20 @@ pub enum Acceptance<S> {
     /// Refused for now (try again next poll).
     TemporaryFailure(String),
     /// Refused for good.
-    PermanentFailure(String),
+    PermanentFailure(Rejection),
+}
+
+/// Why a sink refused a message for good, with what a bounce needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The receiver's words, e.g. `550 5.1.1 <bob@example.org>: unknown user`.
+    pub reason: String,
+    /// The envelope sender a bounce would go to (the message's
+    /// Return-Path); `None` for the null sender or when there is none.
+    pub sender: Option<String>,
+    /// The message's header block (capped), for the bounce's
+    /// `text/rfc822-headers` part.
+    pub headers: Vec<u8>,
 }
 
 /// A message a sink has accepted but that may not be durable yet.
@@ -62,6 +76,55 @@ pub trait Sink: Send {
     /// The part that makes accepted messages durable; runs on a blocking
     /// thread.
     fn committer(&self) -> Self::Committer;
+
+    /// Ends the sink's session at the end of a poll (SMTP QUIT, IMAP
+    /// LOGOUT). Errors are only worth a debug log: everything the sink
+    /// accepted was final before this.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// A message whose acceptance was final when the sink answered (an MTA's
+/// 250, an MDA's exit 0, an IMAP server's APPEND OK): there is nothing left
+/// to sync or publish.
+#[derive(Debug)]
+pub struct Delivered {
+    pub size: u64,
+}
+
+impl Staged for Delivered {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn intent(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The committer of sinks whose acceptance is final.
+#[derive(Debug, Default)]
+pub struct AlreadyDurable;
+
+impl Committer for AlreadyDurable {
+    type Staged = Delivered;
+    const DEFERS_DURABILITY: bool = false;
+
+    fn sync(&mut self, _batch: &[Delivered]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn publish(&mut self, _batch: Vec<Delivered>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(&mut self, _batch: Vec<Delivered>) {}
+
+    fn recover(&mut self, _intent: &str) -> io::Result<bool> {
+        // Never journaled with an intent, so never asked.
+        Ok(true)
+    }
 }
 
 /// The durability half of a sink. Called only by the pipeline's commit step,
@@ -69,6 +132,13 @@ pub trait Sink: Send {
 /// [`publish`](Committer::publish).
 pub trait Committer: Send + 'static {
     type Staged: Staged;
+
+    /// Whether accepted messages still need [`sync`](Committer::sync) and
+    /// [`publish`](Committer::publish) (a Maildir). When `false`, every
+    /// acceptance is already final, so the pipeline journals each message
+    /// as soon as it is accepted instead of batching: a crash then repeats
+    /// at most the message in flight.
+    const DEFERS_DURABILITY: bool = true;
 
     /// Makes the content of every staged message durable (but not visible).
     fn sync(&mut self, batch: &[Self::Staged]) -> io::Result<()>;

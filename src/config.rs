@@ -37,6 +37,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Kind};
+use crate::sink::envelope::Sender;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -145,6 +146,100 @@ pub enum FetchMode {
 pub enum DeliverTarget {
     /// `maildir:PATH`
     Maildir(PathBuf),
+    /// `smtp://HOST[:PORT]`, `smtps://HOST[:PORT]`, `lmtp:/PATH/TO/SOCKET`
+    /// or `lmtp://HOST[:PORT]`: an MTA or an LMTP server.
+    Mta(MtaTarget),
+    /// `mda:COMMAND ARGS…`: a command that gets each message on stdin.
+    Mda(MdaTarget),
+    /// `imap://[USER@]HOST[:PORT]/FOLDER` or `imaps://…`: IMAP APPEND.
+    Imap(ImapTarget),
+}
+
+/// SMTP or LMTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtaProtocol {
+    Smtp,
+    Lmtp,
+}
+
+/// Where an MTA listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MtaAddress {
+    Tcp { host: String, port: u16 },
+    /// A Unix domain socket (LMTP only), e.g. `/run/dovecot/lmtp`.
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaTarget {
+    pub protocol: MtaProtocol,
+    pub address: MtaAddress,
+    /// TLS, login and timeout, from the account's `[account.delivery]`.
+    pub server: DeliveryServer,
+}
+
+/// How mailfetch talks to the server it delivers to (SMTP, LMTP, IMAP):
+/// the account's optional `[account.delivery]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryServer {
+    /// Default: `Implicit` for `smtps://` and `imaps://`; `None` for a Unix
+    /// socket or an MTA on this machine; `StartTls` otherwise.
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub fingerprint: Option<[u8; 32]>,
+    /// `None`: no login (SMTP/LMTP); required for IMAP (from the URL or
+    /// the table).
+    pub username: Option<String>,
+    pub password: PasswordSource,
+    /// `Auto`, `Plain`, `Login`, `XOAuth2` for SMTP; any IMAP mechanism for
+    /// IMAP.
+    pub auth: AuthMethod,
+    pub allow_plaintext_auth: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdaTarget {
+    /// The command line as written after `mda:`. Split into words (with
+    /// single and double quotes) and run without a shell; `%T` and `%F` are
+    /// replaced inside words by the recipient and the envelope sender.
+    pub command: String,
+    /// How long the command may run per message (`timeout` in
+    /// `[account.delivery]`, default 10 minutes).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapTarget {
+    pub host: String,
+    pub port: u16,
+    /// The folder to APPEND to, UTF-8, percent-decoded from the URL.
+    pub folder: String,
+    /// Flag appended messages `\Seen` (`seen` in `[account.delivery]`).
+    pub seen: bool,
+    pub server: DeliveryServer,
+}
+
+/// The envelope sender used for SMTP, LMTP and an MDA's `%F`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeFrom {
+    /// The message's Return-Path header; the null sender `<>` without one.
+    ReturnPath,
+    /// Always this address (`<>`: the null sender).
+    Fixed(Sender),
+}
+
+/// What happens to a message the destination refused for good (SMTP 5xx,
+/// MDA exit other than 0 and 75, …). Temporary failures always keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReject {
+    /// Leave it on the server; it is tried again at every poll.
+    Keep,
+    /// Send a delivery status notification to its envelope sender, then
+    /// delete it from the server.
+    Bounce,
+    /// Delete it from the server.
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +258,11 @@ pub struct Account {
     pub allow_plaintext_auth: bool,
     pub keep: bool,
     pub deliver: DeliverTarget,
+    /// Envelope recipients for SMTP, LMTP and an MDA's `%T`. Default: the
+    /// local user running mailfetch.
+    pub to: Vec<String>,
+    pub envelope_from: EnvelopeFrom,
+    pub on_reject: OnReject,
     /// Prepend a `Received:` trace header to each delivered message.
     pub received_header: bool,
     /// How long to wait for the server before giving up.
@@ -183,6 +283,28 @@ pub struct Account {
     /// IMAP, only without `keep`: move delivered messages to this folder
     /// instead of deleting them.
     pub move_to: Option<String>,
+}
+
+/// The user running mailfetch, the default envelope recipient: `$USER`,
+/// else the name of the process's uid, else `root`/`uid<N>`.
+pub fn local_user() -> String {
+    if let Ok(user) = env::var("USER")
+        && !user.is_empty()
+    {
+        return user;
+    }
+    // SAFETY: getuid cannot fail; getpwuid returns null or a pointer to a
+    // static record whose pw_name is a NUL-terminated string, read at once.
+    unsafe {
+        let uid = libc::getuid();
+        let record = libc::getpwuid(uid);
+        if !record.is_null() && !(*record).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*record).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+        format!("uid{uid}")
+    }
 }
 
 /// How long to wait for the server when `timeout` is not set.
@@ -613,6 +735,9 @@ impl Parser<'_> {
             allow_plaintext_auth,
             keep,
             deliver,
+            to: vec![local_user()],
+            envelope_from: EnvelopeFrom::ReturnPath,
+            on_reject: OnReject::Keep,
             received_header,
             timeout,
             folders,
@@ -1408,6 +1533,8 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             "deliver = {}",
             toml_string(&format!("maildir:{}", escape_path(path)))
         )?,
+        // Not produced by the parser yet.
+        DeliverTarget::Mta(_) | DeliverTarget::Mda(_) | DeliverTarget::Imap(_) => {}
     }
     writeln!(f, "received_header = {}", account.received_header)?;
     writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))?;

@@ -138,7 +138,11 @@ fn human_bytes(bytes: u64) -> String {
 /// each IMAP folder). Never panics on bad input; every failure ends up in
 /// a report.
 pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
-    let DeliverTarget::Maildir(path) = &account.deliver;
+    let DeliverTarget::Maildir(path) = &account.deliver else {
+        let mut report = Report::new(account.name.clone(), "?", account);
+        report.error = Some(Error::new(Kind::Config, "delivery target not wired yet"));
+        return vec![report];
+    };
     match MaildirSink::open(path) {
         Ok(sink) => match account.protocol {
             Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],

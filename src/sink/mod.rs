@@ -6,8 +6,10 @@
 //! can batch that work on another thread while the next messages download;
 //! the pipeline alone decides the order of barriers (see `pipeline`).
 
+pub mod bounce;
 pub mod envelope;
 pub mod maildir;
+pub mod smtp;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,312 @@
+//! The connection to an MTA: TCP (plain or TLS) or a Unix socket for LMTP,
+//! with buffered reply reading, a line cap and a timeout on every read and
+//! write.
+//!
+//! This is a sibling of `source::wire` rather than a use of it: `Wire`
+//! opens connections from an `Account` and knows only TCP, while LMTP
+//! delivery needs Unix sockets and a `DeliveryServer`'s settings.
+//! Generalising `Wire` would have touched every source for little gain.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::UnixStream;
+
+use super::codec::{self, MAX_LINE, Reply, ReplyParser};
+use crate::config::{MtaAddress, TlsMode};
+use crate::error::{Error, Kind};
+use crate::net::{self, Stream, TlsOptions};
+
+/// Replies are short; message data only goes out.
+const READ_BUFFER: usize = 16 * 1024;
+
+enum Io {
+    Net(Stream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Net(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Net(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Unix(unix) => Pin::new(unix).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Net(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Unix(unix) => Pin::new(unix).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Net(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
+        }
+    }
+}
+
+pub struct Conn {
+    io: Io,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    timeout: Duration,
+    /// `host:port` or the socket path, for messages.
+    peer: String,
+    /// The TLS server name (TCP only).
+    host: Option<String>,
+    /// Local: loopback TCP or a Unix socket, where nothing crosses a network.
+    local: bool,
+}
+
+impl Conn {
+    /// Connects, with TLS from the first byte for [`TlsMode::Implicit`].
+    pub async fn open(
+        address: &MtaAddress,
+        tls_mode: TlsMode,
+        tls: &TlsOptions,
+        timeout: Duration,
+    ) -> Result<Conn, Error> {
+        let (io, peer, host, local) = match address {
+            MtaAddress::Tcp { host, port } => {
+                let tcp = net::connect(host, *port, timeout).await?;
+                let stream = match tls_mode {
+                    TlsMode::Implicit => net::start_tls(tcp, host, tls, timeout).await?,
+                    TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
+                };
+                (
+                    Io::Net(stream),
+                    format!("{host}:{port}"),
+                    Some(host.clone()),
+                    net::is_loopback_host(host),
+                )
+            }
+            MtaAddress::Unix(path) => {
+                if tls_mode != TlsMode::None {
+                    return Err(Error::new(
+                        Kind::Config,
+                        format!(
+                            "{}: TLS over a Unix socket is not supported",
+                            path.display()
+                        ),
+                    ));
+                }
+                let connect = UnixStream::connect(path);
+                let unix = match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(unix)) => unix,
+                    Ok(Err(err)) => {
+                        return Err(Error::new(
+                            Kind::Connection,
+                            format!("cannot connect to {}: {err}", path.display()),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(Error::new(
+                            Kind::Connection,
+                            format!("connecting to {} timed out", path.display()),
+                        ));
+                    }
+                };
+                (Io::Unix(unix), path.display().to_string(), None, true)
+            }
+        };
+        Ok(Conn {
+            io,
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            timeout,
+            peer,
+            host,
+            local,
+        })
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(&self.io, Io::Net(stream) if stream.is_tls())
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// Upgrades to TLS after the server's 220 to STARTTLS.
+    pub async fn start_tls(self, tls: &TlsOptions) -> Result<Conn, Error> {
+        if self.start != self.end {
+            // Anything the server sent before the handshake is outside the
+            // TLS protection and could have been injected (CVE-2011-0411).
+            return Err(Error::new(
+                Kind::Protocol,
+                format!(
+                    "{}: the server sent data after agreeing to STARTTLS, before the TLS handshake; refusing to continue",
+                    self.peer
+                ),
+            ));
+        }
+        let (Io::Net(Stream::Plain(tcp)), Some(host)) = (self.io, self.host.as_deref()) else {
+            return Err(Error::new(
+                Kind::Protocol,
+                format!(
+                    "{}: STARTTLS on a connection that cannot take it",
+                    self.peer
+                ),
+            ));
+        };
+        let stream = net::start_tls(tcp, host, tls, self.timeout).await?;
+        Ok(Conn {
+            io: Io::Net(stream),
+            host: self.host.clone(),
+            peer: self.peer.clone(),
+            buf: self.buf,
+            ..self
+        })
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let write = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.lost(err)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// Writes a command, tracing it at debug level (masked if it carries
+    /// credentials).
+    pub async fn send(&mut self, command: &[u8], secret: bool) -> Result<(), Error> {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for line in command.split_inclusive(|&b| b == b'\n') {
+                tracing::debug!("{} C: {}", self.peer, codec::loggable_command(line, secret));
+            }
+        }
+        self.write_all(command).await
+    }
+
+    /// Reads one complete reply.
+    pub async fn read_reply(&mut self) -> Result<Reply, Error> {
+        let mut parser = ReplyParser::new();
+        loop {
+            let line = self.read_line().await?;
+            tracing::debug!("{} S: {}", self.peer, String::from_utf8_lossy(&line));
+            match parser.push(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(err) => {
+                    return Err(Error::new(Kind::Protocol, format!("{}: {err}", self.peer)));
+                }
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<Vec<u8>, Error> {
+        let mut scanned = 0;
+        loop {
+            let unread = &self.buf[self.start..self.end];
+            if let Some(pos) = memchr::memchr(b'\n', &unread[scanned..]) {
+                let end = scanned + pos;
+                let line = unread[..end].strip_suffix(b"\r").unwrap_or(&unread[..end]);
+                let line = line.to_vec();
+                self.start += end + 1;
+                return Ok(line);
+            }
+            scanned = unread.len();
+            if scanned > MAX_LINE {
+                return Err(Error::new(
+                    Kind::Protocol,
+                    format!(
+                        "{}: the server sent a line longer than {MAX_LINE} bytes",
+                        self.peer
+                    ),
+                ));
+            }
+            if self.fill().await? == 0 {
+                return Err(Error::new(
+                    Kind::Connection,
+                    format!("{}: the server closed the connection", self.peer),
+                ));
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<usize, Error> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        match tokio::time::timeout(self.timeout, self.io.read(&mut self.buf[self.end..])).await {
+            Ok(Ok(read)) => {
+                self.end += read;
+                Ok(read)
+            }
+            Ok(Err(err)) => Err(self.lost(err)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// Whether the server spoke or hung up while the session was idle (a
+    /// 421 on timeout, EOF): such a session is not worth another command.
+    /// Never waits.
+    pub async fn spoke_while_idle(&mut self) -> bool {
+        if self.start != self.end {
+            return true;
+        }
+        // `timeout` polls the read once before looking at the clock, so a
+        // zero timeout is a non-blocking check; a read cut short this way
+        // loses nothing (tokio's reads are cancel-safe).
+        tokio::time::timeout(Duration::ZERO, self.io.read(&mut self.buf[..]))
+            .await
+            .is_ok()
+    }
+
+    fn lost(&self, err: io::Error) -> Error {
+        Error::new(
+            Kind::Connection,
+            format!("{}: connection lost: {err}", self.peer),
+        )
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(
+            Kind::Server,
+            format!(
+                "{}: no answer from the server for {} s",
+                self.peer,
+                self.timeout.as_secs()
+            ),
+        )
+    }
+}

@@ -1,0 +1,433 @@
+//! One SMTP or LMTP session: greeting, EHLO/LHLO, STARTTLS, AUTH, and the
+//! envelope of each transaction. Message data is the writer's business
+//! (see `mod.rs`); this file only knows commands and replies.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::codec::{self, Capabilities, Reply};
+use super::conn::Conn;
+use crate::auth::{Mechanism, SaslSession};
+use crate::config::{AuthMethod, MtaAddress, MtaProtocol, MtaTarget, Secret, TlsMode};
+use crate::error::{Error, Kind};
+use crate::net::TlsOptions;
+
+/// Why a transaction was refused, in the server's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Temporary(String),
+    Permanent(String),
+}
+
+/// How the envelope of a transaction went.
+pub enum Envelope {
+    /// DATA got 354: message data may follow. `recipients` replies will
+    /// follow the end of data for LMTP.
+    Go { recipients: usize },
+    /// Refused before DATA was accepted; the session needs an RSET before
+    /// the next transaction.
+    Refused(Refusal),
+    /// Refused, but the server already said 354 to a pipelined DATA: the
+    /// session is in data mode and can only be dropped (sending `.` would
+    /// deliver an empty message to the recipients it took).
+    RefusedInData(Refusal),
+}
+
+pub struct Session {
+    pub conn: Conn,
+    pub capabilities: Capabilities,
+    pub protocol: MtaProtocol,
+    /// A refused transaction left state on the server: RSET before reuse.
+    pub needs_reset: bool,
+}
+
+impl Session {
+    /// Connects, greets, upgrades to TLS as configured, and logs in when a
+    /// username is configured.
+    pub async fn open(
+        target: &MtaTarget,
+        password: Option<&Secret>,
+        helo_name: &str,
+    ) -> Result<Session, Error> {
+        let server = &target.server;
+        let tls = TlsOptions {
+            ca_file: server.ca_file.clone(),
+            fingerprint: server.fingerprint,
+        };
+        let mut conn = Conn::open(&target.address, server.tls, &tls, server.timeout).await?;
+        let greeting = conn.read_reply().await?;
+        if greeting.code != 220 {
+            return Err(Error::new(
+                Kind::Server,
+                format!(
+                    "{}: the server refused the session: {greeting}",
+                    conn.peer()
+                ),
+            ));
+        }
+        let helo_name = sanitize_helo(helo_name);
+        let mut capabilities = hello(&mut conn, target.protocol, &helo_name).await?;
+        if server.tls == TlsMode::StartTls {
+            if !capabilities.starttls {
+                return Err(Error::new(
+                    Kind::Connection,
+                    format!(
+                        "{}: the server does not offer STARTTLS, which the configuration requires; refusing to continue",
+                        conn.peer()
+                    ),
+                ));
+            }
+            conn.send(b"STARTTLS\r\n", false).await?;
+            let reply = conn.read_reply().await?;
+            if reply.code != 220 {
+                return Err(Error::new(
+                    Kind::Connection,
+                    format!("{}: STARTTLS refused: {reply}", conn.peer()),
+                ));
+            }
+            conn = conn.start_tls(&tls).await?;
+            // RFC 3207: forget everything learnt before TLS.
+            capabilities = hello(&mut conn, target.protocol, &helo_name).await?;
+        }
+        let mut session = Session {
+            conn,
+            capabilities,
+            protocol: target.protocol,
+            needs_reset: false,
+        };
+        if let Some(username) = &server.username {
+            let Some(password) = password else {
+                return Err(Error::new(
+                    Kind::Config,
+                    format!(
+                        "{}: a delivery username is set but no password",
+                        session.conn.peer()
+                    ),
+                ));
+            };
+            session.authenticate(target, username, password).await?;
+        }
+        Ok(session)
+    }
+
+    async fn authenticate(
+        &mut self,
+        target: &MtaTarget,
+        username: &str,
+        password: &Secret,
+    ) -> Result<(), Error> {
+        let server = &target.server;
+        let peer = self.conn.peer().to_owned();
+        let may_reveal = self.conn.is_tls() || self.conn.is_local() || server.allow_plaintext_auth;
+        let offered = &self.capabilities.auth;
+        let mechanism = match server.auth {
+            AuthMethod::Auto => {
+                Mechanism::strongest(offered.iter().map(String::as_str), may_reveal).ok_or_else(
+                    || {
+                        Error::new(
+                            Kind::Auth,
+                            format!(
+                                "{peer}: no usable AUTH mechanism (offered: {}{})",
+                                if offered.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    offered.join(" ")
+                                },
+                                if may_reveal {
+                                    ""
+                                } else {
+                                    "; PLAIN and LOGIN are not used over an unencrypted link"
+                                }
+                            ),
+                        )
+                    },
+                )?
+            }
+            AuthMethod::Plain => Mechanism::Plain,
+            AuthMethod::Login => Mechanism::Login,
+            AuthMethod::CramMd5 => Mechanism::CramMd5,
+            AuthMethod::XOAuth2 => Mechanism::XOAuth2,
+            AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
+            AuthMethod::ScramSha256 => Mechanism::ScramSha256,
+            AuthMethod::User | AuthMethod::Apop => {
+                return Err(Error::new(
+                    Kind::Config,
+                    format!("{peer}: this AUTH method does not exist in SMTP"),
+                ));
+            }
+        };
+        if !offered.iter().any(|name| name == mechanism.name()) {
+            return Err(Error::new(
+                Kind::Auth,
+                format!(
+                    "{peer}: the server does not offer AUTH {}",
+                    mechanism.name()
+                ),
+            ));
+        }
+        if mechanism.reveals_secret() && !may_reveal {
+            return Err(Error::new(
+                Kind::Auth,
+                format!(
+                    "{peer}: refusing to send the password in the clear (AUTH {}) over an unencrypted connection; \
+                     use TLS, or set allow_plaintext_auth = true if you accept that risk",
+                    mechanism.name()
+                ),
+            ));
+        }
+        let (host, port) = match &target.address {
+            MtaAddress::Tcp { host, port } => (host.as_str(), *port),
+            MtaAddress::Unix(_) => ("localhost", 0),
+        };
+        let mut sasl = SaslSession::new(mechanism, username, password.expose(), host, port);
+        let mut command = format!("AUTH {}", mechanism.name());
+        if let Some(initial) = sasl.initial_response() {
+            command.push(' ');
+            if initial.is_empty() {
+                command.push('=');
+            } else {
+                command.push_str(&BASE64.encode(initial));
+            }
+        }
+        command.push_str("\r\n");
+        self.conn.send(command.as_bytes(), false).await?;
+        loop {
+            let reply = self.conn.read_reply().await?;
+            match reply.code {
+                235 => {
+                    if !sasl.is_complete() {
+                        return Err(Error::new(
+                            Kind::Auth,
+                            format!(
+                                "{peer}: the server accepted AUTH {} without completing it",
+                                mechanism.name()
+                            ),
+                        ));
+                    }
+                    return Ok(());
+                }
+                334 => {
+                    let text = reply.lines.first().map(|l| l.trim()).unwrap_or_default();
+                    let challenge = BASE64.decode(text).map_err(|_| {
+                        Error::new(
+                            Kind::Protocol,
+                            format!("{peer}: an AUTH challenge that is not base64"),
+                        )
+                    })?;
+                    let response = sasl.respond(&challenge)?;
+                    let mut line = BASE64.encode(response).into_bytes();
+                    line.extend_from_slice(b"\r\n");
+                    self.conn.send(&line, true).await?;
+                }
+                _ => {
+                    return Err(Error::new(
+                        Kind::Auth,
+                        format!("{peer}: AUTH {} failed: {reply}", mechanism.name()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends RSET; an error means the session is unusable.
+    pub async fn reset(&mut self) -> Result<(), Error> {
+        self.conn.send(b"RSET\r\n", false).await?;
+        let reply = self.conn.read_reply().await?;
+        if !reply.is_success() {
+            return Err(Error::new(
+                Kind::Server,
+                format!("{}: RSET refused: {reply}", self.conn.peer()),
+            ));
+        }
+        self.needs_reset = false;
+        Ok(())
+    }
+
+    /// Ends the session politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.conn.send(b"QUIT\r\n", false).await.is_ok() {
+            let _ = self.conn.read_reply().await;
+        }
+    }
+
+    /// MAIL FROM, RCPT TO for each recipient and DATA, in one write when
+    /// the server does PIPELINING. A refusal by MAIL, by any RCPT or by
+    /// DATA refuses the whole message: nothing is ever delivered to some
+    /// recipients only. A 4xx anywhere makes the refusal temporary, even
+    /// with a 5xx elsewhere, so that the message stays where it is.
+    pub async fn envelope(
+        &mut self,
+        sender: &str,
+        recipients: &[String],
+        smtputf8: bool,
+    ) -> Result<Envelope, Error> {
+        let eight_bit = self.capabilities.eight_bit_mime;
+        let mail = codec::mail_from(sender, eight_bit, smtputf8);
+        let mut refusal = None;
+        if self.capabilities.pipelining {
+            let mut commands = mail;
+            for recipient in recipients {
+                commands.extend_from_slice(&codec::rcpt_to(recipient));
+            }
+            commands.extend_from_slice(b"DATA\r\n");
+            self.conn.send(&commands, false).await?;
+            let reply = self.conn.read_reply().await?;
+            note(&mut refusal, "MAIL FROM", &reply);
+            for recipient in recipients {
+                let reply = self.conn.read_reply().await?;
+                note(&mut refusal, &format!("RCPT TO:<{recipient}>"), &reply);
+            }
+            let reply = self.conn.read_reply().await?;
+            if reply.code == 354 {
+                return Ok(match refusal {
+                    None => Envelope::Go {
+                        recipients: recipients.len(),
+                    },
+                    Some(refusal) => Envelope::RefusedInData(refusal),
+                });
+            }
+            note(&mut refusal, "DATA", &reply);
+        } else {
+            self.conn.send(&mail, false).await?;
+            let reply = self.conn.read_reply().await?;
+            note(&mut refusal, "MAIL FROM", &reply);
+            for recipient in recipients {
+                if refusal.is_some() {
+                    break;
+                }
+                self.conn.send(&codec::rcpt_to(recipient), false).await?;
+                let reply = self.conn.read_reply().await?;
+                note(&mut refusal, &format!("RCPT TO:<{recipient}>"), &reply);
+            }
+            if refusal.is_none() {
+                self.conn.send(b"DATA\r\n", false).await?;
+                let reply = self.conn.read_reply().await?;
+                if reply.code == 354 {
+                    return Ok(Envelope::Go {
+                        recipients: recipients.len(),
+                    });
+                }
+                note(&mut refusal, "DATA", &reply);
+            }
+        }
+        self.needs_reset = true;
+        Ok(Envelope::Refused(refusal.unwrap_or_else(|| {
+            Refusal::Temporary("the server refused DATA".to_owned())
+        })))
+    }
+
+    /// Reads the reply (SMTP) or the replies, one per recipient (LMTP), to
+    /// the end of data. `Ok(None)`: every one is 2xx.
+    pub async fn data_replies(&mut self, recipients: usize) -> Result<Option<Refusal>, Error> {
+        let count = match self.protocol {
+            MtaProtocol::Smtp => 1,
+            MtaProtocol::Lmtp => recipients.max(1),
+        };
+        let mut refusal = None;
+        for _ in 0..count {
+            let reply = self.conn.read_reply().await?;
+            note(&mut refusal, "end of data", &reply);
+        }
+        Ok(refusal)
+    }
+}
+
+/// Records a non-2xx reply into the transaction's refusal; temporary wins.
+fn note(refusal: &mut Option<Refusal>, step: &str, reply: &Reply) {
+    if reply.is_success() {
+        return;
+    }
+    let text = format!("{reply} (after {step})");
+    let this = if reply.is_permanent() {
+        Refusal::Permanent(text)
+    } else {
+        // 4xx, and anything unexpected (a 3xx where 2xx belongs): not a
+        // refusal for good.
+        Refusal::Temporary(text)
+    };
+    *refusal = match (refusal.take(), this) {
+        (None, this) => Some(this),
+        (Some(Refusal::Temporary(first)), _) => Some(Refusal::Temporary(first)),
+        (Some(Refusal::Permanent(_)), Refusal::Temporary(text)) => Some(Refusal::Temporary(text)),
+        (Some(Refusal::Permanent(first)), Refusal::Permanent(_)) => Some(Refusal::Permanent(first)),
+    };
+}
+
+/// EHLO (LHLO for LMTP), falling back to HELO for an SMTP server that does
+/// not know EHLO (then no extension is used).
+async fn hello(
+    conn: &mut Conn,
+    protocol: MtaProtocol,
+    helo_name: &str,
+) -> Result<Capabilities, Error> {
+    let verb = match protocol {
+        MtaProtocol::Smtp => "EHLO",
+        MtaProtocol::Lmtp => "LHLO",
+    };
+    conn.send(format!("{verb} {helo_name}\r\n").as_bytes(), false)
+        .await?;
+    let reply = conn.read_reply().await?;
+    if reply.is_success() {
+        return Ok(Capabilities::parse(&reply));
+    }
+    if protocol == MtaProtocol::Smtp && reply.is_permanent() {
+        conn.send(format!("HELO {helo_name}\r\n").as_bytes(), false)
+            .await?;
+        let reply = conn.read_reply().await?;
+        if reply.is_success() {
+            return Ok(Capabilities::default());
+        }
+    }
+    Err(Error::new(
+        Kind::Server,
+        format!("{}: {verb} refused: {reply}", conn.peer()),
+    ))
+}
+
+/// A name fit for EHLO: anything that could break the command line becomes
+/// `localhost`.
+fn sanitize_helo(name: &str) -> String {
+    let fit = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if fit {
+        name.to_owned()
+    } else {
+        "localhost".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16) -> Reply {
+        Reply {
+            code,
+            lines: vec![format!("{code} text")],
+        }
+    }
+
+    #[test]
+    fn temporary_refusals_win_over_permanent_ones() {
+        let mut refusal = None;
+        note(&mut refusal, "a", &reply(250));
+        assert_eq!(refusal, None);
+        note(&mut refusal, "b", &reply(550));
+        assert!(matches!(&refusal, Some(Refusal::Permanent(t)) if t.contains("after b")));
+        note(&mut refusal, "c", &reply(451));
+        assert!(matches!(&refusal, Some(Refusal::Temporary(t)) if t.contains("after c")));
+        note(&mut refusal, "d", &reply(554));
+        assert!(matches!(&refusal, Some(Refusal::Temporary(t)) if t.contains("after c")));
+    }
+
+    #[test]
+    fn helo_names_cannot_inject() {
+        assert_eq!(sanitize_helo("mail.example.org"), "mail.example.org");
+        assert_eq!(sanitize_helo("[127.0.0.1]"), "[127.0.0.1]");
+        assert_eq!(sanitize_helo("x\r\nRCPT TO:<a@b>"), "localhost");
+        assert_eq!(sanitize_helo(""), "localhost");
+    }
+}

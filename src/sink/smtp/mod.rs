@@ -206,7 +206,31 @@ impl SmtpWriter {
         // UTF-8 in the headers alone is common enough in the wild that a
         // server without SMTPUTF8 still gets the message as it is.
         let smtputf8 = offered && (non_ascii_envelope || non_ascii_headers);
-        match session.envelope(&sender, recipients, smtputf8).await {
+        let mut result = session.envelope(&sender, recipients, smtputf8).await;
+        if result.is_err() && session.transactions > 1 {
+            // The server may have closed a reused session while it was idle
+            // (after the check in `begin`): nothing of this message was
+            // taken yet, so a new session can simply try again.
+            tracing::debug!(
+                "{}: the session broke at MAIL; reconnecting",
+                self.settings.description
+            );
+            let settings = &self.settings;
+            match Session::open(
+                &settings.target,
+                settings.password.as_ref(),
+                &settings.helo_name,
+            )
+            .await
+            {
+                Ok(fresh) => {
+                    let session = self.session.insert(fresh);
+                    result = session.envelope(&sender, recipients, smtputf8).await;
+                }
+                Err(err) => result = Err(err),
+            }
+        }
+        match result {
             Ok(Envelope::Go { recipients }) => {
                 self.state = State::Data { recipients };
                 let headers = self.capture.headers();

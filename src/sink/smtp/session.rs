@@ -39,6 +39,9 @@ pub struct Session {
     pub protocol: MtaProtocol,
     /// A refused transaction left state on the server: RSET before reuse.
     pub needs_reset: bool,
+    /// Transactions started on this session; a reused session may have
+    /// been closed by the server while idle.
+    pub transactions: usize,
 }
 
 impl Session {
@@ -94,6 +97,7 @@ impl Session {
             capabilities,
             protocol: target.protocol,
             needs_reset: false,
+            transactions: 0,
         };
         if let Some(username) = &server.username {
             let Some(password) = password else {
@@ -261,6 +265,7 @@ impl Session {
         recipients: &[String],
         smtputf8: bool,
     ) -> Result<Envelope, Error> {
+        self.transactions += 1;
         let eight_bit = self.capabilities.eight_bit_mime;
         let mail = codec::mail_from(sender, eight_bit, smtputf8);
         let mut refusal = None;
@@ -272,6 +277,7 @@ impl Session {
             commands.extend_from_slice(b"DATA\r\n");
             self.conn.send(&commands, false).await?;
             let reply = self.conn.read_reply().await?;
+            self.closing(&reply)?;
             note(&mut refusal, "MAIL FROM", &reply);
             for recipient in recipients {
                 let reply = self.conn.read_reply().await?;
@@ -290,6 +296,7 @@ impl Session {
         } else {
             self.conn.send(&mail, false).await?;
             let reply = self.conn.read_reply().await?;
+            self.closing(&reply)?;
             note(&mut refusal, "MAIL FROM", &reply);
             for recipient in recipients {
                 if refusal.is_some() {
@@ -314,6 +321,21 @@ impl Session {
         Ok(Envelope::Refused(refusal.unwrap_or_else(|| {
             Refusal::Temporary("the server refused DATA".to_owned())
         })))
+    }
+
+    /// A 421 to MAIL means the server is closing the session (an idle
+    /// timeout, a shutdown), not that it refuses this message.
+    fn closing(&self, reply: &Reply) -> Result<(), Error> {
+        if reply.code == 421 {
+            return Err(Error::new(
+                Kind::Connection,
+                format!(
+                    "{}: the server is closing the session: {reply}",
+                    self.conn.peer()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads the reply (SMTP) or the replies, one per recipient (LMTP), to

@@ -540,8 +540,7 @@ async fn bounces_go_out_with_the_null_sender() {
         &report,
     )
     .await
-    .err()
-    .expect("must fail");
+    .expect_err("must fail");
     assert_eq!(err.kind, Kind::Delivery);
     assert!(err.message.contains("550 5.1.1 nobody"), "{err}");
 }

@@ -3,6 +3,7 @@ pub mod dovecot;
 pub mod fake_imap;
 pub mod fake_pop3;
 pub mod fake_smtp;
+pub mod postfix;
 pub mod run;
 
 use std::io::{self, Read};

@@ -165,7 +165,10 @@ pub enum MtaProtocol {
 /// Where an MTA listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MtaAddress {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     /// A Unix domain socket (LMTP only), e.g. `/run/dovecot/lmtp`.
     Unix(PathBuf),
 }

@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod maildir;
+pub mod mda;
 
 use std::future::Future;
 use std::io;

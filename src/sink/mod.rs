@@ -7,6 +7,7 @@
 //! the pipeline alone decides the order of barriers (see `pipeline`).
 
 pub mod envelope;
+pub mod imap_append;
 pub mod maildir;
 pub mod mda;
 

@@ -310,6 +310,15 @@ pub fn local_user() -> String {
     }
 }
 
+/// How `deliver` may be written, for error messages.
+const DELIVER_FORMS: &str = "maildir:PATH, smtp://HOST[:PORT], smtps://HOST[:PORT], \
+     lmtp:/PATH/TO/SOCKET, lmtp://HOST[:PORT], mda:COMMAND, imap://USER@HOST[:PORT]/FOLDER, \
+     imaps://USER@HOST[:PORT]/FOLDER";
+
+/// How long an MDA may take for one message when `timeout` is not set in
+/// `[account.delivery]`: spam filters can be slow.
+const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How long to wait for the server when `timeout` is not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -550,6 +559,10 @@ struct RawAccount {
     allow_plaintext_auth: Option<RawValue>,
     keep: Option<RawValue>,
     deliver: Option<RawValue>,
+    to: Option<RawValue>,
+    envelope_from: Option<RawValue>,
+    on_reject: Option<RawValue>,
+    delivery: Option<Spanned<RawDelivery>>,
     received_header: Option<RawValue>,
     timeout: Option<RawValue>,
     folders: Option<RawValue>,
@@ -558,6 +571,23 @@ struct RawAccount {
     max_per_poll: Option<RawValue>,
     mark_seen: Option<RawValue>,
     move_to: Option<RawValue>,
+}
+
+/// `[account.delivery]`: how to talk to the server mail is delivered to.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, expecting = "an [account.delivery] table")]
+struct RawDelivery {
+    tls: Option<RawValue>,
+    ca_file: Option<RawValue>,
+    fingerprint: Option<RawValue>,
+    username: Option<RawValue>,
+    password: Option<RawValue>,
+    password_command: Option<RawValue>,
+    password_file: Option<RawValue>,
+    auth: Option<RawValue>,
+    allow_plaintext_auth: Option<RawValue>,
+    timeout: Option<RawValue>,
+    seen: Option<RawValue>,
 }
 
 // ---------------------------------------------------------------------------
@@ -680,7 +710,28 @@ impl Parser<'_> {
             .optional("allow_plaintext_auth", &raw.allow_plaintext_auth, as_bool)?
             .unwrap_or(false);
         let keep = self.optional("keep", &raw.keep, as_bool)?.unwrap_or(false);
-        let deliver = self.deliver_target(&required("deliver", &raw.deliver)?)?;
+        let deliver =
+            self.deliver_target(&required("deliver", &raw.deliver)?, raw.delivery.as_ref())?;
+        let to = self.recipients(raw)?;
+        let envelope_from = self
+            .optional("envelope_from", &raw.envelope_from, |value| {
+                let text = as_str(value)?;
+                if text.eq_ignore_ascii_case("return-path") {
+                    return Ok(EnvelopeFrom::ReturnPath);
+                }
+                Sender::parse(text).map(EnvelopeFrom::Fixed).ok_or_else(|| {
+                    format!(
+                        "`{text}` is neither \"return-path\", \"<>\" nor a plain address \
+                         such as \"fetch@example.org\""
+                    )
+                })
+            })?
+            .unwrap_or(EnvelopeFrom::ReturnPath);
+        let on_reject = self
+            .optional("on_reject", &raw.on_reject, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(OnReject::Keep);
         let received_header = self
             .optional("received_header", &raw.received_header, as_bool)?
             .unwrap_or(true);
@@ -738,9 +789,9 @@ impl Parser<'_> {
             allow_plaintext_auth,
             keep,
             deliver,
-            to: vec![local_user()],
-            envelope_from: EnvelopeFrom::ReturnPath,
-            on_reject: OnReject::Keep,
+            to,
+            envelope_from,
+            on_reject,
             received_header,
             timeout,
             folders,
@@ -824,13 +875,22 @@ impl Parser<'_> {
     /// The one password source of an account; setting several is an error,
     /// since which one would win is anybody's guess.
     fn password_source(&self, raw: &RawAccount) -> Result<PasswordSource, Error> {
-        let mut sources = [
+        self.one_password_source([
             ("password", &raw.password),
             ("password_command", &raw.password_command),
             ("password_file", &raw.password_file),
-        ]
-        .into_iter()
-        .filter_map(|(key, field)| field.as_ref().map(|value| (key, value)));
+        ])
+    }
+
+    /// `sources`: the password, password_command and password_file keys, in
+    /// that order, with their (possibly prefixed) names.
+    fn one_password_source(
+        &self,
+        sources: [(&str, &Option<RawValue>); 3],
+    ) -> Result<PasswordSource, Error> {
+        let mut sources = sources
+            .into_iter()
+            .filter_map(|(key, field)| field.as_ref().map(|value| (key, value)));
         let Some((key, value)) = sources.next() else {
             return Ok(PasswordSource::None);
         };
@@ -845,7 +905,7 @@ impl Parser<'_> {
                 ),
             ));
         }
-        match key {
+        match key.rsplit('.').next().unwrap_or(key) {
             "password" => self.convert(key, value, |value| {
                 let password = as_str(value)?;
                 check_secret(password)?;
@@ -916,24 +976,383 @@ impl Parser<'_> {
         }
     }
 
-    fn deliver_target(&self, value: &RawValue) -> Result<DeliverTarget, Error> {
+    /// `deliver`, with the `[account.delivery]` table that goes with it.
+    fn deliver_target(
+        &self,
+        value: &RawValue,
+        delivery: Option<&Spanned<RawDelivery>>,
+    ) -> Result<DeliverTarget, Error> {
+        let fail = |problem: String| self.error(value.span(), "deliver", problem);
         let target = self.convert("deliver", value, |value| as_str(value).map(str::to_owned))?;
-        match target.split_once(':') {
-            Some(("maildir", path)) => self
-                .expand_path(path)
-                .map(DeliverTarget::Maildir)
-                .map_err(|problem| self.error(value.span(), "deliver", problem)),
-            Some((scheme, _)) => Err(self.error(
+        let (scheme, rest) = target.split_once(':').ok_or_else(|| {
+            fail(format!(
+                "`{target}` has no scheme; expected one of {DELIVER_FORMS}"
+            ))
+        })?;
+        let scheme = scheme.to_ascii_lowercase();
+        let raw = delivery
+            .map(|table| table.get_ref().clone())
+            .unwrap_or_default();
+        let target = match scheme.as_str() {
+            "maildir" => DeliverTarget::Maildir(self.expand_path(rest).map_err(fail)?),
+            "mda" => {
+                let command = rest.trim();
+                if command.is_empty() {
+                    return Err(fail(
+                        "`mda:` needs a command, e.g. \"mda:/usr/bin/procmail -d %T\"".to_owned(),
+                    ));
+                }
+                DeliverTarget::Mda(MdaTarget {
+                    command: command.to_owned(),
+                    timeout: self
+                        .optional("delivery.timeout", &raw.timeout, as_timeout)?
+                        .unwrap_or(DEFAULT_MDA_TIMEOUT),
+                })
+            }
+            "smtp" | "smtps" | "lmtp" => {
+                let protocol = if scheme == "lmtp" {
+                    MtaProtocol::Lmtp
+                } else {
+                    MtaProtocol::Smtp
+                };
+                let address = match rest.strip_prefix("//") {
+                    Some(authority) => {
+                        let (user, host, port) = parse_authority(authority).map_err(fail)?;
+                        if user.is_some() {
+                            return Err(fail(format!(
+                                "put the user name for {scheme} in [account.delivery] \
+                                 `username`, not in the URL"
+                            )));
+                        }
+                        let port = port.unwrap_or(match scheme.as_str() {
+                            "smtps" => 465,
+                            "lmtp" => 24,
+                            _ => 25,
+                        });
+                        MtaAddress::Tcp { host, port }
+                    }
+                    None if scheme == "lmtp" && rest.starts_with('/') => {
+                        MtaAddress::Unix(self.expand_path(rest).map_err(fail)?)
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "expected {scheme}://HOST[:PORT]{}",
+                            if scheme == "lmtp" {
+                                " or lmtp:/PATH/TO/SOCKET"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                };
+                let default_tls = match (&address, scheme.as_str()) {
+                    (_, "smtps") => TlsMode::Implicit,
+                    (MtaAddress::Unix(_), _) => TlsMode::None,
+                    (MtaAddress::Tcp { host, .. }, _) if is_loopback_host(host) => TlsMode::None,
+                    _ => TlsMode::StartTls,
+                };
+                let host = match &address {
+                    MtaAddress::Tcp { host, .. } => host.clone(),
+                    MtaAddress::Unix(_) => "localhost".to_owned(),
+                };
+                let server = self.delivery_server(&raw, &scheme, &host, default_tls, None)?;
+                DeliverTarget::Mta(MtaTarget {
+                    protocol,
+                    address,
+                    server,
+                })
+            }
+            "imap" | "imaps" => {
+                let Some(rest) = rest.strip_prefix("//") else {
+                    return Err(fail(format!(
+                        "expected {scheme}://[USER@]HOST[:PORT]/FOLDER"
+                    )));
+                };
+                let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
+                let (user, host, port) = parse_authority(authority).map_err(fail)?;
+                let folder = percent_decode(folder).map_err(fail)?;
+                let folder = if folder.is_empty() {
+                    INBOX.to_owned()
+                } else {
+                    folder
+                };
+                check_folder_name(&folder).map_err(fail)?;
+                let default_tls = if scheme == "imaps" {
+                    TlsMode::Implicit
+                } else {
+                    TlsMode::StartTls
+                };
+                let server = self.delivery_server(&raw, &scheme, &host, default_tls, user)?;
+                if server.username.is_none() {
+                    return Err(fail(format!(
+                        "IMAP delivery needs a user name: {scheme}://USER@{host}/… or \
+                         `username` in [account.delivery]"
+                    )));
+                }
+                let port = port.unwrap_or(if server.tls == TlsMode::Implicit {
+                    993
+                } else {
+                    143
+                });
+                DeliverTarget::Imap(ImapTarget {
+                    host,
+                    port,
+                    folder,
+                    seen: self
+                        .optional("delivery.seen", &raw.seen, as_bool)?
+                        .unwrap_or(false),
+                    server,
+                })
+            }
+            other => {
+                return Err(fail(format!(
+                    "unknown delivery scheme `{other}:`; expected one of {DELIVER_FORMS}"
+                )));
+            }
+        };
+        self.check_delivery_keys(&target, &raw)?;
+        Ok(target)
+    }
+
+    /// The keys of `[account.delivery]` that the delivery target uses.
+    fn delivery_server(
+        &self,
+        raw: &RawDelivery,
+        scheme: &str,
+        host: &str,
+        default_tls: TlsMode,
+        url_user: Option<String>,
+    ) -> Result<DeliveryServer, Error> {
+        let tls = self.optional("delivery.tls", &raw.tls, |value| {
+            as_str(value).and_then(parse_keyword)
+        })?;
+        if let (Some(value), Some(tls)) = (&raw.tls, tls)
+            && (scheme == "smtps" || scheme == "imaps")
+            && tls != TlsMode::Implicit
+        {
+            return Err(self.error(
                 value.span(),
-                "deliver",
-                format!("delivery to `{scheme}:` is not supported yet; use `maildir:PATH`"),
-            )),
-            None => Err(self.error(
-                value.span(),
-                "deliver",
-                "expected `maildir:PATH`, e.g. \"maildir:~/Mail/home\"",
-            )),
+                "delivery.tls",
+                format!(
+                    "{scheme}:// always uses implicit TLS; for \"{}\" use {}://",
+                    keyword_name(tls),
+                    scheme.trim_end_matches('s')
+                ),
+            ));
         }
+        let tls = tls.unwrap_or(default_tls);
+        let ca_file = match &raw.ca_file {
+            Some(value) => Some(self.existing_file("delivery.ca_file", value)?),
+            None => None,
+        };
+        let fingerprint = self.optional("delivery.fingerprint", &raw.fingerprint, |value| {
+            as_str(value).and_then(parse_fingerprint)
+        })?;
+        let username = self
+            .optional("delivery.username", &raw.username, |value| {
+                as_non_empty_str(value).map(str::to_owned)
+            })?
+            .or(url_user);
+        let password = self.one_password_source([
+            ("delivery.password", &raw.password),
+            ("delivery.password_command", &raw.password_command),
+            ("delivery.password_file", &raw.password_file),
+        ])?;
+        let auth = self
+            .optional("delivery.auth", &raw.auth, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(AuthMethod::Auto);
+        let allow_plaintext_auth = self
+            .optional(
+                "delivery.allow_plaintext_auth",
+                &raw.allow_plaintext_auth,
+                as_bool,
+            )?
+            .unwrap_or(false);
+        let timeout = self
+            .optional("delivery.timeout", &raw.timeout, as_timeout)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let server = DeliveryServer {
+            tls,
+            ca_file,
+            fingerprint,
+            username,
+            password,
+            auth,
+            allow_plaintext_auth,
+            timeout,
+        };
+        if let Some(value) = &raw.auth {
+            let allowed: &[AuthMethod] = if scheme.starts_with("imap") {
+                &[
+                    AuthMethod::Auto,
+                    AuthMethod::User,
+                    AuthMethod::Plain,
+                    AuthMethod::Login,
+                    AuthMethod::CramMd5,
+                    AuthMethod::XOAuth2,
+                    AuthMethod::OAuthBearer,
+                    AuthMethod::ScramSha256,
+                ]
+            } else {
+                &[
+                    AuthMethod::Auto,
+                    AuthMethod::Plain,
+                    AuthMethod::Login,
+                    AuthMethod::XOAuth2,
+                ]
+            };
+            if !allowed.contains(&auth) {
+                let words: Vec<String> = allowed
+                    .iter()
+                    .map(|&method| format!("\"{}\"", keyword_name(method)))
+                    .collect();
+                return Err(self.error(
+                    value.span(),
+                    "delivery.auth",
+                    format!(
+                        "\"{}\" is not available for {scheme}; use one of {}",
+                        keyword_name(auth),
+                        words.join(", ")
+                    ),
+                ));
+            }
+        }
+        if server.username.is_some() != (server.password != PasswordSource::None) {
+            let (key, span) = match (
+                &raw.username,
+                &raw.password,
+                &raw.password_command,
+                &raw.password_file,
+            ) {
+                (Some(value), ..) => ("delivery.username", value.span()),
+                (_, Some(value), ..) | (_, _, Some(value), _) | (_, _, _, Some(value)) => {
+                    ("delivery.password", value.span())
+                }
+                _ => ("delivery.username", 0..0),
+            };
+            // An IMAP user from the URL with no password is reported here too.
+            if !(scheme.starts_with("imap") && server.username.is_none()) {
+                return Err(self.error(
+                    span,
+                    key,
+                    "set both a user name and a password (password, password_command or \
+                     password_file) to log in to the delivery server, or neither",
+                ));
+            }
+        }
+        // SMTP's `auto` ends up with PLAIN or LOGIN; IMAP's `auto` never
+        // reveals the password on a plain link (the login code refuses).
+        let reveals = match auth {
+            AuthMethod::Auto => !scheme.starts_with("imap"),
+            AuthMethod::User
+            | AuthMethod::Plain
+            | AuthMethod::Login
+            | AuthMethod::XOAuth2
+            | AuthMethod::OAuthBearer => true,
+            _ => false,
+        };
+        if tls == TlsMode::None
+            && server.password != PasswordSource::None
+            && reveals
+            && !allow_plaintext_auth
+            && !is_loopback_host(host)
+        {
+            let span = raw.tls.as_ref().map_or(0..0, |value| value.span());
+            return Err(self.error(
+                span,
+                "delivery.tls",
+                format!(
+                    "with tls = \"none\", the delivery password would travel unencrypted \
+                     to {host}; use tls = \"starttls\" or \"implicit\", or set \
+                     allow_plaintext_auth = true in [account.delivery] if you accept that risk"
+                ),
+            ));
+        }
+        Ok(server)
+    }
+
+    /// Refuses `[account.delivery]` keys that the target would ignore.
+    fn check_delivery_keys(&self, target: &DeliverTarget, raw: &RawDelivery) -> Result<(), Error> {
+        let (kind, allowed): (&str, &[&str]) = match target {
+            DeliverTarget::Maildir(_) => ("maildir:", &[]),
+            DeliverTarget::Mda(_) => ("mda:", &["timeout"]),
+            DeliverTarget::Mta(_) => (
+                "smtp and lmtp",
+                &[
+                    "tls",
+                    "ca_file",
+                    "fingerprint",
+                    "username",
+                    "password",
+                    "password_command",
+                    "password_file",
+                    "auth",
+                    "allow_plaintext_auth",
+                    "timeout",
+                ],
+            ),
+            DeliverTarget::Imap(_) => return Ok(()),
+        };
+        let present = [
+            ("tls", &raw.tls),
+            ("ca_file", &raw.ca_file),
+            ("fingerprint", &raw.fingerprint),
+            ("username", &raw.username),
+            ("password", &raw.password),
+            ("password_command", &raw.password_command),
+            ("password_file", &raw.password_file),
+            ("auth", &raw.auth),
+            ("allow_plaintext_auth", &raw.allow_plaintext_auth),
+            ("timeout", &raw.timeout),
+            ("seen", &raw.seen),
+        ];
+        for (key, field) in present {
+            if let Some(value) = field
+                && !allowed.contains(&key)
+            {
+                return Err(self.error(
+                    value.span(),
+                    &format!("delivery.{key}"),
+                    format!("does not apply to deliver = \"{kind}…\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `to`: the envelope recipients.
+    fn recipients(&self, raw: &RawAccount) -> Result<Vec<String>, Error> {
+        let Some(value) = &raw.to else {
+            return Ok(vec![local_user()]);
+        };
+        self.convert("to", value, |value| {
+            let list = match value {
+                toml::Value::String(one) => vec![one.clone()],
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| as_str(item).map(str::to_owned))
+                    .collect::<Result<_, _>>()?,
+                other => return Err(wrong_type("a list of addresses", other)),
+            };
+            if list.is_empty() {
+                return Err("needs at least one recipient".to_owned());
+            }
+            for recipient in &list {
+                let bad = recipient.is_empty()
+                    || recipient.len() > 256
+                    || recipient
+                        .chars()
+                        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | '"' | ','));
+                if bad {
+                    return Err(format!(
+                        "`{recipient}` is not a plain address such as \"alice@example.org\" or \"alice\""
+                    ));
+                }
+            }
+            Ok(list)
+        })
     }
 
     /// A path value that must name an existing file.
@@ -1324,6 +1743,82 @@ fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
 /// A folder name can be anything but empty or holding CR, LF or NUL: a
 /// line break would end the IMAP command that carries it, and IMAP has no
 /// way to send a NUL in a name.
+/// `[USER@]HOST[:PORT]` of a URL, with the user percent-decoded and an
+/// IPv6 host in brackets.
+fn parse_authority(authority: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((user, rest)) => (Some(percent_decode(user)?), rest),
+        None => (None, authority),
+    };
+    if user.as_deref() == Some("") {
+        return Err("the user name before `@` is empty".to_owned());
+    }
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("`{host_port}`: unclosed `[`"))?;
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("`{host_port}`: expected `:PORT` after `]`")),
+                },
+            }
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+        return Err(format!("`{authority}` has no valid host name"));
+    }
+    let port = match port {
+        Some(port) => Some(
+            port.parse::<u16>()
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| format!("`{port}` is not a port number (1-65535)"))?,
+        ),
+        None => None,
+    };
+    Ok((user, host.to_owned(), port))
+}
+
+/// Decodes `%XX` escapes (UTF-8), e.g. `Sent%20Items`, `me%40example.org`.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail
+                .get(..2)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                .ok_or_else(|| format!("`{text}`: `%` must be followed by two hex digits"))?;
+            bytes.push(hex_value(hex[0]) << 4 | hex_value(hex[1]));
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| format!("`{text}` does not decode to UTF-8"))
+}
+
+/// Encodes what [`percent_decode`] decodes, for showing a URL.
+fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 fn check_folder_name(name: &str) -> Result<&str, String> {
     if name.is_empty() {
         Err("a folder name must not be empty".to_owned())
@@ -1383,6 +1878,14 @@ impl Keyword for AuthMethod {
         ("xoauth2", AuthMethod::XOAuth2),
         ("oauthbearer", AuthMethod::OAuthBearer),
         ("scram-sha-256", AuthMethod::ScramSha256),
+    ];
+}
+
+impl Keyword for OnReject {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("keep", OnReject::Keep),
+        ("bounce", OnReject::Bounce),
+        ("delete", OnReject::Delete),
     ];
 }
 
@@ -1512,21 +2015,14 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
         writeln!(f, "ca_file = {}", toml_path(ca_file))?;
     }
     if let Some(fingerprint) = &account.fingerprint {
-        let hex: Vec<String> = fingerprint
-            .iter()
-            .map(|byte| format!("{byte:02X}"))
-            .collect();
-        writeln!(f, "fingerprint = \"sha256:{}\"", hex.join(":"))?;
+        writeln!(
+            f,
+            "fingerprint = \"sha256:{}\"",
+            hex_fingerprint(fingerprint)
+        )?;
     }
     writeln!(f, "username = {}", toml_string(&account.username))?;
-    match &account.password {
-        PasswordSource::None => {}
-        PasswordSource::Inline(_) => writeln!(f, "password = \"****\"")?,
-        PasswordSource::Command(command) => {
-            writeln!(f, "password_command = {}", toml_string(command))?;
-        }
-        PasswordSource::File(path) => writeln!(f, "password_file = {}", toml_path(path))?,
-    }
+    write_password(f, &account.password)?;
     writeln!(f, "auth = \"{}\"", keyword_name(account.auth))?;
     writeln!(f, "allow_plaintext_auth = {}", account.allow_plaintext_auth)?;
     writeln!(f, "keep = {}", account.keep)?;
@@ -1536,9 +2032,19 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             "deliver = {}",
             toml_string(&format!("maildir:{}", escape_path(path)))
         )?,
-        // Not produced by the parser yet.
-        DeliverTarget::Mta(_) | DeliverTarget::Mda(_) | DeliverTarget::Imap(_) => {}
+        other => writeln!(f, "deliver = {}", toml_string(&deliver_url(other)))?,
     }
+    let to: Vec<String> = account.to.iter().map(|to| toml_string(to)).collect();
+    writeln!(f, "to = [{}]", to.join(", "))?;
+    match &account.envelope_from {
+        EnvelopeFrom::ReturnPath => writeln!(f, "envelope_from = \"return-path\"")?,
+        EnvelopeFrom::Fixed(sender) => writeln!(
+            f,
+            "envelope_from = {}",
+            toml_string(&format!("<{}>", sender.address()))
+        )?,
+    }
+    writeln!(f, "on_reject = \"{}\"", keyword_name(account.on_reject))?;
     writeln!(f, "received_header = {}", account.received_header)?;
     writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))?;
     if let Some(max_size) = account.max_size {
@@ -1560,6 +2066,101 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
         if let Some(move_to) = &account.move_to {
             writeln!(f, "move_to = {}", toml_string(move_to))?;
         }
+    }
+    write_delivery(f, &account.deliver)
+}
+
+fn hex_fingerprint(fingerprint: &[u8; 32]) -> String {
+    let hex: Vec<String> = fingerprint
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect();
+    hex.join(":")
+}
+
+/// The password source, never the password itself.
+fn write_password(f: &mut fmt::Formatter<'_>, password: &PasswordSource) -> fmt::Result {
+    match password {
+        PasswordSource::None => Ok(()),
+        PasswordSource::Inline(_) => writeln!(f, "password = \"****\""),
+        PasswordSource::Command(command) => {
+            writeln!(f, "password_command = {}", toml_string(command))
+        }
+        PasswordSource::File(path) => writeln!(f, "password_file = {}", toml_path(path)),
+    }
+}
+
+/// `deliver` as written in the file (the path of `maildir:` aside).
+fn deliver_url(target: &DeliverTarget) -> String {
+    let tcp = |host: &str, port: u16| {
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    };
+    match target {
+        DeliverTarget::Maildir(path) => format!("maildir:{}", escape_path(path)),
+        DeliverTarget::Mda(mda) => format!("mda:{}", mda.command),
+        DeliverTarget::Mta(mta) => match (&mta.address, mta.protocol) {
+            (MtaAddress::Unix(path), _) => format!("lmtp:{}", escape_path(path)),
+            (MtaAddress::Tcp { host, port }, MtaProtocol::Lmtp) => {
+                format!("lmtp://{}", tcp(host, *port))
+            }
+            (MtaAddress::Tcp { host, port }, MtaProtocol::Smtp) => {
+                let scheme = if mta.server.tls == TlsMode::Implicit {
+                    "smtps"
+                } else {
+                    "smtp"
+                };
+                format!("{scheme}://{}", tcp(host, *port))
+            }
+        },
+        DeliverTarget::Imap(imap) => format!(
+            "{}://{}/{}",
+            if imap.server.tls == TlsMode::Implicit {
+                "imaps"
+            } else {
+                "imap"
+            },
+            tcp(&imap.host, imap.port),
+            percent_encode(&imap.folder, b"/")
+        ),
+    }
+}
+
+/// The `[account.delivery]` table, when the target has one.
+fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Result {
+    let server = match target {
+        DeliverTarget::Maildir(_) => return Ok(()),
+        DeliverTarget::Mda(mda) => {
+            writeln!(f, "[account.delivery]")?;
+            return writeln!(f, "timeout = \"{}\"", format_duration(mda.timeout));
+        }
+        DeliverTarget::Mta(mta) => &mta.server,
+        DeliverTarget::Imap(imap) => &imap.server,
+    };
+    writeln!(f, "[account.delivery]")?;
+    writeln!(f, "tls = \"{}\"", keyword_name(server.tls))?;
+    if let Some(ca_file) = &server.ca_file {
+        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
+    }
+    if let Some(fingerprint) = &server.fingerprint {
+        writeln!(
+            f,
+            "fingerprint = \"sha256:{}\"",
+            hex_fingerprint(fingerprint)
+        )?;
+    }
+    if let Some(username) = &server.username {
+        writeln!(f, "username = {}", toml_string(username))?;
+    }
+    write_password(f, &server.password)?;
+    writeln!(f, "auth = \"{}\"", keyword_name(server.auth))?;
+    writeln!(f, "allow_plaintext_auth = {}", server.allow_plaintext_auth)?;
+    writeln!(f, "timeout = \"{}\"", format_duration(server.timeout))?;
+    if let DeliverTarget::Imap(imap) = target {
+        writeln!(f, "seen = {}", imap.seen)?;
     }
     Ok(())
 }
@@ -1944,9 +2545,14 @@ deliver = "maildir:~/Mail/home"
         let bad_name = account_with("").replace("\"home\"", "\"my home\"");
         assert_config_error(&bad_name, 2, "name", "not a valid account name");
         let mbox = account_with("").replace("maildir:~/Mail/home", "mbox:~/mbox");
-        assert_config_error(&mbox, 6, "deliver", "`mbox:` is not supported yet");
+        assert_config_error(&mbox, 6, "deliver", "unknown delivery scheme `mbox:`");
         let bare = account_with("").replace("maildir:~/Mail/home", "~/Mail");
-        assert_config_error(&bare, 6, "deliver", "expected `maildir:PATH`");
+        assert_config_error(
+            &bare,
+            6,
+            "deliver",
+            "has no scheme; expected one of maildir:PATH",
+        );
         assert_config_error(
             &account_with("ca_file = \"/nonexistent/ca.pem\"\n"),
             7,
@@ -2431,6 +3037,298 @@ deliver = "maildir:~/Mail/home"
         assert_eq!(reparsed.accounts[0].max_size, Some(10 << 20));
     }
 
+    fn deliver_with(deliver: &str, extra: &str) -> String {
+        account_with(extra).replace("maildir:~/Mail/home", deliver)
+    }
+
+    fn target(deliver: &str, extra: &str) -> DeliverTarget {
+        parse_ok(&deliver_with(deliver, extra)).accounts[0]
+            .deliver
+            .clone()
+    }
+
+    #[test]
+    fn mta_targets_and_their_defaults() {
+        let DeliverTarget::Mta(local) = target("smtp://localhost", "") else {
+            panic!("not an MTA")
+        };
+        assert_eq!(local.protocol, MtaProtocol::Smtp);
+        assert_eq!(
+            local.address,
+            MtaAddress::Tcp {
+                host: "localhost".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            local.server.tls,
+            TlsMode::None,
+            "a local MTA rarely has TLS"
+        );
+        assert_eq!(local.server.username, None);
+
+        let DeliverTarget::Mta(relay) = target(
+            "smtp://mail.example.org:587",
+            "[account.delivery]\nusername = \"me\"\npassword_command = \"pass smtp\"\n",
+        ) else {
+            panic!("not an MTA")
+        };
+        assert_eq!(
+            relay.server.tls,
+            TlsMode::StartTls,
+            "a remote relay needs STARTTLS"
+        );
+        assert_eq!(relay.server.username.as_deref(), Some("me"));
+        assert_eq!(
+            relay.server.password,
+            PasswordSource::Command("pass smtp".into())
+        );
+
+        let DeliverTarget::Mta(smtps) = target("smtps://[2001:db8::1]", "") else {
+            panic!("not an MTA")
+        };
+        assert_eq!(smtps.server.tls, TlsMode::Implicit);
+        assert_eq!(
+            smtps.address,
+            MtaAddress::Tcp {
+                host: "2001:db8::1".into(),
+                port: 465
+            }
+        );
+
+        let DeliverTarget::Mta(socket) = target("lmtp:/run/dovecot/lmtp", "") else {
+            panic!("not an MTA")
+        };
+        assert_eq!(socket.protocol, MtaProtocol::Lmtp);
+        assert_eq!(socket.address, MtaAddress::Unix("/run/dovecot/lmtp".into()));
+        assert_eq!(socket.server.tls, TlsMode::None);
+
+        let DeliverTarget::Mta(lmtp) = target("LMTP://127.0.0.1:2424", "") else {
+            panic!("not an MTA")
+        };
+        assert_eq!(
+            lmtp.address,
+            MtaAddress::Tcp {
+                host: "127.0.0.1".into(),
+                port: 2424
+            }
+        );
+    }
+
+    #[test]
+    fn mda_and_imap_targets() {
+        let DeliverTarget::Mda(mda) = target("mda:/usr/bin/procmail -d %T", "") else {
+            panic!("not an MDA")
+        };
+        assert_eq!(mda.command, "/usr/bin/procmail -d %T");
+        assert_eq!(mda.timeout, DEFAULT_MDA_TIMEOUT);
+        let DeliverTarget::Mda(mda) =
+            target("mda:maildrop", "[account.delivery]\ntimeout = \"30s\"\n")
+        else {
+            panic!("not an MDA")
+        };
+        assert_eq!(mda.timeout, Duration::from_secs(30));
+
+        let DeliverTarget::Imap(imap) = target(
+            "imap://me%40example.org@imap.example.org/Archive%2F2024/Entw%C3%BCrfe",
+            "[account.delivery]\npassword = \"s3cret\"\nseen = true\n",
+        ) else {
+            panic!("not IMAP")
+        };
+        assert_eq!(imap.host, "imap.example.org");
+        assert_eq!(imap.port, 143);
+        assert_eq!(imap.folder, "Archive/2024/Entwürfe");
+        assert_eq!(imap.server.username.as_deref(), Some("me@example.org"));
+        assert_eq!(imap.server.tls, TlsMode::StartTls);
+        assert!(imap.seen);
+
+        let DeliverTarget::Imap(imaps) = target(
+            "imaps://imap.gmail.com",
+            "[account.delivery]\nusername = \"me@gmail.com\"\npassword = \"app password\"\n",
+        ) else {
+            panic!("not IMAP")
+        };
+        assert_eq!((imaps.port, imaps.server.tls), (993, TlsMode::Implicit));
+        assert_eq!(imaps.folder, "INBOX");
+    }
+
+    #[test]
+    fn bad_delivery_settings_name_their_key() {
+        let unknown = deliver_with("smtp://localhost", "[account.delivery]\nssl = true\n");
+        assert_config_error(&unknown, 8, "ssl", "unknown key");
+        assert_config_error(
+            &deliver_with("maildir:~/Mail", "[account.delivery]\ntls = \"none\"\n"),
+            8,
+            "delivery.tls",
+            "does not apply to deliver = \"maildir:…\"",
+        );
+        assert_config_error(
+            &deliver_with("smtp://localhost", "[account.delivery]\nseen = true\n"),
+            8,
+            "delivery.seen",
+            "does not apply",
+        );
+        assert_config_error(
+            &deliver_with(
+                "smtps://mx.example.org",
+                "[account.delivery]\ntls = \"starttls\"\n",
+            ),
+            8,
+            "delivery.tls",
+            "always uses implicit TLS",
+        );
+        assert_config_error(
+            &deliver_with(
+                "smtp://mx.example.org",
+                "[account.delivery]\ntls = \"none\"\nusername = \"me\"\npassword = \"x\"\n",
+            ),
+            8,
+            "delivery.tls",
+            "would travel unencrypted to mx.example.org",
+        );
+        assert_config_error(
+            &deliver_with(
+                "smtp://mx.example.org",
+                "[account.delivery]\nusername = \"me\"\n",
+            ),
+            8,
+            "delivery.username",
+            "set both a user name and a password",
+        );
+        assert_config_error(
+            &deliver_with(
+                "smtp://localhost",
+                "[account.delivery]\nauth = \"cram-md5\"\n",
+            ),
+            8,
+            "delivery.auth",
+            "not available for smtp",
+        );
+        assert_config_error(
+            &deliver_with("imap://imap.example.org/Archive", ""),
+            6,
+            "deliver",
+            "IMAP delivery needs a user name",
+        );
+        assert_config_error(
+            &deliver_with("smtp://user@localhost", ""),
+            6,
+            "deliver",
+            "not in the URL",
+        );
+        assert_config_error(
+            &deliver_with("smtp://localhost:0", ""),
+            6,
+            "deliver",
+            "not a port",
+        );
+        assert_config_error(
+            &deliver_with("lmtp:run/lmtp", ""),
+            6,
+            "deliver",
+            "lmtp:/PATH/TO/SOCKET",
+        );
+        assert_config_error(&deliver_with("mda: ", ""), 6, "deliver", "needs a command");
+        assert_config_error(
+            &deliver_with("imap://u@h/a%zz", ""),
+            6,
+            "deliver",
+            "two hex digits",
+        );
+    }
+
+    #[test]
+    fn envelope_keys() {
+        let account = &parse_ok(&account_with("")).accounts[0];
+        assert_eq!(account.to, [local_user()]);
+        assert_eq!(account.envelope_from, EnvelopeFrom::ReturnPath);
+        assert_eq!(account.on_reject, OnReject::Keep);
+
+        let account = &parse_ok(&account_with(
+            "to = [\"alice@localhost\", \"bob\"]\nenvelope_from = \"<>\"\non_reject = \"bounce\"\n",
+        ))
+        .accounts[0];
+        assert_eq!(account.to, ["alice@localhost", "bob"]);
+        assert_eq!(account.envelope_from, EnvelopeFrom::Fixed(Sender::Null));
+        assert_eq!(account.on_reject, OnReject::Bounce);
+        let account = &parse_ok(&account_with(
+            "to = \"carol@example.org\"\nenvelope_from = \"fetch@example.org\"\n",
+        ))
+        .accounts[0];
+        assert_eq!(account.to, ["carol@example.org"]);
+        assert_eq!(
+            account.envelope_from,
+            EnvelopeFrom::Fixed(Sender::Address("fetch@example.org".into()))
+        );
+
+        assert_config_error(
+            &account_with("to = []\n"),
+            7,
+            "to",
+            "at least one recipient",
+        );
+        assert_config_error(
+            &account_with("to = [\"a@b\", \"evil@x>\\r\\nDATA\"]\n"),
+            7,
+            "to",
+            "not a plain address",
+        );
+        assert_config_error(
+            &account_with("envelope_from = \"$(id)@x\"\n"),
+            7,
+            "envelope_from",
+            "neither \"return-path\"",
+        );
+        assert_config_error(
+            &account_with("on_reject = \"drop\"\n"),
+            7,
+            "on_reject",
+            "not one of \"keep\", \"bounce\", \"delete\"",
+        );
+    }
+
+    #[test]
+    fn delivery_display_round_trips() {
+        for (deliver, extra) in [
+            ("smtp://localhost", ""),
+            (
+                "smtp://mail.example.org:587",
+                "to = [\"a@b\"]\nenvelope_from = \"<>\"\non_reject = \"delete\"\n\
+                 [account.delivery]\nusername = \"me\"\npassword_command = \"pass x\"\nauth = \"login\"\n",
+            ),
+            ("smtps://[::1]:4650", ""),
+            ("lmtp:/run/dovecot/lmtp", ""),
+            ("lmtp://127.0.0.1:24", ""),
+            (
+                "mda:/usr/bin/procmail -d %T",
+                "[account.delivery]\ntimeout = \"90s\"\n",
+            ),
+            (
+                "imaps://me@imap.example.org/Sent%20Items/2024",
+                "[account.delivery]\npassword_file = \"/etc/pw\"\nseen = true\n",
+            ),
+        ] {
+            let shown = parse_ok(&deliver_with(deliver, extra)).to_string();
+            let reparsed = parse_ok(&shown);
+            assert_eq!(reparsed.to_string(), shown, "{deliver}");
+            assert_eq!(
+                reparsed.accounts[0].deliver,
+                parse_ok(&deliver_with(deliver, extra)).accounts[0].deliver,
+                "{deliver}:\n{shown}"
+            );
+        }
+        let shown = parse_ok(&deliver_with(
+            "imaps://me@imap.example.org/Sent%20Items",
+            "[account.delivery]\npassword = \"hunter2\"\n",
+        ))
+        .to_string();
+        assert!(
+            shown.contains("deliver = \"imaps://imap.example.org:993/Sent%20Items\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
     #[test]
     fn loopback_hosts() {
         for host in [
@@ -2510,8 +3408,14 @@ deliver = "maildir:~/Mail/home"
             .collect();
         let config = parse_ok(&format!("{active}{uncommented}"));
         let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
-        assert_eq!(names, ["home", "work", "gmail"]);
-        let gmail = &config.accounts[2];
+        assert_eq!(names, ["home", "work", "old-provider", "gmail"]);
+        assert!(matches!(config.accounts[1].deliver, DeliverTarget::Mta(_)));
+        let DeliverTarget::Imap(imap) = &config.accounts[2].deliver else {
+            panic!("old-provider delivers over IMAP")
+        };
+        assert_eq!(imap.server.username.as_deref(), Some("alice@example.org"));
+        assert!(imap.seen);
+        let gmail = &config.accounts[3];
         assert_eq!(gmail.protocol, Protocol::Imap);
         assert_eq!(gmail.port, 993);
         assert_eq!(gmail.folders, ["INBOX", "Lists/rust"]);
@@ -2535,10 +3439,14 @@ deliver = "maildir:~/Mail/home"
         let mut keys = allowed_keys("unknown = 1\n");
         keys.extend(allowed_keys("[general]\nunknown = 1\n"));
         keys.extend(allowed_keys(&account_with("unknown = 1\n")));
+        keys.extend(allowed_keys(&account_with(
+            "[account.delivery]\nunknown = 1\n",
+        )));
         assert!(keys.len() > 17, "{keys:?}");
         for key in keys {
             let documented = example.contains(&format!("{key} = "))
                 || example.contains(&format!("[{key}]"))
+                || example.contains(&format!("[account.{key}]"))
                 || example.contains(&format!("[[{key}]]"));
             assert!(documented, "`{key}` is not in fetchrc.example");
         }

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Account, DeliverTarget, FetchMode, Protocol, TlsMode};
+use crate::config::{Account, DeliverTarget, FetchMode, OnReject, Protocol, TlsMode};
 use crate::error::{Error, Kind};
 use crate::received::{Trace, local_hostname};
 use crate::sink::maildir::MaildirSink;
-use crate::sink::{Acceptance, Committer, MessageWriter, Sink, Staged};
+use crate::sink::{Acceptance, Committer, MessageWriter, Rejection, Sink, Staged};
 use crate::source::imap::Imap;
 use crate::source::pop3::Pop3;
 use crate::source::{Listed, Retrieved, Source};
@@ -58,8 +58,17 @@ pub struct Report {
     pub deferred: usize,
     /// Messages the server would not hand out; they stay on the server.
     pub refused: usize,
-    /// Messages the sink did not accept; they stay on the server.
+    /// Messages the destination failed to take for now (4xx, MDA exit 75,
+    /// timeout); they stay on the server for the next poll.
+    pub failed: usize,
+    /// Messages the destination refused for good (5xx, MDA exit code);
+    /// `on_reject` decides what became of them: see `bounced`, `discarded`.
     pub rejected: usize,
+    /// Refused messages whose sender was sent a bounce; deleted (or, with
+    /// `keep`, not tried again).
+    pub bounced: usize,
+    /// Refused messages deleted without a bounce (`on_reject = "delete"`).
+    pub discarded: usize,
     /// Messages deleted (or moved, see `removal`) on the server.
     pub deleted: usize,
     /// How delivered messages leave the server: "deleted" or "moved to X".
@@ -98,8 +107,32 @@ impl Report {
         if self.deferred > 0 {
             line.push_str(&format!(", {} left for the next poll", self.deferred));
         }
-        if self.refused + self.rejected > 0 {
-            line.push_str(&format!(", {} failed", self.refused + self.rejected));
+        if self.refused > 0 {
+            line.push_str(&format!(", {} refused by the server", self.refused));
+        }
+        if self.failed > 0 {
+            line.push_str(&format!(
+                ", {} failed temporarily (left on the server)",
+                self.failed
+            ));
+        }
+        if self.rejected > 0 {
+            let kept = self.rejected - self.bounced - self.discarded;
+            let mut fates = Vec::new();
+            if kept > 0 {
+                fates.push(format!("{kept} left on the server"));
+            }
+            if self.bounced > 0 {
+                fates.push(format!("{} bounced", self.bounced));
+            }
+            if self.discarded > 0 {
+                fates.push(format!("{} dropped", self.discarded));
+            }
+            line.push_str(&format!(
+                ", {} rejected ({})",
+                self.rejected,
+                fates.join(", ")
+            ));
         }
         line.push_str(&format!(
             ", {} {}, {:.1} s",
@@ -118,7 +151,7 @@ impl Report {
     pub fn failure(&self) -> Option<Kind> {
         match &self.error {
             Some(error) => Some(error.kind),
-            None if self.rejected > 0 => Some(Kind::Delivery),
+            None if self.rejected + self.failed > 0 => Some(Kind::Delivery),
             None if self.refused > 0 && self.delivered == 0 => Some(Kind::Server),
             None => None,
         }
@@ -184,6 +217,7 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
         source.finish().await
     }
     .await;
+    sink.close().await;
     report.error = result.err();
     report.elapsed = started.elapsed();
     report
@@ -241,6 +275,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             break;
         }
     }
+    sink.close().await;
     match broken {
         Some(index) => {
             for report in &mut reports[index + 1..] {
@@ -383,25 +418,45 @@ async fn poll_mailbox<S: Source, K: Sink>(
         .received_header
         .then(|| trace.header(SystemTime::now()));
     let mut commits = CommitQueue::new(committer, state);
-    let retrieval = retrieve(source, sink, &new, header.as_deref(), &mut commits, report).await;
+    let mut rejections = Vec::new();
+    let retrieval = retrieve(
+        source,
+        sink,
+        &new,
+        header.as_deref(),
+        &mut commits,
+        &mut rejections,
+        report,
+    )
+    .await;
     // Whatever happened, what was fully received is made durable.
     let committed = commits.finish().await;
-    let (committed, error) = match (retrieval, committed) {
-        (Ok(()), Ok(committed)) => (committed, None),
-        (Err(err), Ok(committed)) | (Ok(()), Err((err, committed))) => (committed, Some(err)),
-        (Err(err), Err((commit_err, committed))) => {
+    report.delivered = committed.messages.len();
+    report.delivered_bytes = committed.messages.iter().map(|(_, size)| size).sum();
+    let error = match (retrieval, committed.error) {
+        (Ok(()), None) => None,
+        (Err(err), None) | (Ok(()), Some(err)) => Some(err),
+        (Err(err), Some(commit_err)) => {
             tracing::error!("{}: {commit_err}", report.mailbox);
-            (committed, Some(err))
+            Some(err)
         }
     };
-    report.delivered = committed.len();
-    report.delivered_bytes = committed.iter().map(|(_, size)| size).sum();
+    // Refused messages are settled even when the session broke: once
+    // recorded, the next poll deletes them like delivered ones.
+    let settled = match committed.state {
+        Some(mut state) => settle_rejections(account, rejections, &mut state, report).await?,
+        None => Vec::new(),
+    };
     if let Some(err) = error {
         // The session may be unusable; what was committed is deleted (or
         // marked) next time, as a message known to be delivered.
         return Err(err);
     }
-    let delivered: Vec<u32> = committed.iter().map(|(number, _)| *number).collect();
+    let delivered: Vec<u32> = committed
+        .messages
+        .iter()
+        .map(|(number, _)| *number)
+        .collect();
     if account.keep {
         if account.mark_seen {
             source.mark_seen(&delivered).await?;
@@ -413,10 +468,91 @@ async fn poll_mailbox<S: Source, K: Sink>(
             .iter()
             .map(|message| message.number)
             .chain(delivered)
+            .chain(settled)
             .collect();
         report.deleted = source.delete(&doomed).await?;
     }
     Ok(())
+}
+
+/// Applies `on_reject` to the messages the destination refused for good.
+/// Returns the numbers of those that may now leave the server: bounced or
+/// dropped, and durably recorded as done so that no later poll tries them
+/// again. Kept ones are retried at every poll.
+async fn settle_rejections(
+    account: &Account,
+    rejections: Vec<(Listed, Rejection)>,
+    state: &mut MailboxState,
+    report: &mut Report,
+) -> Result<Vec<u32>, Error> {
+    let mut settled = Vec::new();
+    for (message, rejection) in rejections {
+        match account.on_reject {
+            OnReject::Keep => {
+                tracing::warn!(
+                    "{}: message {} left on the server (on_reject = \"keep\"); it is tried again at every poll",
+                    report.mailbox,
+                    message.number
+                );
+                continue;
+            }
+            OnReject::Delete => {
+                tracing::warn!(
+                    "{}: message {} dropped (on_reject = \"delete\"): {}",
+                    report.mailbox,
+                    message.number,
+                    rejection.reason
+                );
+                report.discarded += 1;
+            }
+            OnReject::Bounce => {
+                let Some(sender) = &rejection.sender else {
+                    tracing::warn!(
+                        "{}: message {} has no sender to bounce to (null or missing Return-Path); \
+                         it is left on the server",
+                        report.mailbox,
+                        message.number
+                    );
+                    continue;
+                };
+                if let Err(err) = bounce(account, sender, &rejection).await {
+                    tracing::error!(
+                        "{}: cannot bounce message {} to <{sender}>, it is left on the server: {err}",
+                        report.mailbox,
+                        message.number
+                    );
+                    continue;
+                }
+                tracing::info!(
+                    "{}: message {} bounced to <{sender}>",
+                    report.mailbox,
+                    message.number
+                );
+                report.bounced += 1;
+            }
+        }
+        settled.push(message);
+    }
+    let entries: Vec<Entry> = settled
+        .iter()
+        .filter_map(|message| {
+            Some(Entry {
+                digest: message.digest.clone(),
+                ..Entry::new(message.uid.clone()?)
+            })
+        })
+        .collect();
+    if let Err(err) = state.record_delivered(&entries) {
+        // Not deleting them is safe; bounced ones may be bounced again.
+        tracing::error!("{}: cannot write the state file: {err}", report.mailbox);
+        return Ok(Vec::new());
+    }
+    Ok(settled.iter().map(|message| message.number).collect())
+}
+
+/// Sends a delivery status notification for a refused message.
+async fn bounce(_account: &Account, _sender: &str, _rejection: &Rejection) -> Result<(), Error> {
+    Err(Error::new(Kind::Delivery, "bouncing is not wired yet"))
 }
 
 /// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
@@ -483,8 +619,16 @@ async fn retrieve<S: Source, K: Sink>(
     messages: &[Listed],
     header: Option<&str>,
     commits: &mut CommitQueue<K::Committer>,
+    rejections: &mut Vec<(Listed, Rejection)>,
     report: &mut Report,
 ) -> Result<(), Error> {
+    // A sink whose acceptance is final has nothing to batch: each message
+    // is journaled as soon as it is taken.
+    let batch_limit = if <K::Committer as Committer>::DEFERS_DURABILITY {
+        BATCH_MESSAGES
+    } else {
+        1
+    };
     let numbers: Vec<u32> = messages.iter().map(|m| m.number).collect();
     let by_number: HashMap<u32, &Listed> = messages.iter().map(|m| (m.number, m)).collect();
     source.request(&numbers);
@@ -503,12 +647,18 @@ async fn retrieve<S: Source, K: Sink>(
                 };
                 batch.bytes += staged.size();
                 batch.messages.push(((*message).clone(), staged));
-                if batch.messages.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
+                if batch.messages.len() >= batch_limit || batch.bytes >= BATCH_BYTES {
                     commits.submit(std::mem::take(&mut batch)).await;
                 }
             }
             Ok((_, Fetched::Refused)) => report.refused += 1,
-            Ok((_, Fetched::Rejected)) => report.rejected += 1,
+            Ok((_, Fetched::Failed)) => report.failed += 1,
+            Ok((number, Fetched::Rejected(rejection))) => {
+                report.rejected += 1;
+                if let Some(message) = by_number.get(&number) {
+                    rejections.push(((*message).clone(), rejection));
+                }
+            }
             Err(err) => {
                 result = Err(err);
                 break;
@@ -524,8 +674,10 @@ enum Fetched<T> {
     Staged(T),
     /// The server would not hand it out.
     Refused,
-    /// The sink did not take it.
-    Rejected,
+    /// The sink could not take it for now.
+    Failed,
+    /// The sink refused it for good.
+    Rejected(Rejection),
 }
 
 /// Retrieves the next message into the sink; says which one it was.
@@ -559,10 +711,15 @@ async fn retrieve_one<S: Source, K: Sink>(
     };
     match sink.finish(writer).await? {
         Acceptance::Accepted(staged) => Ok((number, Fetched::Staged(staged))),
-        Acceptance::TemporaryFailure(reason)
-        | Acceptance::PermanentFailure(crate::sink::Rejection { reason, .. }) => {
-            tracing::warn!("message {number} not delivered, left on the server: {reason}");
-            Ok((number, Fetched::Rejected))
+        Acceptance::TemporaryFailure(reason) => {
+            tracing::warn!(
+                "message {number} not delivered for now, left on the server for the next poll: {reason}"
+            );
+            Ok((number, Fetched::Failed))
+        }
+        Acceptance::PermanentFailure(rejection) => {
+            tracing::warn!("message {number} rejected: {}", rejection.reason);
+            Ok((number, Fetched::Rejected(rejection)))
         }
     }
 }
@@ -608,6 +765,13 @@ impl<C: Committer> CommitJob<C> {
             }
             staged.push(message);
         }
+        if !C::DEFERS_DURABILITY {
+            // Final already; the journal is synced once, at the end.
+            self.state
+                .record_accepted(&entries)
+                .map_err(|err| failed("cannot write the state file", err))?;
+            return Ok(done);
+        }
         let started = Instant::now();
         if let Err(err) = self.committer.sync(&staged) {
             self.committer.discard(staged);
@@ -640,6 +804,14 @@ impl<C: Committer> CommitJob<C> {
 }
 
 type CommitResult<C> = (CommitJob<C>, Result<Vec<(u32, u64)>, Error>);
+
+/// How a poll's commits ended.
+struct Committed {
+    /// (number, size) of each message durably delivered.
+    messages: Vec<(u32, u64)>,
+    error: Option<Error>,
+    state: Option<MailboxState>,
+}
 
 /// Runs one commit at a time on a blocking thread, in batch order, while
 /// the caller goes on downloading.
@@ -711,13 +883,39 @@ impl<C: Committer> CommitQueue<C> {
         }
     }
 
-    /// Waits for the last commit. Returns what was committed, and the first
-    /// commit error if there was one.
-    async fn finish(mut self) -> Result<Vec<(u32, u64)>, (Error, Vec<(u32, u64)>)> {
+    /// Waits for the last commit and makes the journal durable. Returns what
+    /// was committed, the first commit error if there was one, and the state
+    /// (gone only if a commit thread panicked).
+    async fn finish(mut self) -> Committed {
         self.wait().await;
-        match self.error {
-            None => Ok(self.committed),
-            Some(err) => Err((err, self.committed)),
+        let mut error = self.error;
+        let state = self.idle.map(|job| job.state);
+        let state = match state {
+            Some(mut state) if !C::DEFERS_DURABILITY => {
+                match tokio::task::spawn_blocking(move || state.sync().map(|()| state)).await {
+                    Ok(Ok(state)) => Some(state),
+                    Ok(Err(err)) => {
+                        error.get_or_insert(Error::new(
+                            Kind::Delivery,
+                            format!("cannot write the state file: {err}"),
+                        ));
+                        None
+                    }
+                    Err(join) => {
+                        error.get_or_insert(Error::new(
+                            Kind::Delivery,
+                            format!("commit thread failed: {join}"),
+                        ));
+                        None
+                    }
+                }
+            }
+            state => state,
+        };
+        Committed {
+            messages: self.committed,
+            error,
+            state,
         }
     }
 }
@@ -790,6 +988,236 @@ mod tests {
                 .unwrap()
                 .is_delivered("uid-1")
         );
+    }
+
+    /// A mailbox in memory: messages by number, with what was deleted.
+    struct MemorySource {
+        messages: Vec<(Listed, Vec<u8>)>,
+        queue: std::collections::VecDeque<u32>,
+        deleted: Vec<u32>,
+    }
+
+    impl MemorySource {
+        fn new(bodies: &[&str]) -> MemorySource {
+            let messages = bodies
+                .iter()
+                .enumerate()
+                .map(|(index, body)| {
+                    let number = index as u32 + 1;
+                    let listed = Listed {
+                        number,
+                        uid: Some(format!("uid-{number}")),
+                        size: Some(body.len() as u64),
+                        ..Listed::default()
+                    };
+                    (listed, body.as_bytes().to_vec())
+                })
+                .collect();
+            MemorySource {
+                messages,
+                queue: Default::default(),
+                deleted: Vec::new(),
+            }
+        }
+    }
+
+    impl Source for MemorySource {
+        async fn list(&mut self, _with_seen: bool) -> Result<crate::source::Listing, Error> {
+            Ok(crate::source::Listing {
+                identity: None,
+                messages: self
+                    .messages
+                    .iter()
+                    .map(|(listed, _)| listed.clone())
+                    .collect(),
+            })
+        }
+        async fn describe(&mut self, _messages: &mut [Listed]) -> Result<(), Error> {
+            Ok(())
+        }
+        fn request(&mut self, numbers: &[u32]) {
+            self.queue.extend(numbers);
+        }
+        async fn retrieve<W: MessageWriter>(
+            &mut self,
+            out: &mut W,
+        ) -> Result<(u32, Retrieved), Error> {
+            let number = self.queue.pop_front().expect("requested");
+            let body = &self.messages[number as usize - 1].1;
+            out.write(body).await.unwrap();
+            Ok((number, Retrieved::Complete))
+        }
+        async fn delete(&mut self, numbers: &[u32]) -> Result<usize, Error> {
+            self.deleted.extend(numbers);
+            Ok(numbers.len())
+        }
+        async fn mark_seen(&mut self, _numbers: &[u32]) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn finish(self) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// An MTA in memory whose verdict is written in each message: "tempfail"
+    /// or "reject" anywhere in it, else it takes it.
+    #[derive(Default)]
+    struct VerdictSink {
+        taken: Vec<Vec<u8>>,
+    }
+
+    struct Buffer(Vec<u8>);
+
+    impl MessageWriter for Buffer {
+        async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+            self.0.extend_from_slice(chunk);
+            Ok(())
+        }
+    }
+
+    impl Sink for VerdictSink {
+        type Writer = Buffer;
+        type Staged = crate::sink::Delivered;
+        type Committer = crate::sink::AlreadyDurable;
+
+        fn describe(&self) -> String {
+            "verdicts".into()
+        }
+        async fn begin(&mut self) -> Result<Buffer, Error> {
+            Ok(Buffer(Vec::new()))
+        }
+        async fn finish(&mut self, writer: Buffer) -> Result<Acceptance<Self::Staged>, Error> {
+            let text = String::from_utf8_lossy(&writer.0).into_owned();
+            if text.contains("tempfail") {
+                return Ok(Acceptance::TemporaryFailure("451 4.3.0 try later".into()));
+            }
+            if text.contains("reject") {
+                let mut capture = crate::sink::envelope::HeaderCapture::new();
+                capture.feed(&writer.0);
+                return Ok(Acceptance::PermanentFailure(Rejection {
+                    reason: "550 5.1.1 unknown user".into(),
+                    sender: capture
+                        .return_path()
+                        .filter(|sender| *sender != crate::sink::envelope::Sender::Null)
+                        .map(|sender| sender.address().to_owned()),
+                    headers: capture.headers().to_vec(),
+                }));
+            }
+            let size = writer.0.len() as u64;
+            self.taken.push(writer.0);
+            Ok(Acceptance::Accepted(crate::sink::Delivered { size }))
+        }
+        fn abort(&mut self, _writer: Buffer) {}
+        fn committer(&self) -> crate::sink::AlreadyDurable {
+            crate::sink::AlreadyDurable
+        }
+    }
+
+    fn account(extra: &str) -> Account {
+        let text = format!(
+            "[[account]]\nname = \"t\"\nprotocol = \"pop3\"\nhost = \"localhost\"\n\
+             username = \"u\"\ndeliver = \"smtp://127.0.0.1:9\"\nreceived_header = false\n{extra}"
+        );
+        crate::config::parse(Path::new("test"), &text)
+            .unwrap()
+            .accounts
+            .remove(0)
+    }
+
+    const MESSAGES: [&str; 4] = [
+        "Subject: fine\r\n\r\nok\r\n",
+        "Subject: later\r\n\r\ntempfail\r\n",
+        "Return-Path: <alice@example.org>\r\nSubject: no\r\n\r\nreject\r\n",
+        "Return-Path: <>\r\nSubject: bounce\r\n\r\nreject\r\n",
+    ];
+
+    async fn poll_memory(
+        account: &Account,
+        state_dir: &Path,
+    ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
+        let mut source = MemorySource::new(&MESSAGES);
+        let mut sink = VerdictSink::default();
+        let mut report = Report::new("t".into(), "verdicts", account);
+        let result = poll_mailbox(
+            &mut source,
+            &mut sink,
+            account,
+            state_dir,
+            "key",
+            &mut report,
+        )
+        .await;
+        (source, sink, report, result)
+    }
+
+    /// By default nothing the destination did not take leaves the server,
+    /// and it is tried again at the next poll.
+    #[tokio::test]
+    async fn refused_messages_stay_on_the_server_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let account = account("");
+        let (source, sink, report, result) = poll_memory(&account, dir.path()).await;
+        result.unwrap();
+        assert_eq!(sink.taken.len(), 1);
+        assert_eq!(source.deleted, [1]);
+        assert_eq!(
+            (report.delivered, report.failed, report.rejected),
+            (1, 1, 2)
+        );
+        assert_eq!((report.bounced, report.discarded), (0, 0));
+        assert_eq!(report.failure(), Some(Kind::Delivery));
+        assert!(
+            report.summary().contains(
+                "1 failed temporarily (left on the server), 2 rejected (2 left on the server)"
+            ),
+            "{}",
+            report.summary()
+        );
+
+        let (source, sink, report, _) = poll_memory(&account, dir.path()).await;
+        assert_eq!(
+            sink.taken.len(),
+            0,
+            "the delivered one is not delivered twice"
+        );
+        assert_eq!(source.deleted, [1], "…but deleted if still there");
+        assert_eq!((report.new, report.failed, report.rejected), (3, 1, 2));
+    }
+
+    /// on_reject = "delete" drops refused messages, never temporary failures,
+    /// and in keep mode records them so they are not tried again.
+    #[tokio::test]
+    async fn on_reject_delete_drops_only_permanent_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, _, report, result) =
+            poll_memory(&account("on_reject = \"delete\"\n"), dir.path()).await;
+        result.unwrap();
+        assert_eq!(source.deleted, [1, 3, 4]);
+        assert_eq!(
+            (report.rejected, report.discarded, report.failed),
+            (2, 2, 1)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let keep = account("on_reject = \"delete\"\nkeep = true\n");
+        let (source, _, _, _) = poll_memory(&keep, dir.path()).await;
+        assert!(source.deleted.is_empty(), "keep mode never deletes");
+        let (_, _, report, _) = poll_memory(&keep, dir.path()).await;
+        assert_eq!(report.new, 1, "only the temporary failure is tried again");
+        assert_eq!(report.failed, 1);
+    }
+
+    /// A bounce that cannot be sent keeps the message, and one with the null
+    /// sender is never bounced.
+    #[tokio::test]
+    async fn an_unsent_bounce_keeps_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        // Bounces go to the deliver MTA, and nothing listens on port 9 here.
+        let account = account("on_reject = \"bounce\"\n");
+        let (source, _, report, result) = poll_memory(&account, dir.path()).await;
+        result.unwrap();
+        assert_eq!(source.deleted, [1]);
+        assert_eq!((report.rejected, report.bounced), (2, 0));
     }
 
     #[test]

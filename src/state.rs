@@ -280,12 +280,19 @@ impl MailboxState {
     /// fdatasync for the whole batch). An intent, if any, must be journaled
     /// before its message becomes visible.
     pub fn record_delivered(&mut self, entries: &[Entry]) -> io::Result<()> {
+        self.record_accepted(entries)?;
+        self.sync()
+    }
+
+    /// Records deliveries that are already final elsewhere (an MTA's 250),
+    /// without waiting for the disk: the record survives the process being
+    /// killed at once, and a power loss after the next [`sync`](Self::sync).
+    pub fn record_accepted(&mut self, entries: &[Entry]) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let text: String = entries.iter().map(Entry::record).collect();
         self.append(&text)?;
-        self.journal.sync_data()?;
         for entry in entries {
             self.delivered
                 .insert(entry.id.clone(), entry.digest.clone());
@@ -295,6 +302,11 @@ impl MailboxState {
         }
         self.records += entries.len();
         Ok(())
+    }
+
+    /// Makes every record so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.journal.sync_data()
     }
 
     /// Records that these intents are published. Not synced: if the record

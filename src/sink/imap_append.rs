@@ -178,6 +178,40 @@ fn spool_error(err: io::Error) -> Error {
     Error::new(Kind::Delivery, format!("cannot spool the message: {err}"))
 }
 
+/// When the message reached the server it is fetched from: the newest
+/// Received date (else the Date), not counting the Received field mailfetch
+/// itself put on top, which says when it was fetched.
+fn original_arrival(headers: &[u8]) -> Option<mail_parser::DateTime> {
+    let mut capture = HeaderCapture::new();
+    capture.feed(without_own_trace(headers));
+    capture.arrival_date()
+}
+
+/// The header block without its first field if that is mailfetch's own
+/// Received field (see `received::Trace`).
+fn without_own_trace(headers: &[u8]) -> &[u8] {
+    if !headers
+        .get(..9)
+        .is_some_and(|name| name.eq_ignore_ascii_case(b"Received:"))
+    {
+        return headers;
+    }
+    // The field ends at the first line end not followed by a continuation.
+    let mut end = 0;
+    while let Some(lf) = memchr::memchr(b'\n', &headers[end..]) {
+        end += lf + 1;
+        if !matches!(headers.get(end), Some(b' ' | b'\t')) {
+            break;
+        }
+    }
+    let field = &headers[..end];
+    if memchr::memmem::find(field, b"mailfetch ").is_some() {
+        &headers[end..]
+    } else {
+        headers
+    }
+}
+
 /// An INTERNALDATE (`date-time` of RFC 3501): `" 3-Mar-2026 10:00:00 +0100"`.
 /// `None` for a date the server would refuse.
 fn internal_date(date: &mail_parser::DateTime) -> Option<String> {
@@ -328,9 +362,7 @@ impl Sink for ImapAppendSink {
                 self.target.host
             )));
         }
-        let date = writer
-            .capture
-            .arrival_date()
+        let date = original_arrival(writer.capture.headers())
             .as_ref()
             .and_then(internal_date);
         let mut created = false;
@@ -423,5 +455,42 @@ mod tests {
             Some("25-Dec-2026 23:59:59 -0530")
         );
         assert_eq!(date("yesterday"), None);
+    }
+
+    #[test]
+    fn the_date_is_the_original_arrival_not_the_fetch() {
+        let trace = crate::received::Trace {
+            server: "pop.example.org",
+            local_host: "here",
+            protocol: "POP3",
+            tls: true,
+            account: "old",
+            username: "alice",
+        }
+        .header(std::time::SystemTime::now());
+        let original = "Received: from mx by pop.example.org; Tue, 3 Mar 2026 10:00:00 +0100\r\n\
+                        Date: Mon, 2 Mar 2026 10:00:00 +0100\r\n\r\n";
+        let arrival = |headers: &str| {
+            original_arrival(headers.as_bytes())
+                .as_ref()
+                .and_then(internal_date)
+        };
+        let expected = Some(" 3-Mar-2026 10:00:00 +0100".to_owned());
+        assert_eq!(arrival(&format!("{trace}{original}")), expected);
+        assert_eq!(arrival(original), expected);
+        // Only a Received field of mailfetch's own is skipped.
+        assert_eq!(
+            arrival(&format!(
+                "Received: from a\r\n\tby b; Wed, 4 Mar 2026 10:00:00 +0000\r\n{original}"
+            )),
+            Some(" 4-Mar-2026 10:00:00 +0000".to_owned())
+        );
+        // mailfetch's alone: the Date.
+        assert_eq!(
+            arrival(&format!(
+                "{trace}Date: Mon, 2 Mar 2026 10:00:00 +0100\r\n\r\n"
+            )),
+            Some(" 2-Mar-2026 10:00:00 +0100".to_owned())
+        );
     }
 }

@@ -393,3 +393,28 @@ async fn a_missing_program_stops_the_poll_instead_of_refusing_mail() {
     let mut sink = dir.sink("procmail 'unterminated", &["bob"], LONG);
     assert!(sink.begin().await.is_err());
 }
+
+#[tokio::test]
+async fn spool_files_of_dead_processes_are_removed() {
+    let dir = Dir::new();
+    fs::create_dir_all(dir.spool()).unwrap();
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let orphan = dir.spool().join(format!("mda.{dead_pid}.0"));
+    let alive = dir.spool().join("append.1.0");
+    let unrelated = dir.spool().join("notes.txt");
+    for path in [&orphan, &alive, &unrelated] {
+        fs::write(path, "x").unwrap();
+    }
+    let script = dir.script("deliver", "cat > /dev/null");
+    let mut sink = dir.sink(&format!("{script} %T"), &["a", "b"], LONG);
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE, 1024).await,
+        Acceptance::Accepted(_)
+    ));
+    assert!(!orphan.exists());
+    assert!(alive.exists(), "pid 1 is alive");
+    assert!(unrelated.exists());
+}

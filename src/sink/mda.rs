@@ -129,10 +129,11 @@ pub fn parse_command(text: &str) -> Result<Vec<String>, String> {
     if in_word {
         words.push(word);
     }
-    if words.is_empty() {
-        return Err("empty command".into());
+    match words.first() {
+        None => Err("empty command".into()),
+        Some(program) if program.is_empty() => Err("empty program name".into()),
+        Some(_) => Ok(words),
     }
-    Ok(words)
 }
 
 /// Replaces `%T`, `%F` and `%%` in one word; other `%` sequences stay as
@@ -331,6 +332,7 @@ impl SpoolFile {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        remove_orphans_once(dir);
         loop {
             let path = dir.join(format!(
                 "{prefix}.{}.{}",
@@ -364,6 +366,50 @@ impl SpoolFile {
         file.rewind()?;
         Ok(tokio::fs::File::from_std(file))
     }
+}
+
+/// Spool files are named `PREFIX.PID.N`; those the prefixes here name.
+const SPOOL_PREFIXES: &[&str] = &["mda", "append"];
+
+/// Removes, once per process and directory, spool files left by a process
+/// that died (a crash or `kill -9` mid-message): their messages are still on
+/// the server, and the files would otherwise stay forever.
+fn remove_orphans_once(dir: &Path) {
+    static CLEANED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    {
+        let mut cleaned = CLEANED.lock().unwrap_or_else(|poison| poison.into_inner());
+        if cleaned.iter().any(|done| done == dir) {
+            return;
+        }
+        cleaned.push(dir.to_owned());
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = orphan_pid(&name.to_string_lossy()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            debug!("removing orphaned spool file {}", entry.path().display());
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pid in a spool file name of another process, if it is one.
+fn orphan_pid(name: &str) -> Option<i32> {
+    let mut parts = name.split('.');
+    let (prefix, pid, counter) = (parts.next()?, parts.next()?, parts.next()?);
+    let pid: i32 = pid.parse().ok()?;
+    let ours = SPOOL_PREFIXES.contains(&prefix)
+        && counter.parse::<u64>().is_ok()
+        && parts.next().is_none();
+    (ours && pid > 0 && pid as u32 != std::process::id()).then_some(pid)
 }
 
 impl Drop for SpoolFile {
@@ -828,6 +874,17 @@ mod tests {
         );
         assert!(parse_command("").is_err());
         assert!(parse_command("   ").is_err());
+        assert!(parse_command("'' -d %T").unwrap_err().contains("program"));
+    }
+
+    #[test]
+    fn orphaned_spool_files_are_recognised_by_name() {
+        assert_eq!(orphan_pid("mda.12345.0"), Some(12345));
+        assert_eq!(orphan_pid("append.7.42"), Some(7));
+        assert_eq!(orphan_pid(&format!("mda.{}.3", std::process::id())), None);
+        assert_eq!(orphan_pid("other.12345.0"), None);
+        assert_eq!(orphan_pid("mda.12345.0.x"), None);
+        assert_eq!(orphan_pid("mda.x.0"), None);
     }
 
     #[test]

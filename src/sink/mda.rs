@@ -694,7 +694,9 @@ impl Sink for MdaSink {
     }
 
     async fn finish(&mut self, mut writer: MdaWriter) -> Result<Acceptance<Delivered>, Error> {
+        let before = writer.buffer.len();
         writer.lf.end(&mut writer.buffer);
+        writer.size += (writer.buffer.len() - before) as u64;
         if matches!(writer.dest, Dest::Waiting) {
             // A message without a blank line after its header block.
             writer.start();

@@ -73,7 +73,6 @@ fn archived(dovecot: &Dovecot) -> Vec<Vec<u8>> {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn a_pop3_mailbox_moves_into_an_imap_folder_with_its_dates() {
     let Some(dovecot) = server(3) else { return };
     let scratch = Scratch::new();
@@ -124,7 +123,6 @@ fn a_pop3_mailbox_moves_into_an_imap_folder_with_its_dates() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn seen_marks_moved_mail_read() {
     let Some(dovecot) = server(2) else { return };
     let scratch = Scratch::new();
@@ -138,7 +136,6 @@ fn seen_marks_moved_mail_read() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn a_refused_login_at_the_destination_deletes_nothing() {
     let Some(dovecot) = server(3) else { return };
     let scratch = Scratch::new();
@@ -154,7 +151,6 @@ fn a_refused_login_at_the_destination_deletes_nothing() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn an_unreachable_destination_deletes_nothing() {
     let Some(dovecot) = server(3) else { return };
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -171,7 +167,6 @@ fn an_unreachable_destination_deletes_nothing() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn a_refused_append_keeps_the_message_on_the_source() {
     let Some(dovecot) = server(2) else { return };
     let scratch = Scratch::new();

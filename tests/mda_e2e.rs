@@ -76,7 +76,6 @@ fn command(script: &Path) -> String {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn exit_0_delivers_and_then_the_source_deletes() {
     let Some(dovecot) = server(3) else { return };
     let scratch = Scratch::new();
@@ -103,7 +102,6 @@ fn exit_0_delivers_and_then_the_source_deletes() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn exit_75_keeps_the_message_on_the_source_for_the_next_poll() {
     let Some(dovecot) = server(3) else { return };
     let scratch = Scratch::new();
@@ -134,7 +132,6 @@ fn exit_75_keeps_the_message_on_the_source_for_the_next_poll() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn a_permanent_refusal_keeps_the_message_by_default() {
     let Some(dovecot) = server(2) else { return };
     let scratch = Scratch::new();
@@ -152,7 +149,6 @@ fn a_permanent_refusal_keeps_the_message_by_default() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn an_mda_past_its_time_limit_keeps_the_message() {
     let Some(dovecot) = server(1) else { return };
     let scratch = Scratch::new();
@@ -169,7 +165,6 @@ fn an_mda_past_its_time_limit_keeps_the_message() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn a_missing_mda_stops_the_poll_and_deletes_nothing() {
     let Some(dovecot) = server(2) else { return };
     let scratch = Scratch::new();
@@ -182,7 +177,6 @@ fn a_missing_mda_stops_the_poll_and_deletes_nothing() {
 }
 
 #[test]
-#[ignore = "until pipeline::poll builds MdaSink/ImapAppendSink (lead's wiring)"]
 fn several_recipients_each_get_every_message() {
     let Some(dovecot) = server(2) else { return };
     let scratch = Scratch::new();

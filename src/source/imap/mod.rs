@@ -10,6 +10,8 @@ pub mod codec;
 pub mod utf7;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -62,6 +64,9 @@ struct Selected {
     name: String,
     uidvalidity: Option<u32>,
     exists: u32,
+    /// How many messages the last listing found, to tell whether the
+    /// server announced more since.
+    listed: u32,
     /// Sizes learned in `describe`, to check body literals against.
     sizes: HashMap<u32, u64>,
 }
@@ -601,6 +606,112 @@ impl Imap {
         self.selected.as_ref().map_or("", |s| s.name.as_str())
     }
 
+    // ---- waiting for mail (IDLE) --------------------------------------------
+
+    /// Whether the server supports IDLE (RFC 2177).
+    pub fn has_idle(&self) -> bool {
+        self.caps.contains("IDLE")
+    }
+
+    /// Waits in the selected folder, with IDLE, until new mail arrives,
+    /// `duration` passes, or `interrupt` completes; then ends the IDLE and
+    /// says which it was. The session is ready for other commands after an
+    /// `Ok`, and unusable after an `Err`.
+    pub async fn idle(
+        &mut self,
+        duration: Duration,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Woken, Error> {
+        let (exists, listed) = self
+            .selected
+            .as_ref()
+            .map_or((0, 0), |s| (s.exists, s.listed));
+        if exists > listed {
+            // Mail arrived after the last listing, and the server said so
+            // in an answer to another command.
+            return Ok(Woken::NewMail);
+        }
+        let tag = self.tag();
+        let mut idle = codec::Idle::new(&tag, exists);
+        debug!(target: TRACE, "C: {tag} IDLE");
+        self.wire.write_all(&idle.command()).await?;
+        // While idling, the server is silent for as long as nothing happens.
+        let normal = self.wire.set_timeout(duration + Duration::from_secs(60));
+        let result = self.wait_idle(&mut idle, duration, interrupt).await;
+        self.wire.set_timeout(normal);
+        result
+    }
+
+    async fn wait_idle(
+        &mut self,
+        idle: &mut codec::Idle,
+        duration: Duration,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Woken, Error> {
+        let deadline = tokio::time::sleep(duration);
+        tokio::pin!(deadline);
+        tokio::pin!(interrupt);
+        let mut woken = None;
+        loop {
+            // A read in progress may be dropped below: `wire` buffers
+            // partial lines, so nothing is lost unless a response carrying
+            // a literal was cut between its parts, which IDLE's untagged
+            // responses (EXISTS, EXPUNGE, FETCH FLAGS) do not have.
+            let response = if idle.is_idling() && woken.is_none() {
+                tokio::select! {
+                    response = self.read_plain() => response?,
+                    () = &mut deadline => {
+                        woken = Some(Woken::Timeout);
+                        self.end_idle(idle).await?;
+                        continue;
+                    }
+                    () = &mut interrupt => {
+                        woken = Some(Woken::Interrupted);
+                        self.end_idle(idle).await?;
+                        continue;
+                    }
+                }
+            } else {
+                self.read_plain().await?
+            };
+            let event = idle
+                .on_response(&response)
+                .map_err(|err| self.error(Kind::Protocol, &format!("during IDLE: {err}")))?;
+            match event {
+                codec::IdleEvent::Started => {}
+                codec::IdleEvent::NewMail { exists } => {
+                    if let Some(selected) = &mut self.selected {
+                        selected.exists = exists;
+                    }
+                    if woken.is_none() {
+                        woken = Some(Woken::NewMail);
+                        self.end_idle(idle).await?;
+                    }
+                }
+                codec::IdleEvent::Nothing => self.untagged(response)?,
+                // The server may end an IDLE by itself: renew it.
+                codec::IdleEvent::Finished => return Ok(woken.unwrap_or(Woken::Timeout)),
+                codec::IdleEvent::Refused(text) => {
+                    return Err(self.error(Kind::Server, &format!("IDLE failed: {text}")));
+                }
+                codec::IdleEvent::Bye(text) => {
+                    return Err(self.error(
+                        Kind::Connection,
+                        &format!("the server ended the session: {text}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn end_idle(&mut self, idle: &mut codec::Idle) -> Result<(), Error> {
+        if idle.done() {
+            debug!(target: TRACE, "C: DONE");
+            self.wire.write_all(codec::Idle::DONE).await?;
+        }
+        Ok(())
+    }
+
     // ---- mailboxes ------------------------------------------------------
 
     /// Opens a folder; read-only when nothing will be changed in it.
@@ -609,6 +720,7 @@ impl Imap {
             name: name.to_owned(),
             uidvalidity: None,
             exists: 0,
+            listed: 0,
             sizes: HashMap::new(),
         });
         let command = format!(
@@ -703,6 +815,17 @@ impl Imap {
     }
 }
 
+/// Why an [`Imap::idle`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The folder has new mail.
+    NewMail,
+    /// The IDLE lasted its whole duration (or the server ended it).
+    Timeout,
+    /// The caller's `interrupt` completed.
+    Interrupted,
+}
+
 /// Stands in for a sink where a response can carry no body of ours.
 struct NoWriter;
 
@@ -774,6 +897,9 @@ impl Source for Imap {
             return Ok(listing);
         }
         let all = self.search("ALL").await?;
+        if let Some(selected) = &mut self.selected {
+            selected.listed = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        }
         let unseen: HashSet<u32> = if with_seen {
             self.search("UNSEEN").await?.into_iter().collect()
         } else {

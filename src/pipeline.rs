@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
@@ -34,6 +35,22 @@ use crate::source::imap::Imap;
 use crate::source::pop3::Pop3;
 use crate::source::{Listed, Retrieved, Source};
 use crate::state::{Entry, MailboxState};
+
+/// Set when the process is shutting down: retrievals stop requesting
+/// messages, and what is complete is committed (see [`stop_retrieving`]).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every poll in progress stop before its next message: messages
+/// already complete are committed as usual, the session is then dropped
+/// without deleting anything, and the rest waits for the next run.
+pub fn stop_retrieving() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`stop_retrieving`] was called.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 /// A batch is committed when it holds this many messages…
 const BATCH_MESSAGES: usize = 256;
@@ -253,6 +270,41 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
         }
     }
     reports
+}
+
+/// Polls one folder of an open IMAP session (daemon mode, IDLE): opens the
+/// folder, delivers what is new and leaves it open. A report with an error
+/// means the session should not be used any more, except when the server
+/// refused to open the folder ([`Kind::Server`] before anything else).
+pub async fn poll_imap_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Report {
+    let started = Instant::now();
+    let DeliverTarget::Maildir(path) = &account.deliver;
+    let mut report = Report::new(
+        format!("{}/{folder}", account.name),
+        &format!("maildir {}", path.display()),
+        account,
+    );
+    let result = async {
+        let mut sink = MaildirSink::open(path)?;
+        report.destination = sink.describe();
+        source
+            .select(folder, account.keep && !account.mark_seen)
+            .await?;
+        let key = format!(
+            "imap {}@{}:{}/{folder}",
+            account.username, account.host, account.port
+        );
+        poll_mailbox(source, &mut sink, account, state_dir, &key, &mut report).await
+    }
+    .await;
+    report.error = result.err();
+    report.elapsed = started.elapsed();
+    report
 }
 
 fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
@@ -487,6 +539,15 @@ async fn retrieve<S: Source, K: Sink>(
     let mut batch = Batch::default();
     let mut result = Ok(());
     for _ in messages {
+        if is_stopping() {
+            // Requests may still be in flight: the session cannot be used
+            // for deletions any more, so this ends the poll as failed.
+            result = Err(Error::new(
+                Kind::Server,
+                "interrupted: mailfetch is shutting down; the rest is fetched next time",
+            ));
+            break;
+        }
         match retrieve_one(source, sink, header).await {
             Ok((number, Fetched::Staged(staged))) => {
                 let Some(message) = by_number.get(&number) else {

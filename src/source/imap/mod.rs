@@ -622,6 +622,12 @@ impl Imap {
         duration: Duration,
         interrupt: impl Future<Output = ()>,
     ) -> Result<Woken, Error> {
+        // A body fetch may still await its completion (its body was handed
+        // over already): read it first, IDLE wants the line to itself.
+        while !self.in_flight.is_empty() {
+            let response = self.read_plain().await?;
+            self.untagged(response)?;
+        }
         let (exists, listed) = self
             .selected
             .as_ref()

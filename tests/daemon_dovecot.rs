@@ -435,3 +435,61 @@ fn json_logs_are_one_object_per_line() {
         run.stderr
     );
 }
+
+/// A dropped IDLE connection (the server kicks the user) is reconnected
+/// after a short backoff, and mail arriving after that is delivered.
+#[test]
+fn a_dropped_idle_connection_reconnects() {
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    dovecot.add_user("alice", PASSWORD);
+    let scratch = Scratch::new();
+    let maildir = scratch.maildir();
+    scratch.write_config(&imap_account(
+        &dovecot,
+        "work",
+        "alice",
+        &maildir,
+        "idle = true\ninterval = \"1h\"\nkeep = true",
+    ));
+    let mut daemon = Daemon::start(&scratch, &[]);
+    daemon.wait_for("work/INBOX: 0 new", 1, Duration::from_secs(20));
+    // Give the session a moment to enter IDLE, then cut it.
+    thread::sleep(Duration::from_millis(300));
+    dovecot.doveadm_ok(&["kick", "alice"]);
+    daemon.wait_for("IDLE connection lost", 1, Duration::from_secs(10));
+    daemon.wait_for("work/INBOX: 0 new", 2, Duration::from_secs(15));
+    dovecot.save("alice", "INBOX", &sample_message(1));
+    wait_delivered(&maildir, 1, Duration::from_secs(5));
+}
+
+/// A server without IDLE: the folder is polled at the interval instead.
+#[test]
+fn a_server_without_idle_is_polled_instead() {
+    use support::fake_imap::{self, FakeImap, Message, Script};
+    let server = FakeImap::inbox(
+        vec![Message::new("Subject: one\n\nfirst\n")],
+        Script::default(),
+    );
+    let scratch = Scratch::new();
+    let maildir = scratch.maildir();
+    scratch.write_config(&format!(
+        "[[account]]\nname = \"fake\"\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         tls = \"none\"\nusername = \"{}\"\npassword = \"{}\"\ndeliver = \"maildir:{}\"\n\
+         keep = true\nidle = true\ninterval = \"1s\"\n",
+        server.port(),
+        fake_imap::USER,
+        fake_imap::PASSWORD,
+        maildir.display()
+    ));
+    let mut daemon = Daemon::start(&scratch, &[]);
+    daemon.wait_for(
+        "does not support IDLE; polling INBOX every 1 s",
+        1,
+        Duration::from_secs(10),
+    );
+    wait_delivered(&maildir, 1, Duration::from_secs(10));
+    server.add_message("INBOX", Message::new("Subject: two\n\nsecond\n"));
+    wait_delivered(&maildir, 2, Duration::from_secs(10));
+}

@@ -437,7 +437,8 @@ fn json_logs_are_one_object_per_line() {
 }
 
 /// A dropped IDLE connection (the server kicks the user) is reconnected
-/// after a short backoff, and mail arriving after that is delivered.
+/// after a short backoff, and mail arriving after that is delivered, in
+/// delete mode, again and again.
 #[test]
 fn a_dropped_idle_connection_reconnects() {
     let Some(dovecot) = Dovecot::start() else {
@@ -451,7 +452,7 @@ fn a_dropped_idle_connection_reconnects() {
         "work",
         "alice",
         &maildir,
-        "idle = true\ninterval = \"1h\"\nkeep = true",
+        "idle = true\ninterval = \"1h\"",
     ));
     let mut daemon = Daemon::start(&scratch, &[]);
     daemon.wait_for("work/INBOX: 0 new", 1, Duration::from_secs(20));
@@ -462,6 +463,12 @@ fn a_dropped_idle_connection_reconnects() {
     daemon.wait_for("work/INBOX: 0 new", 2, Duration::from_secs(15));
     dovecot.save("alice", "INBOX", &sample_message(1));
     wait_delivered(&maildir, 1, Duration::from_secs(5));
+    // Delete mode: the message was expunged, and the next one (which the
+    // server announces as `* 1 EXISTS` again) is still new mail.
+    daemon.wait_for("1 deleted", 1, Duration::from_secs(5));
+    dovecot.save("alice", "INBOX", &sample_message(2));
+    wait_delivered(&maildir, 2, Duration::from_secs(5));
+    assert!(dovecot.uids("alice", "INBOX", &["ALL"]).len() <= 1);
 }
 
 /// A server without IDLE: the folder is polled at the interval instead.

@@ -449,6 +449,13 @@ impl Imap {
                     selected.exists = n;
                 }
             }
+            Response::Untagged(Untagged::Expunge(_)) => {
+                // Keeps the counts IDLE compares in step after a deletion.
+                if let Some(selected) = &mut self.selected {
+                    selected.exists = selected.exists.saturating_sub(1);
+                    selected.listed = selected.listed.saturating_sub(1);
+                }
+            }
             Response::Untagged(Untagged::Status {
                 status: Status::Bye,
                 text,

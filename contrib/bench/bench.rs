@@ -46,7 +46,9 @@
 //! [--accounts N] [--account-messages M] [--idle-seconds S]`
 //! where NAME is one of the scenarios above, `pop3` (mixed, big), `imap`
 //! (the three IMAP ones) or `all` (the default).
-//! Run it through `contrib/bench/run.sh`.
+//! Run it through `contrib/bench/run.sh`. `BENCH_GENERAL` adds
+//! `;`-separated keys to mailfetch's `[general]` in `accounts`, e.g.
+//! `BENCH_GENERAL="max_connections = 16"`.
 
 #[path = "../../tests/support/dovecot.rs"]
 mod dovecot;
@@ -570,8 +572,11 @@ fn fleet_command(
     Ok(match tool {
         Tool::Mailfetch(bin) => {
             let mut text = format!(
-                "[general]\nstate_dir = \"{}\"\n",
-                run_dir.join("state").display()
+                "[general]\nstate_dir = \"{}\"\n{}",
+                run_dir.join("state").display(),
+                std::env::var("BENCH_GENERAL")
+                    .unwrap_or_default()
+                    .replace(';', "\n")
             );
             for (i, maildir) in maildirs.iter().enumerate().take(accounts) {
                 text.push_str(&format!(

@@ -23,10 +23,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(scratch: &Scratch, args: &[&str]) -> Daemon {
+        Self::start_with_env(scratch, args, &[])
+    }
+
+    fn start_with_env(scratch: &Scratch, args: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let log = scratch
             .path()
             .join(format!("daemon-{}.log", files_in(scratch.path()).len()));
         let child = Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(scratch.config_path())
             .arg("--daemon")
@@ -499,4 +504,89 @@ fn a_server_without_idle_is_polled_instead() {
     wait_delivered(&maildir, 1, Duration::from_secs(10));
     server.add_message("INBOX", Message::new("Subject: two\n\nsecond\n"));
     wait_delivered(&maildir, 2, Duration::from_secs(10));
+}
+
+/// Under systemd (`Type=notify`): READY=1 once the configuration is
+/// loaded, STATUS= with the last poll's summary, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_is_notified_of_readiness_status_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    dovecot.add_user("alice", PASSWORD);
+    dovecot.add_message("alice", &sample_message(1));
+    let scratch = Scratch::new();
+    scratch.write_config(&pop3_account(
+        &dovecot,
+        "home",
+        "alice",
+        &scratch.maildir(),
+        "interval = \"1h\"",
+    ));
+    let socket_path = scratch.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon =
+        Daemon::start_with_env(&scratch, &[], &[("NOTIFY_SOCKET", socket_path.as_path())]);
+    let mut received = Vec::new();
+    let mut next = || {
+        let mut buf = [0; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    received.push(next());
+    assert!(received[0].starts_with("READY=1"), "{received:?}");
+    received.push(next());
+    assert!(
+        received[1].starts_with("STATUS=last poll: home: 1 new, 1 delivered"),
+        "{received:?}"
+    );
+    daemon.signal(libc::SIGTERM);
+    received.push(next());
+    assert!(received[2].starts_with("STOPPING=1"), "{received:?}");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, 0);
+}
+
+/// A rejected password is logged prominently, without the password, and
+/// the account waits long before the next try.
+#[test]
+fn a_rejected_login_is_logged_loudly_and_backs_off_long() {
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    dovecot.add_user("alice", PASSWORD);
+    let scratch = Scratch::new();
+    let account = pop3_account(
+        &dovecot,
+        "home",
+        "alice",
+        &scratch.maildir(),
+        "interval = \"1s\"",
+    )
+    .replace(PASSWORD, "Wr0ng-Secret");
+    scratch.write_config(&account);
+    let mut daemon = Daemon::start(&scratch, &[]);
+    daemon.wait_for("LOGIN REJECTED", 1, Duration::from_secs(20));
+    thread::sleep(Duration::from_secs(2));
+    let log = daemon.log();
+    assert!(
+        log.contains("LOGIN REJECTED by 127.0.0.1 for user alice: check the password"),
+        "{log}"
+    );
+    // At least 7.5 minutes (15 minutes with up to half of jitter).
+    assert!(log.contains(" min before trying again"), "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("home: 0 new")).count(),
+        1,
+        "retried too soon:\n{log}"
+    );
+    assert!(
+        !log.contains("Wr0ng-Secret"),
+        "the password is in the log:\n{log}"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, 0);
 }

@@ -532,7 +532,7 @@ fn systemd_is_notified_of_readiness_status_and_stopping() {
     let mut daemon =
         Daemon::start_with_env(&scratch, &[], &[("NOTIFY_SOCKET", socket_path.as_path())]);
     let mut received = Vec::new();
-    let mut next = || {
+    let next = || {
         let mut buf = [0; 4096];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()

@@ -449,6 +449,11 @@ impl Worker {
                     return SessionEnd::Failed(err);
                 }
                 schedule.after(Outcome::Success, 0.0);
+                if report.deferred > 0 && !self.is_stopped() {
+                    // max_per_poll left some for the next poll: no need to
+                    // wait for new mail to take them.
+                    continue;
+                }
             }
             if self.is_stopped() {
                 break;

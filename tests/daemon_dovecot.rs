@@ -590,3 +590,27 @@ fn a_rejected_login_is_logged_loudly_and_backs_off_long() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, 0);
 }
+
+/// With max_per_poll, an IDLE folder takes the rest in further polls at
+/// once rather than waiting for the next new message.
+#[test]
+fn idle_with_max_per_poll_takes_the_rest_without_waiting() {
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    dovecot.add_user("alice", PASSWORD);
+    for n in 1..=5 {
+        dovecot.save("alice", "INBOX", &sample_message(n));
+    }
+    let scratch = Scratch::new();
+    let maildir = scratch.maildir();
+    scratch.write_config(&imap_account(
+        &dovecot,
+        "work",
+        "alice",
+        &maildir,
+        "idle = true\ninterval = \"1h\"\nkeep = true\nmax_per_poll = 2",
+    ));
+    let _daemon = Daemon::start(&scratch, &[]);
+    wait_delivered(&maildir, 5, Duration::from_secs(10));
+}

@@ -13,7 +13,12 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 const HELP: &str = "\
-mailfetch - fetch mail from POP3 and IMAP servers into a Maildir, never losing a message
+mailfetch - fetch mail from POP3 and IMAP servers, never losing a message
+
+Delivers into a Maildir, to an MTA (SMTP, LMTP), to an MDA command or into
+another IMAP server (deliver = \"maildir:…\", \"smtp://…\", \"lmtp:…\",
+\"mda:…\", \"imap://…\"). A message leaves the server only once its
+destination has durably taken it.
 
 USAGE:
     mailfetch [OPTIONS]
@@ -52,7 +57,8 @@ EXIT CODES (as fetchmail's):
     6   configuration or secret file readable by others
     7   server error or timeout
     8   another mailfetch holds the lock on the state directory
-    10  delivery failed
+    10  delivery failed: the destination refused a message (it stays on
+        the server unless on_reject says otherwise) or could not be written
     A poll that delivered some mail and then failed counts as failed. With
     several accounts or folders and none of them succeeding with mail, the
     highest code wins.

@@ -261,8 +261,6 @@ impl Session {
 
     // ---- commands and responses ------------------------------------------
 
-    // ---- commands and responses ------------------------------------------
-
     pub fn tag(&mut self) -> String {
         let tag = format!("M{}", self.next_tag);
         self.next_tag += 1;
@@ -419,7 +417,7 @@ impl Session {
             .map_err(|err| self.error(Kind::Protocol, &format!("malformed response: {err}")))
     }
 
-    async fn read_literal(&mut self, len: usize) -> Result<Vec<u8>, Error> {
+    pub async fn read_literal(&mut self, len: usize) -> Result<Vec<u8>, Error> {
         let mut data = Vec::with_capacity(len);
         while data.len() < len {
             if self.wire.unread().is_empty() {

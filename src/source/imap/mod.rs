@@ -18,7 +18,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use self::codec::{Code, Fetch, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, Status, Untagged};
-use super::wire::{ServerSpec, Wire};
+use super::wire::ServerSpec;
 use super::{Listed, Listing, Retrieved, Source};
 use crate::config::{Account, Secret};
 use crate::error::{Error, Kind};
@@ -41,12 +41,9 @@ const SIZE_SLACK: u64 = 64 * 1024;
 
 /// A logged-in IMAP session.
 pub struct Imap {
-    wire: Wire,
-    host: String,
-    caps: HashSet<String>,
-    next_tag: u32,
-    /// Send folder names as UTF-8 (RFC 6855) rather than modified UTF-7.
-    utf8: bool,
+    /// The connection, capabilities and tags, shared with the APPEND sink's
+    /// code; what follows is what only fetching needs.
+    session: Session,
     selected: Option<Selected>,
     /// `UID FETCH` commands not sent yet.
     queued: VecDeque<u32>,
@@ -80,19 +77,9 @@ enum After {
 impl Imap {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Imap, Error> {
-        let Session {
-            wire,
-            host,
-            caps,
-            next_tag,
-            utf8,
-        } = Session::connect(&ServerSpec::from(account), secret).await?;
+        let session = Session::connect(&ServerSpec::from(account), secret).await?;
         Ok(Imap {
-            wire,
-            host,
-            caps,
-            next_tag,
-            utf8,
+            session,
             selected: None,
             queued: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -105,49 +92,7 @@ impl Imap {
         })
     }
 
-    fn learn_caps(&mut self, code: Option<&Code>) {
-        if let Some(code) = code.filter(|code| code.name == "CAPABILITY") {
-            self.caps = code
-                .args
-                .split_ascii_whitespace()
-                .map(str::to_ascii_uppercase)
-                .collect();
-        }
-    }
-
     // ---- commands and responses ------------------------------------------
-
-    fn tag(&mut self) -> String {
-        let tag = format!("M{}", self.next_tag);
-        self.next_tag += 1;
-        tag
-    }
-
-    /// An astring: quoted when it can be, else a literal. Non-ASCII text
-    /// may be quoted only once UTF8=ACCEPT is enabled.
-    fn astring(&self, text: &str) -> String {
-        let quotable = |b: u8| (0x20..0x7f).contains(&b) || (self.utf8 && b >= 0x80);
-        if !text.is_empty() && text.bytes().all(quotable) {
-            format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-        } else {
-            let plus = if self.caps.contains("LITERAL+") {
-                "+"
-            } else {
-                ""
-            };
-            format!("{{{}{plus}}}\r\n{text}", text.len())
-        }
-    }
-
-    /// A folder name as the server wants it: UTF-8 if it accepts that,
-    /// else modified UTF-7.
-    fn mailbox(&self, name: &str) -> String {
-        if self.utf8 {
-            self.astring(name)
-        } else {
-            self.astring(&utf7::encode(name))
-        }
-    }
 
     /// Reads a response that cannot carry a message body of ours.
     async fn read_plain(&mut self) -> Result<Response, Error> {
@@ -156,10 +101,12 @@ impl Imap {
 
     /// Sends a command and waits for its completion; `NO`/`BAD` is an error.
     async fn simple(&mut self, command: &str) -> Result<Option<Code>, Error> {
-        let tag = self.send(command).await?;
+        let tag = self.session.send(command).await?;
         let (status, code, text) = self.finish_tagged(&tag).await?;
         if status != Status::Ok {
-            return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
+            return Err(self
+                .session
+                .error(Kind::Server, &format!("{command} failed: {text}")));
         }
         Ok(code)
     }
@@ -171,7 +118,7 @@ impl Imap {
         command: &str,
         keep: impl Fn(&Untagged) -> bool,
     ) -> Result<Vec<Untagged>, Error> {
-        let tag = self.send(command).await?;
+        let tag = self.session.send(command).await?;
         let mut kept = Vec::new();
         loop {
             match self.read_plain().await? {
@@ -183,22 +130,15 @@ impl Imap {
                     ..
                 } if done == tag => {
                     if status != Status::Ok {
-                        return Err(self.error(Kind::Server, &format!("{command} failed: {text}")));
+                        return Err(self
+                            .session
+                            .error(Kind::Server, &format!("{command} failed: {text}")));
                     }
                     return Ok(kept);
                 }
                 other => self.untagged(other)?,
             }
         }
-    }
-
-    async fn send(&mut self, command: &str) -> Result<String, Error> {
-        let tag = self.tag();
-        debug!(target: TRACE, "C: {tag} {command}");
-        self.wire
-            .write_all(format!("{tag} {command}\r\n").as_bytes())
-            .await?;
-        Ok(tag)
     }
 
     /// Reads responses until `tag` completes, handling untagged ones.
@@ -220,7 +160,7 @@ impl Imap {
     fn untagged(&mut self, response: Response) -> Result<(), Error> {
         match response {
             Response::Untagged(Untagged::Capability(caps)) => {
-                self.caps = caps.into_iter().collect()
+                self.session.caps = caps.into_iter().collect()
             }
             Response::Untagged(Untagged::Exists(n)) => {
                 if let Some(selected) = &mut self.selected {
@@ -239,7 +179,7 @@ impl Imap {
                 text,
                 ..
             }) => {
-                return Err(self.error(
+                return Err(self.session.error(
                     Kind::Server,
                     &format!("the server ended the session: {text}"),
                 ));
@@ -254,8 +194,8 @@ impl Imap {
                         selected.uidvalidity = code.args.trim().parse().ok();
                     }
                 }
-                "CAPABILITY" => self.learn_caps(Some(&code)),
-                "ALERT" => warn!("{}: server alert: {text}", self.host),
+                "CAPABILITY" => self.session.learn_caps(Some(&code)),
+                "ALERT" => warn!("{}: server alert: {text}", self.session.host),
                 _ => {}
             },
             // A body fetch completing after its body was handed over.
@@ -264,7 +204,7 @@ impl Imap {
                 self.answered.remove(&uid);
             }
             Response::Tagged { tag, text, .. } => {
-                return Err(self.error(
+                return Err(self.session.error(
                     Kind::Protocol,
                     &format!("unexpected completion of {tag}: {text}"),
                 ));
@@ -283,17 +223,17 @@ impl Imap {
     ) -> Result<Response, Error> {
         let mut parts = Vec::new();
         loop {
-            let line = self.wire.read_line(MAX_LINE).await?;
+            let line = self.session.wire.read_line(MAX_LINE).await?;
             trace_line(&line);
             let announced = codec::literal_len(&line)
-                .map_err(|err| self.error(Kind::Protocol, &err.to_string()))?;
+                .map_err(|err| self.session.error(Kind::Protocol, &err.to_string()))?;
             let streams_body = announced.is_some() && codec::is_message_body(&line);
             parts.push(Part::Text(line));
             let Some(len) = announced else { break };
             if streams_body {
                 let limit = self.body_limit(codec::uid_in(parts_text(&parts)));
                 if len > limit {
-                    return Err(self.error(
+                    return Err(self.session.error(
                         Kind::Protocol,
                         &format!("the server announced a {len}-byte message where at most {limit} bytes were expected"),
                     ));
@@ -303,30 +243,20 @@ impl Imap {
                 parts.push(Part::Streamed(len));
             } else {
                 if len > MAX_SMALL_LITERAL {
-                    return Err(self.error(
+                    return Err(self.session.error(
                         Kind::Protocol,
                         &format!("the server announced a {len}-byte literal"),
                     ));
                 }
-                parts.push(Part::Literal(self.read_literal(len as usize).await?));
+                parts.push(Part::Literal(
+                    self.session.read_literal(len as usize).await?,
+                ));
             }
         }
-        codec::parse(&parts)
-            .map_err(|err| self.error(Kind::Protocol, &format!("malformed response: {err}")))
-    }
-
-    async fn read_literal(&mut self, len: usize) -> Result<Vec<u8>, Error> {
-        let mut data = Vec::with_capacity(len);
-        while data.len() < len {
-            if self.wire.unread().is_empty() {
-                self.wire.fill_or_eof().await?;
-            }
-            let unread = self.wire.unread();
-            let take = unread.len().min(len - data.len());
-            data.extend_from_slice(&unread[..take]);
-            self.wire.consume(take);
-        }
-        Ok(data)
+        codec::parse(&parts).map_err(|err| {
+            self.session
+                .error(Kind::Protocol, &format!("malformed response: {err}"))
+        })
     }
 
     async fn stream_literal<W: MessageWriter>(
@@ -336,20 +266,20 @@ impl Imap {
     ) -> Result<(), Error> {
         let mut left = len;
         while left > 0 {
-            if self.wire.unread().is_empty() && self.wire.fill().await? == 0 {
-                return Err(self.error(
+            if self.session.wire.unread().is_empty() && self.session.wire.fill().await? == 0 {
+                return Err(self.session.error(
                     Kind::Connection,
                     &format!("the connection closed in the middle of a message, {} of {len} bytes received", len - left),
                 ));
             }
-            let unread = self.wire.unread();
+            let unread = self.session.wire.unread();
             let take = (unread.len() as u64).min(left) as usize;
             if let Some(out) = out.as_mut() {
                 out.write(&unread[..take]).await.map_err(|err| {
                     Error::new(Kind::Delivery, format!("cannot write message: {err}"))
                 })?;
             }
-            self.wire.consume(take);
+            self.session.wire.consume(take);
             left -= take as u64;
         }
         Ok(())
@@ -383,10 +313,6 @@ impl Imap {
         expected.map_or(u64::MAX, |size| size + size / 8 + SIZE_SLACK)
     }
 
-    fn error(&self, kind: Kind, message: &str) -> Error {
-        Error::new(kind, format!("{}: {message}", self.host))
-    }
-
     fn folder(&self) -> &str {
         self.selected.as_ref().map_or("", |s| s.name.as_str())
     }
@@ -395,7 +321,7 @@ impl Imap {
 
     /// Whether the server supports IDLE (RFC 2177).
     pub fn has_idle(&self) -> bool {
-        self.caps.contains("IDLE")
+        self.session.caps.contains("IDLE")
     }
 
     /// Waits in the selected folder, with IDLE, until new mail arrives,
@@ -422,14 +348,17 @@ impl Imap {
             // in an answer to another command.
             return Ok(Woken::NewMail);
         }
-        let tag = self.tag();
+        let tag = self.session.tag();
         let mut idle = codec::Idle::new(&tag, exists);
         debug!(target: TRACE, "C: {tag} IDLE");
-        self.wire.write_all(&idle.command()).await?;
+        self.session.wire.write_all(&idle.command()).await?;
         // While idling, the server is silent for as long as nothing happens.
-        let normal = self.wire.set_timeout(duration + Duration::from_secs(60));
+        let normal = self
+            .session
+            .wire
+            .set_timeout(duration + Duration::from_secs(60));
         let result = self.wait_idle(&mut idle, duration, interrupt).await;
-        self.wire.set_timeout(normal);
+        self.session.wire.set_timeout(normal);
         result
     }
 
@@ -465,9 +394,10 @@ impl Imap {
             } else {
                 self.read_plain().await?
             };
-            let event = idle
-                .on_response(&response)
-                .map_err(|err| self.error(Kind::Protocol, &format!("during IDLE: {err}")))?;
+            let event = idle.on_response(&response).map_err(|err| {
+                self.session
+                    .error(Kind::Protocol, &format!("during IDLE: {err}"))
+            })?;
             match event {
                 codec::IdleEvent::Started => {}
                 codec::IdleEvent::NewMail { exists } => {
@@ -483,10 +413,12 @@ impl Imap {
                 // The server may end an IDLE by itself: renew it.
                 codec::IdleEvent::Finished => return Ok(woken.unwrap_or(Woken::Timeout)),
                 codec::IdleEvent::Refused(text) => {
-                    return Err(self.error(Kind::Server, &format!("IDLE failed: {text}")));
+                    return Err(self
+                        .session
+                        .error(Kind::Server, &format!("IDLE failed: {text}")));
                 }
                 codec::IdleEvent::Bye(text) => {
-                    return Err(self.error(
+                    return Err(self.session.error(
                         Kind::Connection,
                         &format!("the server ended the session: {text}"),
                     ));
@@ -498,7 +430,7 @@ impl Imap {
     async fn end_idle(&mut self, idle: &mut codec::Idle) -> Result<(), Error> {
         if idle.done() {
             debug!(target: TRACE, "C: DONE");
-            self.wire.write_all(codec::Idle::DONE).await?;
+            self.session.wire.write_all(codec::Idle::DONE).await?;
         }
         Ok(())
     }
@@ -517,13 +449,13 @@ impl Imap {
         let command = format!(
             "{} {}",
             if read_only { "EXAMINE" } else { "SELECT" },
-            self.mailbox(name)
+            self.session.mailbox(name)
         );
-        let tag = self.send(&command).await?;
+        let tag = self.session.send(&command).await?;
         let (status, _, text) = self.finish_tagged(&tag).await?;
         if status != Status::Ok {
             self.selected = None;
-            return Err(self.error(
+            return Err(self.session.error(
                 Kind::Server,
                 &format!("cannot open folder {name:?}: {text}"),
             ));
@@ -533,7 +465,7 @@ impl Imap {
 
     /// `UID SEARCH` with the given criteria.
     async fn search(&mut self, criteria: &str) -> Result<Vec<u32>, Error> {
-        let command = if self.caps.contains("ESEARCH") {
+        let command = if self.session.caps.contains("ESEARCH") {
             format!("UID SEARCH RETURN (ALL) {criteria}")
         } else {
             format!("UID SEARCH {criteria}")
@@ -557,13 +489,13 @@ impl Imap {
             let Some(uid) = self.queued.pop_front() else {
                 break;
             };
-            let tag = self.tag();
+            let tag = self.session.tag();
             debug!(target: TRACE, "C: {tag} UID FETCH {uid} (UID BODY.PEEK[])");
             out.push_str(&format!("{tag} UID FETCH {uid} (UID BODY.PEEK[])\r\n"));
             self.in_flight.push_back((tag, uid));
         }
         if !out.is_empty() {
-            self.wire.write_all(out.as_bytes()).await?;
+            self.session.wire.write_all(out.as_bytes()).await?;
         }
         Ok(())
     }
@@ -583,7 +515,7 @@ impl Imap {
     /// EXPUNGE only if no other message is \Deleted.
     async fn expunge(&mut self, uids: &[u32]) -> Result<usize, Error> {
         self.add_flag(uids, "\\Deleted").await?;
-        if self.caps.contains("UIDPLUS") {
+        if self.session.caps.contains("UIDPLUS") {
             self.simple(&format!("UID EXPUNGE {}", codec::sequence_set(uids)))
                 .await?;
             return Ok(uids.len());
@@ -595,7 +527,7 @@ impl Imap {
             warn!(
                 "{}: {}: left {} delivered message(s) flagged \\Deleted but not expunged: the server lacks UIDPLUS and \
                  {others} other message(s) in the folder are flagged \\Deleted, which a plain EXPUNGE would remove too",
-                self.host,
+                self.session.host,
                 self.folder(),
                 uids.len()
             );
@@ -664,9 +596,9 @@ impl Source for Imap {
         let selected = self
             .selected
             .clone()
-            .ok_or_else(|| self.error(Kind::Protocol, "no folder selected"))?;
+            .ok_or_else(|| self.session.error(Kind::Protocol, "no folder selected"))?;
         let uidvalidity = selected.uidvalidity.ok_or_else(|| {
-            self.error(
+            self.session.error(
                 Kind::Protocol,
                 &format!("folder {:?} has no UIDVALIDITY", selected.name),
             )
@@ -751,7 +683,9 @@ impl Source for Imap {
         loop {
             self.pump().await?;
             if self.in_flight.is_empty() {
-                return Err(self.error(Kind::Protocol, "no message was requested"));
+                return Err(self
+                    .session
+                    .error(Kind::Protocol, "no message was requested"));
             }
             match self.read_response(Some(&mut *out)).await? {
                 Response::Untagged(Untagged::Fetch { attrs, .. }) if attrs.body.is_some() => {
@@ -762,7 +696,7 @@ impl Source for Imap {
                                 && !self.answered.contains(uid)
                         })
                         .ok_or_else(|| {
-                            self.error(
+                            self.session.error(
                                 Kind::Protocol,
                                 &format!("unexpected message body for UID {:?}", attrs.uid),
                             )
@@ -802,8 +736,8 @@ impl Source for Imap {
             After::Keep => Ok(0),
             After::Expunge => self.expunge(numbers).await,
             After::MoveTo(folder) => {
-                let target = self.mailbox(&folder);
-                if self.caps.contains("MOVE") {
+                let target = self.session.mailbox(&folder);
+                if self.session.caps.contains("MOVE") {
                     self.simple(&format!(
                         "UID MOVE {} {target}",
                         codec::sequence_set(numbers)
@@ -839,7 +773,7 @@ impl Source for Imap {
     }
 
     async fn finish(mut self) -> Result<(), Error> {
-        let tag = self.send("LOGOUT").await?;
+        let tag = self.session.send("LOGOUT").await?;
         loop {
             match self.read_plain().await {
                 Ok(Response::Tagged { tag: done, .. }) if done == tag => return Ok(()),

@@ -162,7 +162,8 @@ fn an_unreachable_destination_deletes_nothing() {
         &format!("imap://bob@127.0.0.1:{port}/Archive"),
         &format!("password = \"{BOB}\""),
     ));
-    scratch.run(&[]).expect(2);
+    // A destination that cannot be reached is a failed delivery.
+    scratch.run(&[]).expect(10);
     assert_eq!(dovecot.message_count("alice"), 3);
 }
 

@@ -96,9 +96,16 @@ impl ImapAppendSink {
     async fn session(&mut self) -> Result<&mut Session, Error> {
         if self.session.is_none() {
             let server = self.server()?;
+            // Any trouble reaching the destination is a failed delivery
+            // (exit 10), except a refused login, which stays an
+            // authentication error so that the daemon backs off long
+            // enough not to get the account locked.
             let session = Session::connect(&server, self.password.as_ref())
                 .await
-                .map_err(|err| err.context("delivery"))?;
+                .map_err(|err| match err.kind {
+                    Kind::Auth | Kind::Config | Kind::Permissions => err.context("delivery"),
+                    _ => Error::new(Kind::Delivery, err.message).context("delivery"),
+                })?;
             self.session = Some(session);
         }
         Ok(self.session.as_mut().expect("just connected"))

@@ -50,15 +50,18 @@ EXIT CODES (as fetchmail's):
     0   mail was delivered (with several accounts or folders: by any one
         whose poll completed)
     1   no new mail
-    2   connection error (including TLS and certificate failures)
-    3   authentication failed
+    2   connection error with the server mail is fetched from (including
+        TLS and certificate failures)
+    3   authentication failed (at the source, or at the IMAP or SMTP
+        server mail is delivered to)
     4   protocol error
     5   configuration error
     6   configuration or secret file readable by others
     7   server error or timeout
     8   another mailfetch holds the lock on the state directory
     10  delivery failed: the destination refused a message (it stays on
-        the server unless on_reject says otherwise) or could not be written
+        the server unless on_reject says otherwise), or could not be
+        reached or written to
     A poll that delivered some mail and then failed counts as failed. With
     several accounts or folders and none of them succeeding with mail, the
     highest code wins.

@@ -1002,6 +1002,7 @@ impl Parser<'_> {
                         "`mda:` needs a command, e.g. \"mda:/usr/bin/procmail -d %T\"".to_owned(),
                     ));
                 }
+                crate::sink::mda::parse_command(command).map_err(fail)?;
                 DeliverTarget::Mda(MdaTarget {
                     command: command.to_owned(),
                     timeout: self
@@ -3229,6 +3230,7 @@ deliver = "maildir:~/Mail/home"
             "lmtp:/PATH/TO/SOCKET",
         );
         assert_config_error(&deliver_with("mda: ", ""), 6, "deliver", "needs a command");
+        assert_config_error(&deliver_with("mda:procmail 'a", ""), 6, "deliver", "quote");
         assert_config_error(
             &deliver_with("imap://u@h/a%zz", ""),
             6,

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod imap;
 pub mod lock;
 pub mod net;
 pub mod pipeline;
@@ -21,3 +22,4 @@ pub mod received;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod wire;

@@ -25,10 +25,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Account, DeliverTarget, FetchMode, OnReject, Protocol, TlsMode};
+use crate::config::{
+    Account, AuthMethod, DeliverTarget, DeliveryServer, FetchMode, MtaAddress, MtaProtocol,
+    MtaTarget, OnReject, PasswordSource, Protocol, TlsMode,
+};
 use crate::error::{Error, Kind};
 use crate::received::{Trace, local_hostname};
+use crate::sink::bounce;
+use crate::sink::imap_append::ImapAppendSink;
 use crate::sink::maildir::MaildirSink;
+use crate::sink::mda::MdaSink;
+use crate::sink::smtp::{SmtpSink, send_bounce};
 use crate::sink::{Acceptance, Committer, MessageWriter, Rejection, Sink, Staged};
 use crate::source::imap::Imap;
 use crate::source::pop3::Pop3;
@@ -79,6 +86,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of an account that could not be polled at all.
+    fn failed(account: &Account, destination: &str, error: Error) -> Report {
+        Report {
+            error: Some(error),
+            ..Report::new(account.name.clone(), destination, account)
+        }
+    }
+
     fn new(mailbox: String, destination: &str, account: &Account) -> Report {
         Report {
             mailbox,
@@ -171,25 +186,51 @@ fn human_bytes(bytes: u64) -> String {
 /// each IMAP folder). Never panics on bad input; every failure ends up in
 /// a report.
 pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
-    let DeliverTarget::Maildir(path) = &account.deliver else {
-        let mut report = Report::new(account.name.clone(), "?", account);
-        report.error = Some(Error::new(Kind::Config, "delivery target not wired yet"));
-        return vec![report];
-    };
-    match MaildirSink::open(path) {
-        Ok(sink) => match account.protocol {
-            Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
-            Protocol::Imap => poll_imap(account, state_dir, sink).await,
+    let spool = || state_dir.join("spool");
+    match &account.deliver {
+        DeliverTarget::Maildir(path) => match MaildirSink::open(path) {
+            Ok(sink) => poll_into(account, state_dir, sink).await,
+            Err(err) => {
+                let destination = format!("maildir {}", path.display());
+                vec![Report::failed(account, &destination, err)]
+            }
         },
-        Err(err) => {
-            let mut report = Report::new(
-                account.name.clone(),
-                &format!("maildir {}", path.display()),
-                account,
+        DeliverTarget::Mta(target) => match target.server.password.resolve(&account.name).await {
+            Ok(password) => {
+                let sink = SmtpSink::new(
+                    target.clone(),
+                    password,
+                    account.to.clone(),
+                    account.envelope_from.clone(),
+                    local_hostname(),
+                );
+                poll_into(account, state_dir, sink).await
+            }
+            Err(err) => vec![Report::failed(account, "the MTA", err)],
+        },
+        DeliverTarget::Mda(target) => {
+            let sink = MdaSink::new(
+                target.clone(),
+                account.to.clone(),
+                account.envelope_from.clone(),
+                spool(),
             );
-            report.error = Some(err);
-            vec![report]
+            poll_into(account, state_dir, sink).await
         }
+        DeliverTarget::Imap(target) => match target.server.password.resolve(&account.name).await {
+            Ok(password) => {
+                let sink = ImapAppendSink::new(target.clone(), password, spool());
+                poll_into(account, state_dir, sink).await
+            }
+            Err(err) => vec![Report::failed(account, "the IMAP server", err)],
+        },
+    }
+}
+
+async fn poll_into<K: Sink>(account: &Account, state_dir: &Path, sink: K) -> Vec<Report> {
+    match account.protocol {
+        Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
+        Protocol::Imap => poll_imap(account, state_dir, sink).await,
     }
 }
 
@@ -550,9 +591,41 @@ async fn settle_rejections(
     Ok(settled.iter().map(|message| message.number).collect())
 }
 
-/// Sends a delivery status notification for a refused message.
-async fn bounce(_account: &Account, _sender: &str, _rejection: &Rejection) -> Result<(), Error> {
-    Err(Error::new(Kind::Delivery, "bouncing is not wired yet"))
+/// Sends a delivery status notification for a refused message: through
+/// the account's SMTP server when it delivers to one, else through the MTA
+/// of this machine.
+async fn bounce(account: &Account, sender: &str, rejection: &Rejection) -> Result<(), Error> {
+    let (relay, password) = match &account.deliver {
+        DeliverTarget::Mta(target) if target.protocol == MtaProtocol::Smtp => (
+            target.clone(),
+            target.server.password.resolve(&account.name).await?,
+        ),
+        _ => (local_mta(account.timeout), None),
+    };
+    let host = local_hostname();
+    let message = bounce::compose(rejection, &account.to, &host, SystemTime::now());
+    send_bounce(&relay, password.as_ref(), &host, sender, &message).await
+}
+
+/// `smtp://localhost`, where bounces go when mail is not delivered by SMTP.
+fn local_mta(timeout: Duration) -> MtaTarget {
+    MtaTarget {
+        protocol: MtaProtocol::Smtp,
+        address: MtaAddress::Tcp {
+            host: "localhost".to_owned(),
+            port: 25,
+        },
+        server: DeliveryServer {
+            tls: TlsMode::None,
+            ca_file: None,
+            fingerprint: None,
+            username: None,
+            password: PasswordSource::None,
+            auth: AuthMethod::Auto,
+            allow_plaintext_auth: false,
+            timeout,
+        },
+    }
 }
 
 /// The state key under which a mailbox's identity (UIDVALIDITY) is kept.

@@ -3,11 +3,6 @@
 //! faults) or to a real Postfix. What a user relies on: a message leaves
 //! the source server only when the MTA took it (or, per `on_reject`, was
 //! refused for good and bounced or dropped on purpose).
-//!
-//! Ignored until `pipeline::poll` builds an `SmtpSink` for
-//! `DeliverTarget::Mta` and `pipeline::bounce` sends through
-//! `sink::smtp::send_bounce`; they pass with that wiring (see the SMTP
-//! branch's notes), so remove the `#[ignore]`s with it.
 
 mod support;
 
@@ -68,7 +63,6 @@ fn smtp(server: &FakeSmtp) -> String {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn accepted_messages_are_deleted_from_the_source() {
     let Some(dovecot) = source_with(3) else {
         return;
@@ -101,7 +95,6 @@ fn accepted_messages_are_deleted_from_the_source() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn a_451_on_rcpt_keeps_that_message_on_the_source_until_the_next_poll() {
     let Some(dovecot) = source_with(3) else {
         return;
@@ -129,7 +122,6 @@ fn a_451_on_rcpt_keeps_that_message_on_the_source_until_the_next_poll() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn a_permanent_refusal_keeps_deletes_or_bounces_as_configured() {
     for policy in ["keep", "delete", "bounce"] {
         let Some(dovecot) = source_with(2) else {
@@ -173,7 +165,6 @@ fn a_permanent_refusal_keeps_deletes_or_bounces_as_configured() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn a_connection_dropped_mid_data_deletes_nothing_it_did_not_deliver() {
     let Some(dovecot) = source_with(3) else {
         return;
@@ -210,7 +201,6 @@ fn a_connection_dropped_mid_data_deletes_nothing_it_did_not_deliver() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn an_mta_that_refuses_mail_from_keeps_everything() {
     let Some(dovecot) = source_with(2) else {
         return;
@@ -229,7 +219,6 @@ fn an_mta_that_refuses_mail_from_keeps_everything() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn lmtp_to_the_fake_server() {
     let Some(dovecot) = source_with(2) else {
         return;
@@ -248,7 +237,6 @@ fn lmtp_to_the_fake_server() {
 }
 
 #[test]
-#[ignore = "until the pipeline wires deliver = smtp/lmtp (SmtpSink) and bounces"]
 fn pop3_to_a_real_postfix() {
     let Some(dovecot) = source_with(5) else {
         return;

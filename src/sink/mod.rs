@@ -8,7 +8,9 @@
 
 pub mod bounce;
 pub mod envelope;
+pub mod imap_append;
 pub mod maildir;
+pub mod mda;
 pub mod smtp;
 
 use std::future::Future;

@@ -2,13 +2,14 @@
 
 pub mod imap;
 pub mod pop3;
-pub mod wire;
+/// Moved to the crate root so that sinks can use it; re-exported so that
+/// `source::wire` paths keep working.
+pub use crate::wire;
 
 use std::future::Future;
 
 use crate::config::{Account, Secret};
-use crate::error::{Error, Kind};
-use crate::net;
+use crate::error::Error;
 use crate::sink::MessageWriter;
 
 /// The password to log in with, and whether a method that puts it on the
@@ -19,18 +20,7 @@ fn credentials<'a>(
     secret: Option<&'a Secret>,
     encrypted: bool,
 ) -> Result<(&'a Secret, bool), Error> {
-    let secret = secret.ok_or_else(|| {
-        Error::new(
-            Kind::Config,
-            format!(
-                "account {}: no password configured (password, password_command or password_file)",
-                account.name
-            ),
-        )
-    })?;
-    let may_reveal =
-        encrypted || account.allow_plaintext_auth || net::is_loopback_host(&account.host);
-    Ok((secret, may_reveal))
+    wire::ServerSpec::from(account).credentials(secret, encrypted)
 }
 
 /// One message as the server lists it.

@@ -6,22 +6,21 @@
 //! Bodies are fetched with `BODY.PEEK[]`, one pipelined `UID FETCH` per
 //! message, and streamed from the socket into the sink.
 
-pub mod codec;
-pub mod utf7;
+/// The codec and name encoding live in the shared IMAP layer, which the
+/// APPEND sink uses too; re-exported so that `source::imap::codec` paths
+/// keep working.
+pub use crate::imap::{codec, utf7};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tracing::{debug, warn};
 
 use self::codec::{Code, Fetch, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, Status, Untagged};
-use super::wire::Wire;
+use super::wire::{ServerSpec, Wire};
 use super::{Listed, Listing, Retrieved, Source};
-use crate::auth::{Mechanism, SaslSession};
-use crate::config::{Account, AuthMethod, Secret, TlsMode};
+use crate::config::{Account, Secret};
 use crate::error::{Error, Kind};
-use crate::net::TlsOptions;
+use crate::imap::session::{Session, trace_line};
 use crate::sink::MessageWriter;
 
 /// Where protocol traces go (`-v`).
@@ -76,13 +75,19 @@ enum After {
 impl Imap {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Imap, Error> {
-        let (wire, tls) = Wire::open(account).await?;
-        let mut session = Imap {
+        let Session {
             wire,
-            host: account.host.clone(),
-            caps: HashSet::new(),
-            next_tag: 1,
-            utf8: false,
+            host,
+            caps,
+            next_tag,
+            utf8,
+        } = Session::connect(&ServerSpec::from(account), secret).await?;
+        Ok(Imap {
+            wire,
+            host,
+            caps,
+            next_tag,
+            utf8,
             selected: None,
             queued: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -92,73 +97,7 @@ impl Imap {
                 (None, true) => After::Keep,
                 (None, false) => After::Expunge,
             },
-        };
-        let preauth = session.greeting().await?;
-        if account.tls == TlsMode::StartTls {
-            if preauth {
-                // A PREAUTH session can no longer be upgraded: refusing is
-                // the only safe answer (RFC 9051 §11.2).
-                return Err(session.error(Kind::Connection, "tls = \"starttls\" but the server sent PREAUTH, which makes STARTTLS impossible"));
-            }
-            session = session.start_tls(&tls).await?;
-        }
-        if !preauth {
-            session.authenticate(account, secret).await?;
-        }
-        if session.caps.contains("UTF8=ACCEPT") {
-            session.simple("ENABLE UTF8=ACCEPT").await?;
-            session.utf8 = true;
-        }
-        Ok(session)
-    }
-
-    /// Reads the greeting; returns whether it was PREAUTH.
-    async fn greeting(&mut self) -> Result<bool, Error> {
-        match self.read_plain().await? {
-            Response::Untagged(Untagged::Status { status, code, text }) => {
-                self.learn_caps(code.as_ref());
-                match status {
-                    Status::Ok => Ok(false),
-                    Status::Preauth => Ok(true),
-                    _ => Err(self.error(
-                        Kind::Server,
-                        &format!("the server refused the connection: {text}"),
-                    )),
-                }
-            }
-            other => Err(self.error(Kind::Protocol, &format!("unexpected greeting {other:?}"))),
-        }
-    }
-
-    async fn start_tls(mut self, tls: &TlsOptions) -> Result<Imap, Error> {
-        self.ensure_caps().await?;
-        if !self.caps.contains("STARTTLS") {
-            return Err(self.error(
-                Kind::Connection,
-                "tls = \"starttls\" but the server does not offer STARTTLS; refusing to continue without encryption \
-                 (use tls = \"implicit\" on port 993 if the server supports it)",
-            ));
-        }
-        if let Err(err) = self.simple("STARTTLS").await {
-            return Err(Error::new(
-                Kind::Connection,
-                format!("{err}; refusing to continue without encryption"),
-            ));
-        }
-        let wire = self.wire.start_tls(tls).await?;
-        // Capabilities seen before TLS may have been forged: forget them.
-        Ok(Imap {
-            wire,
-            caps: HashSet::new(),
-            ..self
         })
-    }
-
-    async fn ensure_caps(&mut self) -> Result<(), Error> {
-        if self.caps.is_empty() {
-            self.simple("CAPABILITY").await?;
-        }
-        Ok(())
     }
 
     fn learn_caps(&mut self, code: Option<&Code>) {
@@ -168,141 +107,6 @@ impl Imap {
                 .split_ascii_whitespace()
                 .map(str::to_ascii_uppercase)
                 .collect();
-        }
-    }
-
-    // ---- authentication -------------------------------------------------
-
-    async fn authenticate(
-        &mut self,
-        account: &Account,
-        secret: Option<&Secret>,
-    ) -> Result<(), Error> {
-        let (secret, may_reveal) = super::credentials(account, secret, self.wire.is_tls())?;
-        self.ensure_caps().await?;
-        let offered: Vec<&str> = self
-            .caps
-            .iter()
-            .filter_map(|cap| cap.strip_prefix("AUTH="))
-            .collect();
-        let login_allowed = !self.caps.contains("LOGINDISABLED");
-        let login = choose_login(account.auth, &offered, login_allowed, may_reveal)
-            .map_err(|message| self.error(Kind::Auth, &message))?;
-        debug!(target: TRACE, "{}: logging in with {}", self.host, login.describe());
-        let result = match login {
-            Login::Command => self.login_command(&account.username, secret).await,
-            Login::Sasl(mechanism) => {
-                self.login_sasl(mechanism, &account.username, secret, account.port)
-                    .await
-            }
-        };
-        let (status, code, text) = result?;
-        if status != Status::Ok {
-            return Err(self.error(
-                Kind::Auth,
-                &format!(
-                    "login as {} failed ({}): {text}",
-                    account.username,
-                    login.describe()
-                ),
-            ));
-        }
-        // Capabilities change after login; the server may have sent them.
-        self.caps.clear();
-        self.learn_caps(code.as_ref());
-        self.ensure_caps().await
-    }
-
-    async fn login_command(
-        &mut self,
-        username: &str,
-        secret: &Secret,
-    ) -> Result<(Status, Option<Code>, String), Error> {
-        let tag = self.tag();
-        let user = self.astring(username);
-        let pass = self.astring(secret.expose());
-        // Literals (non-ASCII credentials) need the server's go-ahead
-        // unless it has LITERAL+.
-        let mut pieces = format!("{tag} LOGIN {user} {pass}").into_bytes();
-        pieces.extend_from_slice(b"\r\n");
-        debug!(target: TRACE, "C: {tag} LOGIN {username} ****");
-        self.send_with_literals(&pieces).await?;
-        self.finish_tagged(&tag).await
-    }
-
-    async fn login_sasl(
-        &mut self,
-        mechanism: Mechanism,
-        username: &str,
-        secret: &Secret,
-        port: u16,
-    ) -> Result<(Status, Option<Code>, String), Error> {
-        let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
-        let tag = self.tag();
-        let mut command = format!("{tag} AUTHENTICATE {}", mechanism.name());
-        let mut initial = sasl.initial_response();
-        if self.caps.contains("SASL-IR")
-            && let Some(response) = initial.take()
-        {
-            command.push(' ');
-            command.push_str(&if response.is_empty() {
-                "=".to_owned()
-            } else {
-                BASE64.encode(response)
-            });
-        }
-        debug!(target: TRACE, "C: {tag} AUTHENTICATE {} ****", mechanism.name());
-        self.wire
-            .write_all(format!("{command}\r\n").as_bytes())
-            .await?;
-        loop {
-            match self.read_plain().await? {
-                Response::Continue(challenge) => {
-                    let response = match initial.take() {
-                        // No SASL-IR: the first, empty challenge gets the initial response.
-                        Some(response) => Ok(response),
-                        None => {
-                            let challenge =
-                                BASE64.decode(challenge.trim_ascii()).map_err(|_| {
-                                    self.error(Kind::Protocol, "malformed SASL challenge")
-                                })?;
-                            sasl.respond(&challenge)
-                        }
-                    };
-                    match response {
-                        Ok(response) => {
-                            debug!(target: TRACE, "C: ****");
-                            self.wire
-                                .write_all(format!("{}\r\n", BASE64.encode(response)).as_bytes())
-                                .await?;
-                        }
-                        Err(err) => {
-                            // Cancel so the server ends the exchange cleanly.
-                            self.wire.write_all(b"*\r\n").await?;
-                            let _ = self.finish_tagged(&tag).await;
-                            return Err(err);
-                        }
-                    }
-                }
-                Response::Tagged {
-                    tag: done,
-                    status,
-                    code,
-                    text,
-                } if done == tag => {
-                    if status == Status::Ok && !sasl.is_complete() {
-                        return Err(self.error(
-                            Kind::Auth,
-                            &format!(
-                                "the server accepted {} before proving its identity",
-                                mechanism.name()
-                            ),
-                        ));
-                    }
-                    return Ok((status, code, text));
-                }
-                other => self.untagged(other)?,
-            }
         }
     }
 
@@ -343,32 +147,6 @@ impl Imap {
     /// Reads a response that cannot carry a message body of ours.
     async fn read_plain(&mut self) -> Result<Response, Error> {
         self.read_response(None::<&mut NoWriter>).await
-    }
-
-    /// Sends a command that may contain synchronizing literals, waiting for
-    /// the server's `+` after each.
-    async fn send_with_literals(&mut self, command: &[u8]) -> Result<(), Error> {
-        let mut rest = command;
-        loop {
-            let line_end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-            let (line, after) = rest.split_at(line_end);
-            self.wire.write_all(line).await?;
-            rest = after;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-            if !line.ends_with(b"+}") {
-                match self.read_plain().await? {
-                    Response::Continue(_) => {}
-                    other => {
-                        return Err(
-                            self.error(Kind::Protocol, &format!("literal refused: {other:?}"))
-                        );
-                    }
-                }
-            }
-        }
     }
 
     /// Sends a command and waits for its completion; `NO`/`BAD` is an error.
@@ -720,15 +498,6 @@ fn parts_text(parts: &[Part]) -> &[u8] {
     }
 }
 
-fn trace_line(line: &[u8]) {
-    if line.starts_with(b"+ ") {
-        // SASL challenges can carry tokens and account details.
-        debug!(target: TRACE, "S: + ****");
-    } else {
-        debug!(target: TRACE, "S: {}", String::from_utf8_lossy(&line[..line.len().min(400)]));
-    }
-}
-
 /// A compact digest of a message: SHA-256 over its size and its Message-ID,
 /// Date and From fields (names lower-cased, values unfolded and trimmed),
 /// cut to 64 bits. It recognises a message whose UID changed.
@@ -943,154 +712,9 @@ impl Source for Imap {
     }
 }
 
-/// How to log in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Login {
-    /// The LOGIN command.
-    Command,
-    Sasl(Mechanism),
-}
-
-impl Login {
-    fn describe(self) -> &'static str {
-        match self {
-            Login::Command => "LOGIN",
-            Login::Sasl(mechanism) => mechanism.name(),
-        }
-    }
-
-    fn reveals_secret(self) -> bool {
-        match self {
-            Login::Command => true,
-            Login::Sasl(mechanism) => mechanism.reveals_secret(),
-        }
-    }
-}
-
-/// Picks the login method: the configured one, or for `auto` the strongest
-/// the server offers. Methods that put the password on the wire are refused
-/// over an unencrypted link unless `may_reveal`.
-fn choose_login(
-    configured: AuthMethod,
-    offered: &[&str],
-    login_allowed: bool,
-    may_reveal: bool,
-) -> Result<Login, String> {
-    let mechanism = match configured {
-        AuthMethod::Auto => {
-            let sasl = Mechanism::strongest(offered.iter().copied(), may_reveal);
-            return match sasl {
-                Some(mechanism) if !mechanism.reveals_secret() || !login_allowed => {
-                    Ok(Login::Sasl(mechanism))
-                }
-                // LOGIN is as good as PLAIN and works everywhere.
-                _ if login_allowed && may_reveal => Ok(Login::Command),
-                Some(mechanism) => Ok(Login::Sasl(mechanism)),
-                None => Err(if login_allowed {
-                    "the connection is not encrypted and the server offers no login method that keeps the password secret; \
-                     use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
-                        .to_owned()
-                } else {
-                    "the server offers no login method mailfetch can use (LOGINDISABLED and no known AUTH= mechanism)".to_owned()
-                }),
-            };
-        }
-        AuthMethod::User => {
-            if !login_allowed {
-                return Err(
-                    "auth = \"user\" but the server disabled the LOGIN command (LOGINDISABLED)"
-                        .to_owned(),
-                );
-            }
-            if !may_reveal {
-                return Err(reveal_refusal("LOGIN"));
-            }
-            return Ok(Login::Command);
-        }
-        AuthMethod::Plain => Mechanism::Plain,
-        AuthMethod::Login => Mechanism::Login,
-        AuthMethod::CramMd5 => Mechanism::CramMd5,
-        AuthMethod::XOAuth2 => Mechanism::XOAuth2,
-        AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
-        AuthMethod::ScramSha256 => Mechanism::ScramSha256,
-        AuthMethod::Apop => {
-            return Err("APOP is a POP3 method; it does not exist in IMAP".to_owned());
-        }
-    };
-    if !offered
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(mechanism.name()))
-    {
-        return Err(format!(
-            "the server does not offer AUTHENTICATE {} (it offers: {})",
-            mechanism.name(),
-            if offered.is_empty() {
-                "none".to_owned()
-            } else {
-                offered.join(" ")
-            }
-        ));
-    }
-    let login = Login::Sasl(mechanism);
-    if login.reveals_secret() && !may_reveal {
-        return Err(reveal_refusal(mechanism.name()));
-    }
-    Ok(login)
-}
-
-fn reveal_refusal(method: &str) -> String {
-    format!(
-        "refusing to send the password with {method} over an unencrypted connection; \
-         use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auto_login_prefers_secret_keeping_mechanisms() {
-        assert_eq!(
-            choose_login(AuthMethod::Auto, &["PLAIN", "SCRAM-SHA-256"], true, true),
-            Ok(Login::Sasl(Mechanism::ScramSha256))
-        );
-        assert_eq!(
-            choose_login(AuthMethod::Auto, &["PLAIN"], true, true),
-            Ok(Login::Command)
-        );
-        assert_eq!(
-            choose_login(AuthMethod::Auto, &["PLAIN"], false, true),
-            Ok(Login::Sasl(Mechanism::Plain))
-        );
-        assert_eq!(
-            choose_login(AuthMethod::Auto, &["CRAM-MD5"], true, false),
-            Ok(Login::Sasl(Mechanism::CramMd5))
-        );
-        assert!(choose_login(AuthMethod::Auto, &["PLAIN"], true, false).is_err());
-        assert!(choose_login(AuthMethod::Auto, &[], false, true).is_err());
-    }
-
-    #[test]
-    fn explicit_login_methods() {
-        assert_eq!(
-            choose_login(AuthMethod::User, &[], true, true),
-            Ok(Login::Command)
-        );
-        assert!(
-            choose_login(AuthMethod::User, &[], false, true)
-                .unwrap_err()
-                .contains("LOGINDISABLED")
-        );
-        assert!(choose_login(AuthMethod::User, &[], true, false).is_err());
-        assert!(choose_login(AuthMethod::Plain, &["PLAIN"], true, false).is_err());
-        assert!(
-            choose_login(AuthMethod::CramMd5, &["PLAIN"], true, true)
-                .unwrap_err()
-                .contains("offers: PLAIN")
-        );
-        assert!(choose_login(AuthMethod::Apop, &[], true, true).is_err());
-    }
 
     #[test]
     fn digests_ignore_folding_case_and_order() {

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use tracing::debug;
 
 use self::codec::{BodyDecoder, MAX_LINE, Status};
-use super::wire::Wire;
+use super::wire::{ServerSpec, Wire};
 use super::{Listed, Listing, Retrieved, Source};
 use crate::auth::{self, Mechanism, SaslSession};
 use crate::config::{Account, AuthMethod, Secret, TlsMode};
@@ -85,7 +85,7 @@ pub struct Pop3 {
 impl Pop3 {
     /// Connects, secures the link as configured and logs in.
     pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Pop3, Error> {
-        let (wire, tls) = Wire::open(account).await?;
+        let (wire, tls) = Wire::open(&ServerSpec::from(account)).await?;
         let mut session = Pop3 {
             wire,
             queued: VecDeque::new(),

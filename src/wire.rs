@@ -2,13 +2,76 @@
 //! reads with a length cap, timeouts on every read and write, and the
 //! STARTTLS upgrade with its injection check.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Account, TlsMode};
+use crate::config::{Account, AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::{self, Stream, TlsOptions};
+
+/// How to reach a server and log in to it, whatever part of the
+/// configuration describes it (an account's source server, or the IMAP
+/// server mail is delivered to), so that connection and login code is
+/// shared by sources and sinks.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// Names the server's configuration in messages, e.g. `account home`.
+    pub label: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the server's end-entity certificate (DER).
+    pub fingerprint: Option<[u8; 32]>,
+    pub username: String,
+    pub auth: AuthMethod,
+    pub allow_plaintext_auth: bool,
+    /// How long to wait for the server before giving up.
+    pub timeout: Duration,
+}
+
+impl From<&Account> for ServerSpec {
+    fn from(account: &Account) -> ServerSpec {
+        ServerSpec {
+            label: format!("account {}", account.name),
+            host: account.host.clone(),
+            port: account.port,
+            tls: account.tls,
+            ca_file: account.ca_file.clone(),
+            fingerprint: account.fingerprint,
+            username: account.username.clone(),
+            auth: account.auth,
+            allow_plaintext_auth: account.allow_plaintext_auth,
+            timeout: account.timeout,
+        }
+    }
+}
+
+impl ServerSpec {
+    /// The password to log in with, and whether a method that puts it on
+    /// the wire may be used: only over TLS, to this machine, or when the
+    /// user explicitly allowed it.
+    pub fn credentials<'a>(
+        &self,
+        secret: Option<&'a Secret>,
+        encrypted: bool,
+    ) -> Result<(&'a Secret, bool), Error> {
+        let secret = secret.ok_or_else(|| {
+            Error::new(
+                Kind::Config,
+                format!(
+                    "{}: no password configured (password, password_command or password_file)",
+                    self.label
+                ),
+            )
+        })?;
+        let may_reveal =
+            encrypted || self.allow_plaintext_auth || net::is_loopback_host(&self.host);
+        Ok((secret, may_reveal))
+    }
+}
 
 /// Socket reads land here. Protocol code decodes message data in place, so
 /// this is all the memory a message of any size needs on the way in.
@@ -25,16 +88,16 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Connects to an account's server, with TLS from the first byte if
-    /// configured. Returns the TLS settings too, for a later STARTTLS.
-    pub async fn open(account: &Account) -> Result<(Wire, TlsOptions), Error> {
+    /// Connects to a server, with TLS from the first byte if configured.
+    /// Returns the TLS settings too, for a later STARTTLS.
+    pub async fn open(server: &ServerSpec) -> Result<(Wire, TlsOptions), Error> {
         let tls = TlsOptions {
-            ca_file: account.ca_file.clone(),
-            fingerprint: account.fingerprint,
+            ca_file: server.ca_file.clone(),
+            fingerprint: server.fingerprint,
         };
-        let (host, timeout) = (&account.host, account.timeout);
-        let tcp = net::connect(host, account.port, timeout).await?;
-        let stream = match account.tls {
+        let (host, timeout) = (&server.host, server.timeout);
+        let tcp = net::connect(host, server.port, timeout).await?;
+        let stream = match server.tls {
             TlsMode::Implicit => net::start_tls(tcp, host, &tls, timeout).await?,
             TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
         };

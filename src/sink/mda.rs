@@ -1,0 +1,995 @@
+//! Delivery to a mail delivery agent (`deliver = "mda:/usr/bin/procmail -d %T"`):
+//! a command that gets each message on its standard input.
+//!
+//! * The command line is split into words here ([`parse_command`]) and run
+//!   without a shell, so nothing from a message can become shell syntax.
+//!   `%T` (recipient) and `%F` (envelope sender) are replaced inside words;
+//!   the sender comes from [`Sender::parse`], which refuses anything with
+//!   spaces, quotes or shell metacharacters. When the user's command is
+//!   itself a shell (`sh -c '… %F …'`), values substituted into the script
+//!   are single-quoted, so they stay one word there too.
+//! * The message is sent with LF line ends: procmail, maildrop and
+//!   `dovecot-lda` are Unix tools that expect them (as fetchmail does).
+//! * Exit 0 means delivered, 75 (`EX_TEMPFAIL`) try again later, anything
+//!   else (or a signal) refused for good. A command that exits 0 without
+//!   reading all of its input delivered the message as far as we can tell
+//!   (procmail does this when a recipe discards mail): only the exit status
+//!   counts.
+//! * Each run has a time limit; then the command and everything it started
+//!   (it runs in its own process group) are killed with SIGKILL, and the
+//!   message counts as a temporary failure.
+//! * The end of stdin is only ever signalled after the whole message was
+//!   written. A message that cannot be completed (the source connection
+//!   broke) kills the command with SIGKILL *before* its stdin is closed, so
+//!   it never mistakes a truncated message for a complete one. An MDA that
+//!   already wrote part of its input somewhere cannot be undone, which is
+//!   why this order matters.
+//! * If the command uses `%T` and there are several recipients, it runs once
+//!   per recipient; the message is then spooled to a private file while it
+//!   streams in, and each run reads that file (memory stays bounded).
+//!   Otherwise the message streams straight into the command once its
+//!   header block (which `%F` may need) is complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::envelope::{HeaderCapture, Sender};
+use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
+use crate::config::{EnvelopeFrom, MdaTarget};
+use crate::error::{Error, Kind};
+
+/// sysexits.h `EX_TEMPFAIL`: "try again later".
+const EX_TEMPFAIL: i32 = 75;
+
+/// How much of a command's stderr is kept (its end, where the reason is).
+const STDERR_TAIL: usize = 4096;
+
+/// Converted data is handed to the command or the spool file in pieces of
+/// about this size.
+const CHUNK: usize = 64 * 1024;
+
+/// How long to wait for a command's stderr to reach EOF after the command
+/// exited: a background process it left behind may hold the pipe open.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
+
+/// Splits a command line into words like a POSIX shell would, without any
+/// expansion: blanks separate words; `'…'` keeps everything literally;
+/// `"…"` keeps everything but `\"` and `\\`; outside quotes a backslash
+/// keeps the next character. `%T`/`%F` are left for [`MdaSink`] to replace.
+///
+/// An unterminated quote, a trailing backslash or an empty command is an
+/// error (for the configuration check).
+pub fn parse_command(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // A word has started even if it is empty so far (`''`).
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => word.push(c),
+                    None => return Err("backslash at the end of the command".into()),
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    match words.first() {
+        None => Err("empty command".into()),
+        Some(program) if program.is_empty() => Err("empty program name".into()),
+        Some(_) => Ok(words),
+    }
+}
+
+/// Replaces `%T`, `%F` and `%%` in one word; other `%` sequences stay as
+/// they are. With `quote`, substituted values are single-quoted for a
+/// shell script.
+fn substitute(word: &str, recipient: &str, sender: &str, quote: bool) -> String {
+    let value = |text: &str| {
+        if quote {
+            format!("'{}'", text.replace('\'', r"'\''"))
+        } else {
+            text.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(word.len());
+    let mut chars = word.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('T') => out.push_str(&value(recipient)),
+            Some('F') => out.push_str(&value(sender)),
+            Some('%') => out.push('%'),
+            _ => {
+                out.push('%');
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
+}
+
+/// Whether a word mentions `%T` (not `%%T`).
+fn mentions_recipient(word: &str) -> bool {
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        // The character after a '%' is consumed, so `%%T` is no `%T`.
+        if c == '%' && chars.next() == Some('T') {
+            return true;
+        }
+    }
+    false
+}
+
+/// The index of the script word when the command is a shell running a
+/// script (`sh -c SCRIPT`, `bash -ec SCRIPT`…): values substituted there
+/// must be quoted for that shell.
+fn shell_script_index(words: &[String]) -> Option<usize> {
+    let program = Path::new(words.first()?).file_name()?.to_str()?;
+    let shell = matches!(
+        program,
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash"
+    );
+    let flags = words.get(1)?;
+    let runs_script = flags.len() > 1
+        && flags.starts_with('-')
+        && flags[1..].chars().all(|c| c.is_ascii_alphabetic())
+        && flags.contains('c');
+    (shell && runs_script && words.len() > 2).then_some(2)
+}
+
+/// What every run of the command needs to know.
+#[derive(Debug)]
+struct Plan {
+    words: Vec<String>,
+    script: Option<usize>,
+    recipients: Vec<String>,
+    envelope_from: EnvelopeFrom,
+    timeout: Duration,
+    /// The command as configured, for messages.
+    label: String,
+}
+
+impl Plan {
+    fn argv(&self, recipient: &str, sender: &str) -> Vec<String> {
+        self.words
+            .iter()
+            .enumerate()
+            .map(|(i, word)| substitute(word, recipient, sender, self.script == Some(i)))
+            .collect()
+    }
+
+    /// The envelope sender for `%F`, empty for the null sender.
+    fn sender(&self, capture: &HeaderCapture) -> String {
+        let sender = match &self.envelope_from {
+            EnvelopeFrom::Fixed(sender) => Some(sender.clone()),
+            EnvelopeFrom::ReturnPath => capture.return_path(),
+        };
+        match sender {
+            // A leading '-' could make the address an option of the
+            // command (`sendmail -oi %F`); such senders are not passed on.
+            Some(Sender::Address(address)) if address.starts_with('-') => {
+                warn!("ignoring envelope sender {address:?}: it looks like a command-line option");
+                String::new()
+            }
+            Some(sender) => sender.address().to_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// The recipients to run the command for: one run with no `%T`.
+    fn runs(&self) -> Vec<String> {
+        if self.words.iter().any(|w| mentions_recipient(w)) && !self.recipients.is_empty() {
+            self.recipients.clone()
+        } else {
+            vec![self.recipients.first().cloned().unwrap_or_default()]
+        }
+    }
+}
+
+pub struct MdaSink {
+    plan: Result<Arc<Plan>, String>,
+    spool_dir: PathBuf,
+}
+
+impl MdaSink {
+    /// A sink running `target.command` for each message. A command that
+    /// does not parse (see [`parse_command`]) fails at the first message.
+    pub fn new(
+        target: MdaTarget,
+        recipients: Vec<String>,
+        envelope_from: EnvelopeFrom,
+        spool_dir: PathBuf,
+    ) -> MdaSink {
+        let plan = parse_command(&target.command).map(|words| {
+            Arc::new(Plan {
+                script: shell_script_index(&words),
+                words,
+                recipients,
+                envelope_from,
+                timeout: target.timeout,
+                label: target.command.clone(),
+            })
+        });
+        MdaSink { plan, spool_dir }
+    }
+
+    fn plan(&self) -> Result<Arc<Plan>, Error> {
+        self.plan
+            .clone()
+            .map_err(|err| Error::new(Kind::Config, format!("cannot use the MDA command: {err}")))
+    }
+}
+
+/// Turns CRLF into LF, keeping a lone CR; the state carries a CR that ends
+/// a chunk over to the next.
+#[derive(Debug, Default)]
+struct ToLf {
+    pending_cr: bool,
+}
+
+impl ToLf {
+    fn convert(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut rest = chunk;
+        if self.pending_cr {
+            self.pending_cr = false;
+            if rest.first() != Some(&b'\n') {
+                out.push(b'\r');
+            }
+        }
+        while let Some(cr) = memchr::memchr(b'\r', rest) {
+            out.extend_from_slice(&rest[..cr]);
+            match rest.get(cr + 1) {
+                Some(b'\n') => {}
+                Some(_) => out.push(b'\r'),
+                None => self.pending_cr = true,
+            }
+            rest = &rest[cr + 1..];
+        }
+        out.extend_from_slice(rest);
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
+}
+
+/// A private file holding one message while it is being delivered; removed
+/// when dropped, whatever happened to the delivery. Shared with the IMAP
+/// APPEND sink.
+pub(crate) struct SpoolFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl SpoolFile {
+    /// Creates a new file (mode 0600) in `dir`, creating `dir` (mode 0700)
+    /// if it is missing: messages are private.
+    pub(crate) fn create(dir: &Path, prefix: &str) -> io::Result<SpoolFile> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        remove_orphans_once(dir);
+        loop {
+            let path = dir.join(format!(
+                "{prefix}.{}.{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => return Ok(SpoolFile { path, file }),
+                // Left by a crashed run with the same pid: take another name.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    pub(crate) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        // Page-cache writes take microseconds; done inline like the Maildir
+        // writer's, rather than a thread hand-off per chunk.
+        self.file.write_all(data)
+    }
+
+    /// A reader positioned at the start of the file.
+    pub(crate) fn reader(&self) -> io::Result<tokio::fs::File> {
+        let mut file = self.file.try_clone()?;
+        file.rewind()?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+}
+
+/// Spool files are named `PREFIX.PID.N`; those the prefixes here name.
+const SPOOL_PREFIXES: &[&str] = &["mda", "append"];
+
+/// Removes, once per process and directory, spool files left by a process
+/// that died (a crash or `kill -9` mid-message): their messages are still on
+/// the server, and the files would otherwise stay forever.
+fn remove_orphans_once(dir: &Path) {
+    static CLEANED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    {
+        let mut cleaned = CLEANED.lock().unwrap_or_else(|poison| poison.into_inner());
+        if cleaned.iter().any(|done| done == dir) {
+            return;
+        }
+        cleaned.push(dir.to_owned());
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = orphan_pid(&name.to_string_lossy()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            debug!("removing orphaned spool file {}", entry.path().display());
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pid in a spool file name of another process, if it is one.
+fn orphan_pid(name: &str) -> Option<i32> {
+    let mut parts = name.split('.');
+    let (prefix, pid, counter) = (parts.next()?, parts.next()?, parts.next()?);
+    let pid: i32 = pid.parse().ok()?;
+    let ours = SPOOL_PREFIXES.contains(&prefix)
+        && counter.parse::<u64>().is_ok()
+        && parts.next().is_none();
+    (ours && pid > 0 && pid as u32 != std::process::id()).then_some(pid)
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_file(&self.path) {
+            warn!("cannot remove spool file {}: {err}", self.path.display());
+        }
+    }
+}
+
+/// The last bytes a command wrote to stderr.
+#[derive(Debug, Default)]
+struct Tail {
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > STDERR_TAIL {
+            self.bytes.drain(..self.bytes.len() - STDERR_TAIL);
+        }
+    }
+
+    /// The last few non-empty lines, joined for a one-line message.
+    fn summary(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(5)..].join(" / ")
+    }
+}
+
+/// How one run of the command ended.
+enum Outcome {
+    Exited(ExitStatus, String),
+    TimedOut(String),
+}
+
+/// One running command.
+struct Run {
+    child: Child,
+    /// `None` once closed (after the whole message) or once the command
+    /// stopped reading.
+    stdin: Option<ChildStdin>,
+    /// The command's process group (its pid: it leads its own group).
+    pgid: Option<i32>,
+    stderr: Arc<Mutex<Tail>>,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    deadline: Instant,
+    timed_out: bool,
+    /// Reaped: its pid (and group id) may belong to someone else now.
+    reaped: bool,
+}
+
+impl Run {
+    fn spawn(argv: &[String], timeout: Duration) -> io::Result<Run> {
+        debug!("running MDA {argv:?}");
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own group, so a timeout kills what it started too.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pgid = child.id().map(|pid| pid as i32);
+        let stdin = child.stdin.take();
+        let stderr = Arc::new(Mutex::new(Tail::default()));
+        let stderr_task = {
+            let tail = stderr.clone();
+            let pipe = child.stderr.take();
+            tokio::spawn(async move {
+                let Some(mut pipe) = pipe else { return };
+                let mut buf = vec![0; 4096];
+                while let Ok(read @ 1..) = pipe.read(&mut buf).await {
+                    tail.lock().unwrap().push(&buf[..read]);
+                }
+            })
+        };
+        Ok(Run {
+            child,
+            stdin,
+            pgid,
+            stderr,
+            stderr_task: Some(stderr_task),
+            deadline: Instant::now() + timeout,
+            timed_out: false,
+            reaped: false,
+        })
+    }
+
+    /// Hands data to the command. A command that stopped reading is not an
+    /// error here (its exit status decides); one that does not read in time
+    /// is killed.
+    async fn write(&mut self, data: &[u8]) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        match tokio::time::timeout_at(self.deadline, stdin.write_all(data)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                debug!("the MDA stopped reading its input: {err}");
+                self.stdin = None;
+            }
+            Err(_) => {
+                self.timed_out = true;
+                self.kill();
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// Closes stdin (the message is complete) and waits for the exit.
+    async fn finish(mut self) -> Outcome {
+        if let Some(mut stdin) = self.stdin.take() {
+            // Flushes tokio's side; then dropping closes the pipe.
+            let _ = tokio::time::timeout_at(self.deadline, stdin.shutdown()).await;
+        }
+        let status = if self.timed_out {
+            None
+        } else {
+            tokio::time::timeout_at(self.deadline, self.child.wait())
+                .await
+                .ok()
+        };
+        let status = match status {
+            Some(Ok(status)) => Some(status),
+            Some(Err(err)) => {
+                warn!("cannot wait for the MDA: {err}");
+                None
+            }
+            None => {
+                self.timed_out = true;
+                None
+            }
+        };
+        if status.is_none() {
+            self.kill();
+            let _ = self.child.wait().await;
+        }
+        self.reaped = true;
+        if let Some(mut task) = self.stderr_task.take()
+            && tokio::time::timeout(STDERR_GRACE, &mut task).await.is_err()
+        {
+            debug!("the MDA left a process holding its stderr open");
+            task.abort();
+        }
+        let stderr = self.stderr.lock().unwrap().summary();
+        match status {
+            Some(status) if !self.timed_out => Outcome::Exited(status, stderr),
+            _ => Outcome::TimedOut(stderr),
+        }
+    }
+
+    /// SIGKILLs the command's whole process group, unless it was reaped.
+    fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
+        if let Some(pgid) = self.pgid {
+            // SAFETY: plain syscall; the group is ours as long as its
+            // leader has not been reaped.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Run {
+    /// An unfinished run (the message was aborted) dies before its stdin is
+    /// closed (fields drop after this), so it never sees a truncated message
+    /// end normally.
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(task) = &self.stderr_task {
+            task.abort();
+        }
+    }
+}
+
+/// Where a message goes while it streams in.
+enum Dest {
+    /// Header block not complete yet: converted bytes wait in the buffer.
+    Waiting,
+    Running(Box<Run>),
+    /// The command could not be started; the rest is thrown away and
+    /// `finish` reports the error.
+    Failed(io::Error),
+    Spool(SpoolFile),
+}
+
+pub struct MdaWriter {
+    plan: Arc<Plan>,
+    capture: HeaderCapture,
+    lf: ToLf,
+    buffer: Vec<u8>,
+    size: u64,
+    dest: Dest,
+}
+
+impl MdaWriter {
+    fn start(&mut self) {
+        let sender = self.plan.sender(&self.capture);
+        let recipient = self.plan.runs().swap_remove(0);
+        let argv = self.plan.argv(&recipient, &sender);
+        self.dest = match Run::spawn(&argv, self.plan.timeout) {
+            Ok(run) => Dest::Running(Box::new(run)),
+            Err(err) => Dest::Failed(err),
+        };
+    }
+
+    async fn drain(&mut self) -> io::Result<()> {
+        match &mut self.dest {
+            Dest::Waiting => return Ok(()),
+            Dest::Running(run) => run.write(&self.buffer).await,
+            Dest::Failed(_) => {}
+            Dest::Spool(file) => file.write_all(&self.buffer)?,
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl MessageWriter for MdaWriter {
+    async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.capture.feed(chunk);
+        let before = self.buffer.len();
+        self.lf.convert(chunk, &mut self.buffer);
+        self.size += (self.buffer.len() - before) as u64;
+        if matches!(self.dest, Dest::Waiting) && self.capture.is_complete() {
+            self.start();
+        }
+        if self.buffer.len() >= CHUNK {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for MdaSink {
+    type Writer = MdaWriter;
+    type Staged = Delivered;
+    type Committer = AlreadyDurable;
+
+    fn describe(&self) -> String {
+        match &self.plan {
+            Ok(plan) => format!("mda {}", plan.label),
+            Err(_) => "mda".to_owned(),
+        }
+    }
+
+    async fn begin(&mut self) -> Result<MdaWriter, Error> {
+        let plan = self.plan()?;
+        let dest = if plan.runs().len() > 1 {
+            // Several runs need the message several times.
+            Dest::Spool(SpoolFile::create(&self.spool_dir, "mda").map_err(|err| {
+                Error::new(
+                    Kind::Delivery,
+                    format!(
+                        "cannot create a spool file in {}: {err}",
+                        self.spool_dir.display()
+                    ),
+                )
+            })?)
+        } else {
+            Dest::Waiting
+        };
+        Ok(MdaWriter {
+            plan,
+            capture: HeaderCapture::new(),
+            lf: ToLf::default(),
+            buffer: Vec::with_capacity(CHUNK + CHUNK / 8),
+            size: 0,
+            dest,
+        })
+    }
+
+    async fn finish(&mut self, mut writer: MdaWriter) -> Result<Acceptance<Delivered>, Error> {
+        let before = writer.buffer.len();
+        writer.lf.end(&mut writer.buffer);
+        writer.size += (writer.buffer.len() - before) as u64;
+        if matches!(writer.dest, Dest::Waiting) {
+            // A message without a blank line after its header block.
+            writer.start();
+        }
+        let plan = writer.plan.clone();
+        let spool_error =
+            |err: io::Error| Error::new(Kind::Delivery, format!("cannot spool the message: {err}"));
+        writer.drain().await.map_err(spool_error)?;
+        let sender = plan.sender(&writer.capture);
+        let mut outcomes = Vec::new();
+        match std::mem::replace(&mut writer.dest, Dest::Waiting) {
+            Dest::Waiting => unreachable!("started above"),
+            Dest::Failed(err) => return Err(cannot_run(&plan, &err)),
+            Dest::Running(run) => outcomes.push((plan.runs().swap_remove(0), run.finish().await)),
+            Dest::Spool(file) => {
+                for recipient in plan.runs() {
+                    let argv = plan.argv(&recipient, &sender);
+                    let mut run =
+                        Run::spawn(&argv, plan.timeout).map_err(|err| cannot_run(&plan, &err))?;
+                    let mut reader = file.reader().map_err(spool_error)?;
+                    let mut buf = vec![0; CHUNK];
+                    loop {
+                        let read = reader.read(&mut buf).await.map_err(spool_error)?;
+                        if read == 0 || run.stdin.is_none() {
+                            break;
+                        }
+                        run.write(&buf[..read]).await;
+                    }
+                    outcomes.push((recipient, run.finish().await));
+                }
+            }
+        }
+        Ok(judge(&plan, outcomes, &writer))
+    }
+
+    fn abort(&mut self, writer: MdaWriter) {
+        // Dropping the run kills the command before closing its stdin;
+        // dropping the spool file removes it.
+        drop(writer);
+    }
+
+    fn committer(&self) -> AlreadyDurable {
+        AlreadyDurable
+    }
+}
+
+fn cannot_run(plan: &Plan, err: &io::Error) -> Error {
+    Error::new(
+        Kind::Delivery,
+        format!("cannot run the MDA {:?}: {err}", plan.label),
+    )
+}
+
+/// The verdict on a message from how each run ended: delivered if every
+/// run exited 0; else a temporary failure if any run failed temporarily
+/// (the message stays on the server, so runs that succeeded will get it
+/// again: a duplicate rather than a loss); else refused for good.
+fn judge(
+    plan: &Plan,
+    outcomes: Vec<(String, Outcome)>,
+    writer: &MdaWriter,
+) -> Acceptance<Delivered> {
+    let several = outcomes.len() > 1;
+    let mut temporary = Vec::new();
+    let mut permanent = Vec::new();
+    for (recipient, outcome) in outcomes {
+        let who = if several {
+            format!("MDA {:?} for {recipient}", plan.label)
+        } else {
+            format!("MDA {:?}", plan.label)
+        };
+        let with_stderr = |text: String, stderr: &str| {
+            if stderr.is_empty() {
+                text
+            } else {
+                format!("{text}: {stderr}")
+            }
+        };
+        match outcome {
+            Outcome::Exited(status, stderr) if status.success() => {
+                if !stderr.is_empty() {
+                    debug!("{who} said: {stderr}");
+                }
+            }
+            Outcome::Exited(status, stderr) if status.code() == Some(EX_TEMPFAIL) => {
+                let text = with_stderr(
+                    format!("{who} exited with status 75 (temporary failure)"),
+                    &stderr,
+                );
+                warn!("{text}");
+                temporary.push(text);
+            }
+            Outcome::Exited(status, stderr) => {
+                let how = match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exited with status {code}"),
+                    (None, Some(signal)) => format!("was killed by signal {signal}"),
+                    (None, None) => format!("ended with {status}"),
+                };
+                let text = with_stderr(format!("{who} {how}"), &stderr);
+                warn!("{text}");
+                permanent.push(text);
+            }
+            Outcome::TimedOut(stderr) => {
+                let text = with_stderr(
+                    format!(
+                        "{who} did not finish within {} s and was killed",
+                        plan.timeout.as_secs()
+                    ),
+                    &stderr,
+                );
+                warn!("{text}");
+                temporary.push(text);
+            }
+        }
+    }
+    if !temporary.is_empty() {
+        return Acceptance::TemporaryFailure(temporary.join("; "));
+    }
+    if !permanent.is_empty() {
+        return Acceptance::PermanentFailure(Rejection {
+            reason: permanent.join("; "),
+            sender: match writer.capture.return_path() {
+                Some(Sender::Address(address)) => Some(address),
+                _ => None,
+            },
+            headers: writer.capture.headers().to_vec(),
+        });
+    }
+    Acceptance::Accepted(Delivered { size: writer.size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        parse_command(text).unwrap()
+    }
+
+    #[test]
+    fn commands_split_like_a_shell_without_expansion() {
+        assert_eq!(
+            words("/usr/bin/procmail -d %T"),
+            ["/usr/bin/procmail", "-d", "%T"]
+        );
+        assert_eq!(words("  a\t b  "), ["a", "b"]);
+        assert_eq!(words(r#"a 'b c' "d e" f\ g"#), ["a", "b c", "d e", "f g"]);
+        assert_eq!(
+            words(r#"'it''s' "say \"hi\" \\ \n" x''y"#),
+            ["its", r#"say "hi" \ \n"#, "xy"]
+        );
+        assert_eq!(words(r#"a '' "" b"#), ["a", "", "", "b"]);
+        assert_eq!(
+            words("sh -c 'echo $HOME; cat > /tmp/x'"),
+            ["sh", "-c", "echo $HOME; cat > /tmp/x"]
+        );
+        assert_eq!(words(r"'\n'"), [r"\n"]);
+    }
+
+    #[test]
+    fn malformed_commands_are_refused() {
+        assert!(
+            parse_command("procmail 'oops")
+                .unwrap_err()
+                .contains("single quote")
+        );
+        assert!(
+            parse_command("procmail \"oops")
+                .unwrap_err()
+                .contains("double quote")
+        );
+        assert!(parse_command("procmail \"oops\\").is_err());
+        assert!(
+            parse_command("procmail \\")
+                .unwrap_err()
+                .contains("backslash")
+        );
+        assert!(parse_command("").is_err());
+        assert!(parse_command("   ").is_err());
+        assert!(parse_command("'' -d %T").unwrap_err().contains("program"));
+    }
+
+    #[test]
+    fn orphaned_spool_files_are_recognised_by_name() {
+        assert_eq!(orphan_pid("mda.12345.0"), Some(12345));
+        assert_eq!(orphan_pid("append.7.42"), Some(7));
+        assert_eq!(orphan_pid(&format!("mda.{}.3", std::process::id())), None);
+        assert_eq!(orphan_pid("other.12345.0"), None);
+        assert_eq!(orphan_pid("mda.12345.0.x"), None);
+        assert_eq!(orphan_pid("mda.x.0"), None);
+    }
+
+    #[test]
+    fn substitution_replaces_only_known_escapes() {
+        assert_eq!(substitute("-f%F", "bob", "a@b", false), "-fa@b");
+        assert_eq!(substitute("%T@%F", "bob", "a@b", false), "bob@a@b");
+        assert_eq!(substitute("100%%T", "bob", "a@b", false), "100%T");
+        assert_eq!(substitute("%x%", "bob", "a@b", false), "%x%");
+        assert_eq!(substitute("%F", "bob", "", false), "");
+        assert!(mentions_recipient("-d %T"));
+        assert!(!mentions_recipient("100%%T"));
+        assert!(mentions_recipient("%%%T"));
+    }
+
+    #[test]
+    fn values_in_a_shell_script_are_single_quoted() {
+        assert_eq!(shell_script_index(&words("sh -c 'x'")), Some(2));
+        assert_eq!(
+            shell_script_index(&words("/bin/bash -ec 'x' name")),
+            Some(2)
+        );
+        assert_eq!(shell_script_index(&words("procmail -c x")), None);
+        assert_eq!(shell_script_index(&words("sh script.sh")), None);
+        assert_eq!(
+            substitute("deliver -f %F", "bob", "o'brien@x", true),
+            r"deliver -f 'o'\''brien@x'"
+        );
+        let plan = Plan {
+            words: words("sh -c 'deliver --to %T --from %F' %F"),
+            script: Some(2),
+            recipients: vec!["bob".into()],
+            envelope_from: EnvelopeFrom::ReturnPath,
+            timeout: Duration::from_secs(1),
+            label: String::new(),
+        };
+        assert_eq!(
+            plan.argv("bob", "a@b"),
+            ["sh", "-c", "deliver --to 'bob' --from 'a@b'", "a@b"]
+        );
+        // The null sender stays one (empty) word in the script.
+        assert_eq!(plan.argv("bob", "")[2], "deliver --to 'bob' --from ''");
+    }
+
+    #[test]
+    fn hostile_return_paths_never_reach_the_command_line() {
+        let plan = |from| Plan {
+            words: words("procmail -f %F"),
+            script: None,
+            recipients: vec!["bob".into()],
+            envelope_from: from,
+            timeout: Duration::from_secs(1),
+            label: String::new(),
+        };
+        let sender = |headers: &str| {
+            let mut capture = HeaderCapture::new();
+            capture.feed(headers.as_bytes());
+            plan(EnvelopeFrom::ReturnPath).sender(&capture)
+        };
+        assert_eq!(
+            sender("Return-Path: <alice@example.org>\r\n\r\n"),
+            "alice@example.org"
+        );
+        assert_eq!(sender("Return-Path: <$(reboot)@x>\r\n\r\n"), "");
+        assert_eq!(sender("Return-Path: <a@b>; rm -rf /\r\n\r\n"), "");
+        assert_eq!(sender("Return-Path: <-oQ/tmp/x@evil>\r\n\r\n"), "");
+        assert_eq!(sender("Return-Path: <>\r\n\r\n"), "");
+        assert_eq!(sender("From: x@y\r\n\r\n"), "");
+        let fixed = plan(EnvelopeFrom::Fixed(Sender::Address("me@here".into())));
+        assert_eq!(fixed.sender(&HeaderCapture::new()), "me@here");
+    }
+
+    #[test]
+    fn one_run_per_recipient_only_with_percent_t() {
+        let plan = |command: &str, recipients: &[&str]| Plan {
+            words: words(command),
+            script: None,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            envelope_from: EnvelopeFrom::ReturnPath,
+            timeout: Duration::from_secs(1),
+            label: String::new(),
+        };
+        assert_eq!(plan("deliver %T", &["a", "b"]).runs(), ["a", "b"]);
+        assert_eq!(plan("deliver", &["a", "b"]).runs(), ["a"]);
+        assert_eq!(plan("deliver %T", &[]).runs(), [""]);
+    }
+
+    #[test]
+    fn crlf_becomes_lf_across_chunks() {
+        let mut lf = ToLf::default();
+        let mut out = Vec::new();
+        for chunk in [&b"a\r\nb\r"[..], b"\nc\rd\r", b"", b"x\r"] {
+            lf.convert(chunk, &mut out);
+        }
+        lf.end(&mut out);
+        assert_eq!(out, b"a\nb\nc\rd\rx\r");
+    }
+
+    #[test]
+    fn stderr_keeps_the_last_lines() {
+        let mut tail = Tail::default();
+        tail.push(&vec![b'x'; 10_000]);
+        tail.push(b"\none\n\n two \nthree\n");
+        assert_eq!(tail.bytes.len(), STDERR_TAIL);
+        assert!(tail.summary().ends_with("one / two / three"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The IMAP APPEND sink against a scripted server: synchronizing literals,
+//! APPENDLIMIT, and each kind of refusal or fault.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
+use mailfetch::error::Kind;
+use mailfetch::sink::imap_append::ImapAppendSink;
+use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
+
+/// How the server answers one APPEND.
+#[derive(Clone, Debug)]
+enum Answer {
+    /// Read the literal, then send this completion (`OK …`, `NO […] …`).
+    After(&'static str),
+    /// Refuse a synchronizing literal at once with this completion.
+    Refuse(&'static str),
+    /// Read half the literal, then close the connection.
+    Hangup,
+}
+
+#[derive(Default)]
+struct Log {
+    /// Every command line, per connection.
+    sessions: Vec<Vec<String>>,
+    /// The literals received in full.
+    messages: Vec<Vec<u8>>,
+}
+
+struct Server {
+    port: u16,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Server {
+    /// Serves connections one after another; `caps` are announced after
+    /// login; `answers` are used in order across connections.
+    fn start(caps: &'static str, answers: Vec<Answer>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        let shared = log.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                shared.lock().unwrap().sessions.push(Vec::new());
+                let _ = serve(stream, caps, &answers, &shared);
+            }
+        });
+        Server { port, log }
+    }
+
+    fn lines(&self) -> Vec<Vec<String>> {
+        self.log.lock().unwrap().sessions.clone()
+    }
+
+    fn messages(&self) -> Vec<Vec<u8>> {
+        self.log.lock().unwrap().messages.clone()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    caps: &str,
+    answers: &Mutex<std::vec::IntoIter<Answer>>,
+    log: &Mutex<Log>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    out.write_all(b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n")?;
+    loop {
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end().to_owned();
+        log.lock()
+            .unwrap()
+            .sessions
+            .last_mut()
+            .unwrap()
+            .push(line.clone());
+        let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
+        let verb = rest.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "LOGIN" => write!(out, "{tag} OK [CAPABILITY IMAP4rev1 {caps}] in\r\n")?,
+            "CREATE" => write!(out, "{tag} OK created\r\n")?,
+            "LOGOUT" => {
+                write!(out, "* BYE bye\r\n{tag} OK out\r\n")?;
+                return Ok(());
+            }
+            "APPEND" => {
+                let open = line.rfind('{').unwrap();
+                let size = &line[open + 1..line.len() - 1];
+                let sync = !size.ends_with('+');
+                let size: usize = size.trim_end_matches('+').parse().unwrap();
+                let answer = answers.lock().unwrap().next().expect("an answer");
+                if let Answer::Refuse(completion) = answer {
+                    assert!(sync, "refusing a non-synchronizing literal");
+                    write!(out, "{tag} {completion}\r\n")?;
+                    continue;
+                }
+                if sync {
+                    out.write_all(b"+ go ahead\r\n")?;
+                }
+                let mut message = vec![0; size];
+                if let Answer::Hangup = answer {
+                    input.read_exact(&mut message[..size / 2])?;
+                    return Ok(());
+                }
+                input.read_exact(&mut message)?;
+                let mut end = [0; 2];
+                input.read_exact(&mut end)?;
+                assert_eq!(&end, b"\r\n");
+                log.lock().unwrap().messages.push(message);
+                if let Answer::After(completion) = answer {
+                    write!(out, "{tag} {completion}\r\n")?;
+                }
+            }
+            _ => write!(out, "{tag} BAD unexpected\r\n")?,
+        }
+    }
+}
+
+fn sink(server: &Server, spool: &tempfile::TempDir) -> ImapAppendSink {
+    let target = ImapTarget {
+        host: "127.0.0.1".into(),
+        port: server.port,
+        folder: "Archive".into(),
+        seen: false,
+        server: DeliveryServer {
+            tls: TlsMode::None,
+            ca_file: None,
+            fingerprint: None,
+            username: Some("bob".into()),
+            password: PasswordSource::None,
+            auth: AuthMethod::Auto,
+            allow_plaintext_auth: false,
+            timeout: Duration::from_secs(10),
+        },
+    };
+    ImapAppendSink::new(
+        target,
+        Some(Secret::new("pw".into())),
+        spool.path().to_owned(),
+    )
+}
+
+const MESSAGE: &[u8] =
+    b"Return-Path: <alice@example.org>\nDate: Tue, 3 Mar 2026 10:00:00 +0100\nSubject: x\n\nbody\n";
+const CRLF_MESSAGE: &[u8] =
+    b"Return-Path: <alice@example.org>\r\nDate: Tue, 3 Mar 2026 10:00:00 +0100\r\nSubject: x\r\n\r\nbody\r\n";
+
+async fn deliver(
+    sink: &mut ImapAppendSink,
+    message: &[u8],
+) -> Result<Acceptance<Delivered>, mailfetch::error::Error> {
+    let mut writer = sink.begin().await?;
+    writer.write(message).await.unwrap();
+    sink.finish(writer).await
+}
+
+fn spooled(spool: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(spool.path()).unwrap().count()
+}
+
+#[tokio::test]
+async fn without_literal_plus_the_message_waits_for_the_go_ahead() {
+    let server = Server::start("", vec![Answer::After("OK done")]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE).await.unwrap(),
+        Acceptance::Accepted(Delivered { size }) if size == CRLF_MESSAGE.len() as u64
+    ));
+    sink.close().await;
+    let lines = &server.lines()[0];
+    assert_eq!(
+        lines[1],
+        format!(
+            "M2 APPEND \"Archive\" \" 3-Mar-2026 10:00:00 +0100\" {{{}}}",
+            CRLF_MESSAGE.len()
+        )
+    );
+    assert!(lines.last().unwrap().ends_with("LOGOUT"));
+    assert_eq!(server.messages(), [CRLF_MESSAGE]);
+    assert_eq!(spooled(&spool), 0);
+}
+
+#[tokio::test]
+async fn with_literal_plus_the_message_follows_at_once() {
+    let server = Server::start("LITERAL+", vec![Answer::After("OK done")]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    assert!(server.lines()[0][1].ends_with(&format!("{{{}+}}", CRLF_MESSAGE.len())));
+}
+
+#[tokio::test]
+async fn refusals_are_temporary_or_permanent_by_their_response_code() {
+    let server = Server::start(
+        "",
+        vec![
+            Answer::After("NO [OVERQUOTA] mailbox full"),
+            Answer::After("NO [UNAVAILABLE] try later"),
+            Answer::After("NO message refused"),
+            Answer::After("BAD what?"),
+            Answer::Refuse("NO [LIMIT] too many"),
+            Answer::Refuse("NO [TOOBIG] too big"),
+        ],
+    );
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    let mut verdicts = Vec::new();
+    for _ in 0..6 {
+        verdicts.push(match deliver(&mut sink, MESSAGE).await.unwrap() {
+            Acceptance::Accepted(_) => "accepted".to_owned(),
+            Acceptance::TemporaryFailure(reason) => format!("temporary: {reason}"),
+            Acceptance::PermanentFailure(rejection) => {
+                assert_eq!(rejection.sender.as_deref(), Some("alice@example.org"));
+                assert!(rejection.headers.ends_with(b"Subject: x\n\n"));
+                format!("permanent: {}", rejection.reason)
+            }
+        });
+    }
+    assert_eq!(
+        verdicts,
+        [
+            "temporary: 127.0.0.1: APPEND refused for now: mailbox full",
+            "temporary: 127.0.0.1: APPEND refused for now: try later",
+            "permanent: 127.0.0.1: APPEND refused: message refused",
+            "permanent: 127.0.0.1: APPEND refused: what?",
+            "temporary: 127.0.0.1: APPEND refused for now: too many",
+            "permanent: 127.0.0.1: APPEND refused: too big",
+        ]
+    );
+    // Refused literals were never sent; everything went over one session.
+    assert_eq!(server.messages().len(), 4);
+    assert_eq!(server.lines().len(), 1);
+    assert_eq!(spooled(&spool), 0);
+}
+
+#[tokio::test]
+async fn trycreate_creates_the_folder_once_and_retries() {
+    let server = Server::start(
+        "",
+        vec![
+            Answer::After("NO [TRYCREATE] no such folder"),
+            Answer::After("OK done"),
+            Answer::After("NO [TRYCREATE] no such folder"),
+            Answer::After("NO [TRYCREATE] still no such folder"),
+        ],
+    );
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE).await.unwrap(),
+        Acceptance::PermanentFailure(_)
+    ));
+    let lines = &server.lines()[0];
+    let creates = lines
+        .iter()
+        .filter(|l| l.contains("CREATE \"Archive\""))
+        .count();
+    assert_eq!(creates, 2, "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_folder_problem_stops_the_poll_instead_of_refusing_each_message() {
+    let server = Server::start("", vec![Answer::Refuse("NO [NOPERM] not yours")]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    let err = deliver(&mut sink, MESSAGE).await.err().expect("an error");
+    assert_eq!(err.kind, Kind::Delivery);
+    assert!(err.message.contains("not yours"), "{err}");
+}
+
+#[tokio::test]
+async fn appendlimit_refuses_a_large_message_without_sending_it() {
+    let server = Server::start("LITERAL+ APPENDLIMIT=50", vec![]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    match deliver(&mut sink, MESSAGE).await.unwrap() {
+        Acceptance::PermanentFailure(rejection) => {
+            assert!(
+                rejection.reason.contains("APPENDLIMIT=50"),
+                "{}",
+                rejection.reason
+            )
+        }
+        _ => panic!("not refused"),
+    }
+    sink.close().await;
+    assert!(!server.lines()[0].iter().any(|l| l.contains("APPEND")));
+    assert_eq!(spooled(&spool), 0);
+}
+
+#[tokio::test]
+async fn a_connection_lost_before_the_ok_is_an_error_and_the_next_message_reconnects() {
+    let server = Server::start("", vec![Answer::Hangup, Answer::After("OK done")]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sink = sink(&server, &spool);
+    let mut big = MESSAGE.to_vec();
+    big.extend(b"x".repeat(100_000));
+    let err = deliver(&mut sink, &big).await.err().expect("an error");
+    assert!(matches!(err.kind, Kind::Connection | Kind::Server), "{err}");
+    assert_eq!(spooled(&spool), 0);
+    assert!(matches!(
+        deliver(&mut sink, MESSAGE).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    assert_eq!(server.lines().len(), 2);
+    assert_eq!(server.messages(), [CRLF_MESSAGE]);
+}

@@ -544,3 +544,51 @@ async fn bounces_go_out_with_the_null_sender() {
     assert_eq!(err.kind, Kind::Delivery);
     assert!(err.message.contains("550 5.1.1 nobody"), "{err}");
 }
+
+/// A name for this machine that is not spelled as loopback but reaches the
+/// fake server on 127.0.0.1 (Debian maps the host name there), if any.
+fn non_loopback_name_for_localhost() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = mailfetch::received::local_hostname();
+    let reaches = (name.as_str(), 0)
+        .to_socket_addrs()
+        .ok()?
+        .any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST);
+    (reaches && !mailfetch::net::is_loopback_host(&name)).then_some(name)
+}
+
+#[tokio::test]
+async fn no_password_in_the_clear_to_another_host() {
+    let Some(name) = non_loopback_name_for_localhost() else {
+        eprintln!("SKIPPED: the host name does not resolve to 127.0.0.1 here");
+        return;
+    };
+    let server = FakeSmtp::start(Script::default().auth_required());
+    for (method, allow) in [
+        (AuthMethod::Auto, false),
+        (AuthMethod::Plain, false),
+        (AuthMethod::Login, false),
+        (AuthMethod::Plain, true),
+    ] {
+        let mut t = target(&server, MtaProtocol::Smtp);
+        t.address = MtaAddress::Tcp {
+            host: name.clone(),
+            port: server.port(),
+        };
+        t.server.username = Some(USER.to_owned());
+        t.server.auth = method;
+        t.server.allow_plaintext_auth = allow;
+        let mut sink = sink_for(t, &[RCPT]);
+        let before = server.transcript().len();
+        let result = deliver(&mut sink, &message(0), 4096).await;
+        let sent: Vec<String> = server.transcript()[before..].to_vec();
+        if allow {
+            assert!(is_accepted(&result.unwrap()), "{method:?}");
+            assert!(sent.iter().any(|l| l.starts_with("AUTH PLAIN")));
+        } else {
+            let err = result.err().expect("must refuse");
+            assert_eq!(err.kind, Kind::Auth, "{method:?}: {err}");
+            assert!(sent.iter().all(|l| !l.starts_with("AUTH")), "{sent:?}");
+        }
+    }
+}

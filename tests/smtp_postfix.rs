@@ -195,7 +195,8 @@ async fn starttls_with_a_pinned_certificate() {
     t.server.fingerprint = Some([0; 32]);
     let mut sink = smtp_sink(t, &[Postfix::address("bob")]);
     let err = sink.begin().await.err().expect("a wrong pin must fail");
-    assert_eq!(err.kind, mailfetch::error::Kind::Connection, "{err}");
+    assert_eq!(err.kind, mailfetch::error::Kind::Delivery, "{err}");
+    assert!(err.message.contains("sha256:"), "{err}");
 }
 
 #[tokio::test]

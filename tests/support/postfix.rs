@@ -40,6 +40,9 @@
 //! * Loopback clients count as local, whose mail Postfix "fixes" (adds
 //!   Message-Id and Date): `local_header_rewrite_clients =` keeps the
 //!   delivered message byte-identical below Postfix's trace headers.
+//! * `alias_maps` and `local_recipient_maps` are emptied: there is no local
+//!   delivery, and Debian's default alias_maps (with `nis:mail.aliases`)
+//!   makes every smtpd log a NIS warning.
 //! * Postfix's own fsyncs make each message cost a few ms; the benchmark
 //!   therefore puts the directory where it puts Dovecot's.
 //!
@@ -156,6 +159,9 @@ impl Postfix {
              mydestination =\n\
              mynetworks = 127.0.0.0/8\n\
              relayhost =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n\
              maillog_file = {d}/maillog\n\
              maillog_file_prefixes = {d}\n\
              virtual_mailbox_domains = {DOMAIN}\n\

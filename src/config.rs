@@ -53,6 +53,12 @@ pub struct General {
     /// Where per-account state and the lock file live.
     /// Default `$XDG_STATE_HOME/mailfetch`, else `~/.local/state/mailfetch`.
     pub state_dir: PathBuf,
+    /// Daemon mode: how often an account without its own `interval` is
+    /// polled. Default 5 minutes.
+    pub poll_interval: Duration,
+    /// At most this many polls run at once (one-shot and daemon mode).
+    /// Connections idling in IMAP IDLE do not count. Default 8.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +292,15 @@ pub struct Account {
     /// IMAP, only without `keep`: move delivered messages to this folder
     /// instead of deleting them.
     pub move_to: Option<String>,
+    /// Daemon mode: this account's poll interval, instead of the general
+    /// `poll_interval`.
+    pub interval: Option<Duration>,
+    /// IMAP, daemon mode: wait for new mail with IDLE, one connection per
+    /// folder, instead of polling.
+    pub idle: bool,
+    /// IMAP: how long one IDLE command may last before it is re-issued
+    /// (servers drop idle clients after 30 minutes, RFC 9051).
+    pub idle_timeout: Duration,
 }
 
 /// The user running mailfetch, the default envelope recipient: `$USER`,
@@ -321,6 +336,16 @@ const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long to wait for the server when `timeout` is not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often accounts are polled in daemon mode by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// How many polls run at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+
+/// How long an IDLE lasts by default: below the 29 minutes after which
+/// RFC 9051 lets a server drop an idle client.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 /// The default configuration file: `$XDG_CONFIG_HOME/mailfetch/fetchrc`,
 /// else `~/.config/mailfetch/fetchrc`.
@@ -539,6 +564,8 @@ struct RawFile {
 #[serde(deny_unknown_fields, expecting = "a [general] table")]
 struct RawGeneral {
     state_dir: Option<RawValue>,
+    poll_interval: Option<RawValue>,
+    max_connections: Option<RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -571,6 +598,9 @@ struct RawAccount {
     max_per_poll: Option<RawValue>,
     mark_seen: Option<RawValue>,
     move_to: Option<RawValue>,
+    interval: Option<RawValue>,
+    idle: Option<RawValue>,
+    idle_timeout: Option<RawValue>,
 }
 
 /// `[account.delivery]`: how to talk to the server mail is delivered to.
@@ -655,7 +685,17 @@ impl Parser<'_> {
                 )
             })?,
         };
-        Ok(General { state_dir })
+        let poll_interval = self
+            .optional("poll_interval", &raw.poll_interval, as_interval)?
+            .unwrap_or(DEFAULT_POLL_INTERVAL);
+        let max_connections = self
+            .optional("max_connections", &raw.max_connections, as_count)?
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        Ok(General {
+            state_dir,
+            poll_interval,
+            max_connections,
+        })
     }
 
     fn account(&self, raw: &Spanned<RawAccount>) -> Result<Account, Error> {
@@ -746,6 +786,8 @@ impl Parser<'_> {
             ("fetch", &raw.fetch),
             ("mark_seen", &raw.mark_seen),
             ("move_to", &raw.move_to),
+            ("idle", &raw.idle),
+            ("idle_timeout", &raw.idle_timeout),
         ] {
             if let Some(value) = field
                 && protocol != Protocol::Imap
@@ -774,6 +816,11 @@ impl Parser<'_> {
         let move_to = self.optional("move_to", &raw.move_to, |value| {
             as_str(value).and_then(check_folder_name).map(str::to_owned)
         })?;
+        let interval = self.optional("interval", &raw.interval, as_interval)?;
+        let idle = self.optional("idle", &raw.idle, as_bool)?.unwrap_or(false);
+        let idle_timeout = self
+            .optional("idle_timeout", &raw.idle_timeout, as_idle_timeout)?
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
 
         let account = Account {
             name,
@@ -800,6 +847,9 @@ impl Parser<'_> {
             max_per_poll,
             mark_seen,
             move_to,
+            interval,
+            idle,
+            idle_timeout,
         };
         self.check_auth_for_protocol(raw, &account)?;
         self.check_token_source(raw, &account)?;
@@ -1619,6 +1669,30 @@ fn as_timeout(value: &toml::Value) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// `poll_interval`, `interval`: like `timeout`, and at least a second, so
+/// that a typo such as "5ms" cannot make the daemon hammer a server.
+fn as_interval(value: &toml::Value) -> Result<Duration, String> {
+    let interval = as_timeout(value)?;
+    if interval < Duration::from_secs(1) {
+        return Err("must be at least 1 second, e.g. \"90s\" or \"15m\"".to_owned());
+    }
+    Ok(interval)
+}
+
+/// `idle_timeout`: between 10 seconds and 29 minutes (RFC 9051 lets a
+/// server drop a client idle for 30 minutes).
+fn as_idle_timeout(value: &toml::Value) -> Result<Duration, String> {
+    let timeout = as_timeout(value)?;
+    if timeout < Duration::from_secs(10) || timeout > Duration::from_secs(29 * 60) {
+        return Err(
+            "must be between \"10s\" and \"29m\": servers may drop a client that idles \
+             for 30 minutes"
+                .to_owned(),
+        );
+    }
+    Ok(timeout)
+}
+
 /// Parses `500ms`, `90s`, `15m`, `1h`, or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || {
@@ -1997,6 +2071,12 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "[general]")?;
         writeln!(f, "state_dir = {}", toml_path(&self.general.state_dir))?;
+        writeln!(
+            f,
+            "poll_interval = \"{}\"",
+            format_duration(self.general.poll_interval)
+        )?;
+        writeln!(f, "max_connections = {}", self.general.max_connections)?;
         for account in &self.accounts {
             writeln!(f)?;
             write_account(f, account)?;
@@ -2054,6 +2134,9 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
     if let Some(max_per_poll) = account.max_per_poll {
         writeln!(f, "max_per_poll = {max_per_poll}")?;
     }
+    if let Some(interval) = account.interval {
+        writeln!(f, "interval = \"{}\"", format_duration(interval))?;
+    }
     // The IMAP-only keys, which a POP3 account must not have.
     if account.protocol == Protocol::Imap {
         let folders: Vec<String> = account
@@ -2067,6 +2150,12 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
         if let Some(move_to) = &account.move_to {
             writeln!(f, "move_to = {}", toml_string(move_to))?;
         }
+        writeln!(f, "idle = {}", account.idle)?;
+        writeln!(
+            f,
+            "idle_timeout = \"{}\"",
+            format_duration(account.idle_timeout)
+        )?;
     }
     write_delivery(f, &account.deliver)
 }
@@ -2773,12 +2862,72 @@ deliver = "maildir:~/Mail/home"
     }
 
     #[test]
+    fn daemon_keys() {
+        let config = parse_ok(&imap_account_with(""));
+        assert_eq!(config.general.poll_interval, DEFAULT_POLL_INTERVAL);
+        assert_eq!(config.general.max_connections, 8);
+        let account = &config.accounts[0];
+        assert_eq!(account.interval, None);
+        assert!(!account.idle);
+        assert_eq!(account.idle_timeout, Duration::from_secs(25 * 60));
+
+        let text = format!(
+            "[general]\npoll_interval = \"2m\"\nmax_connections = 3\n{}",
+            imap_account_with("interval = \"90s\"\nidle = true\nidle_timeout = \"20m\"\n")
+        );
+        let config = parse_ok(&text);
+        assert_eq!(config.general.poll_interval, Duration::from_secs(120));
+        assert_eq!(config.general.max_connections, 3);
+        let account = &config.accounts[0];
+        assert_eq!(account.interval, Some(Duration::from_secs(90)));
+        assert!(account.idle);
+        assert_eq!(account.idle_timeout, Duration::from_secs(20 * 60));
+        // --check-config output parses back to the same settings.
+        let again = parse_ok(&config.to_string());
+        assert_eq!(again.general.poll_interval, Duration::from_secs(120));
+        assert_eq!(again.general.max_connections, 3);
+        assert_eq!(again.accounts[0].interval, Some(Duration::from_secs(90)));
+        assert!(again.accounts[0].idle);
+        assert_eq!(again.accounts[0].idle_timeout, Duration::from_secs(20 * 60));
+    }
+
+    #[test]
+    fn bad_daemon_keys() {
+        assert_config_error(
+            &format!("[general]\npoll_interval = \"5ms\"\n{}", account_with("")),
+            2,
+            "poll_interval",
+            "at least 1 second",
+        );
+        assert_config_error(
+            &format!("[general]\nmax_connections = 0\n{}", account_with("")),
+            2,
+            "max_connections",
+            "greater than zero",
+        );
+        assert_config_error(
+            &imap_account_with("idle_timeout = \"30m\"\n"),
+            7,
+            "idle_timeout",
+            "between \"10s\" and \"29m\"",
+        );
+        assert_config_error(
+            &imap_account_with("interval = \"soon\"\n"),
+            7,
+            "interval",
+            "is not a duration",
+        );
+    }
+
+    #[test]
     fn imap_only_keys_are_refused_for_pop3() {
         for setting in [
             "folders = [\"INBOX\"]",
             "fetch = \"new\"",
             "mark_seen = false",
             "move_to = \"Archive\"",
+            "idle = true",
+            "idle_timeout = \"20m\"",
         ] {
             let key = setting.split_once(' ').unwrap().0;
             let text = account_with(&format!("keep = true\n{setting}\n"));

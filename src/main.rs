@@ -6,19 +6,28 @@ use std::process::ExitCode;
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::lock::StateLock;
-use mailfetch::pipeline;
+use mailfetch::{pipeline, scheduler};
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
 const HELP: &str = "\
-mailfetch - fetch mail from POP3 and IMAP servers into a Maildir, never losing a message
+mailfetch - fetch mail from POP3 and IMAP servers, never losing a message
+
+Delivers into a Maildir, to an MTA (SMTP, LMTP), to an MDA command or into
+another IMAP server (deliver = \"maildir:…\", \"smtp://…\", \"lmtp:…\",
+\"mda:…\", \"imap://…\"). A message leaves the server only once its
+destination has durably taken it.
 
 USAGE:
     mailfetch [OPTIONS]
+    mailfetch --daemon [OPTIONS]
 
 Polls every configured account once (or only those named with --account;
-for IMAP, each configured folder), delivers new mail, and exits.
+for IMAP, each configured folder), up to max_connections at a time,
+delivers new mail, and exits. With --daemon, keeps polling (and, for
+accounts with idle = true, waiting for mail with IMAP IDLE) until stopped.
 
 OPTIONS:
     -c, --config FILE    configuration file
@@ -27,6 +36,10 @@ OPTIONS:
         --account NAME   poll only this account (repeatable)
         --check-config   validate the configuration, print it with secrets
                          masked, and exit
+        --daemon         run until stopped: poll every account at its
+                         interval (poll_interval, interval), IDLE where
+                         idle = true; logs to stderr, for journald
+        --log-format F   text (default) or json (one JSON object per line)
     -v, --verbose        log protocol traces (passwords and AUTH payloads
                          masked); -vv also logs the TLS library's details
     -q, --quiet          log only errors
@@ -44,10 +57,21 @@ EXIT CODES (as fetchmail's):
     6   configuration or secret file readable by others
     7   server error or timeout
     8   another mailfetch holds the lock on the state directory
-    10  delivery failed
+    10  delivery failed: the destination refused a message (it stays on
+        the server unless on_reject says otherwise) or could not be written
     A poll that delivered some mail and then failed counts as failed. With
     several accounts or folders and none of them succeeding with mail, the
     highest code wins.
+
+DAEMON SIGNALS:
+    SIGTERM, SIGINT  stop: finish or abandon the message in progress (never
+                     delivering part of one, never deleting one that is not
+                     safely delivered), and exit 0 within 10 s
+    SIGHUP           reload the configuration; if the new one is invalid,
+                     log why and keep running the old one
+    SIGUSR1          poll every account now
+    In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
+    configuration at start-up and 8 if another mailfetch holds the lock.
 
 See fetchrc.example for every configuration key.
 ";
@@ -56,6 +80,8 @@ struct Args {
     config: Option<PathBuf>,
     accounts: Vec<String>,
     check_config: bool,
+    daemon: bool,
+    json: bool,
     verbosity: Verbosity,
 }
 
@@ -89,6 +115,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
         config: None,
         accounts: Vec::new(),
         check_config: false,
+        daemon: false,
+        json: false,
         verbosity: Verbosity::Normal,
     };
     while let Some(arg) = args.next() {
@@ -109,6 +137,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "-c" | "--config" => parsed.config = Some(PathBuf::from(value(&name)?)),
             "--account" => parsed.accounts.push(value(&name)?),
             "--check-config" => parsed.check_config = true,
+            "--daemon" => parsed.daemon = true,
+            "--log-format" => {
+                parsed.json = match value(&name)?.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => {
+                        return Err(format!("--log-format must be text or json, not {other:?}"));
+                    }
+                }
+            }
             "-v" | "--verbose" => {
                 parsed.verbosity = match parsed.verbosity {
                     Verbosity::Verbose | Verbosity::Debug => Verbosity::Debug,
@@ -143,13 +181,18 @@ fn main() -> ExitCode {
             return ExitCode::from(Kind::Config.exit_code() as u8);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(args.verbosity.filter())
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if args.json {
+        // Log shippers want the time; journald adds its own to text lines.
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal())
+            .without_time()
+            .init();
+    }
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -180,21 +223,53 @@ fn run(args: &Args) -> Result<u8, Error> {
         .enable_all()
         .build()
         .map_err(|err| Error::new(Kind::Delivery, format!("cannot start the runtime: {err}")))?;
+    if args.daemon {
+        let reload = || config::load(&path).and_then(|new| select_accounts(new, &args.accounts));
+        let result = runtime.block_on(scheduler::run_daemon(config, reload));
+        // Work abandoned at the deadline (a commit on a blocking thread) is
+        // not waited for: the commit protocol is safe against that.
+        runtime.shutdown_timeout(Duration::from_millis(500));
+        return result.map(|()| 0);
+    }
     let reports = runtime.block_on(async {
-        let mut reports = Vec::new();
-        for account in &config.accounts {
-            for report in pipeline::poll(account, &config.general.state_dir).await {
-                if report.failure().is_some() {
-                    tracing::error!("{}", report.summary());
-                } else {
-                    tracing::info!("{}", report.summary());
-                }
-                reports.push(report);
+        let polls = scheduler::poll_all(&config);
+        tokio::pin!(polls);
+        tokio::select! {
+            reports = &mut polls => reports,
+            () = shutdown_signal() => {
+                tracing::warn!("stopping: finishing the messages in progress");
+                pipeline::stop_retrieving();
+                tokio::time::timeout(scheduler::SHUTDOWN_GRACE, polls)
+                    .await
+                    .unwrap_or_default()
             }
         }
-        reports
     });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    if pipeline::is_stopping() && reports.is_empty() {
+        return Err(Error::new(
+            Kind::Server,
+            "stopped by a signal; polls still busy were abandoned (nothing incomplete delivered, nothing undelivered deleted)",
+        ));
+    }
     Ok(exit_code(&reports))
+}
+
+/// SIGTERM or SIGINT; never if the handlers cannot be installed.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 fn select_accounts(mut config: Config, names: &[String]) -> Result<Config, Error> {

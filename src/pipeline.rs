@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
@@ -41,6 +42,22 @@ use crate::source::imap::Imap;
 use crate::source::pop3::Pop3;
 use crate::source::{Listed, Retrieved, Source};
 use crate::state::{Entry, MailboxState};
+
+/// Set when the process is shutting down: retrievals stop requesting
+/// messages, and what is complete is committed (see [`stop_retrieving`]).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every poll in progress stop before its next message: messages
+/// already complete are committed as usual, the session is then dropped
+/// without deleting anything, and the rest waits for the next run.
+pub fn stop_retrieving() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`stop_retrieving`] was called.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 /// A batch is committed when it holds this many messages…
 const BATCH_MESSAGES: usize = 256;
@@ -182,48 +199,86 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Polls one account once: one report per mailbox (the POP3 account, or
-/// each IMAP folder). Never panics on bad input; every failure ends up in
-/// a report.
-pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
-    let spool = || state_dir.join("spool");
-    match &account.deliver {
-        DeliverTarget::Maildir(path) => match MaildirSink::open(path) {
-            Ok(sink) => poll_into(account, state_dir, sink).await,
-            Err(err) => {
-                let destination = format!("maildir {}", path.display());
-                vec![Report::failed(account, &destination, err)]
+/// The account's destination, opened (not yet connected: network sinks
+/// connect at the first message).
+enum AnySink {
+    Maildir(MaildirSink),
+    Smtp(SmtpSink),
+    Mda(MdaSink),
+    // Boxed: the session it holds is large, and this enum is moved around.
+    Imap(Box<ImapAppendSink>),
+}
+
+/// Evaluates `$body` with `$sink` bound to the concrete sink inside an
+/// [`AnySink`]: the pipeline is generic over the sink, so each arm is
+/// compiled for its own type.
+macro_rules! with_sink {
+    ($any:expr, $sink:pat => $body:expr) => {
+        match $any {
+            AnySink::Maildir($sink) => $body,
+            AnySink::Smtp($sink) => $body,
+            AnySink::Mda($sink) => $body,
+            AnySink::Imap(boxed) => {
+                let $sink = *boxed;
+                $body
             }
-        },
-        DeliverTarget::Mta(target) => match target.server.password.resolve(&account.name).await {
-            Ok(password) => {
-                let sink = SmtpSink::new(
+        }
+    };
+}
+
+impl AnySink {
+    /// Opens the account's destination; on failure, says what it was.
+    async fn open(account: &Account, state_dir: &Path) -> Result<AnySink, (String, Error)> {
+        let spool = || state_dir.join("spool");
+        match &account.deliver {
+            DeliverTarget::Maildir(path) => MaildirSink::open(path)
+                .map(AnySink::Maildir)
+                .map_err(|err| (format!("maildir {}", path.display()), err)),
+            DeliverTarget::Mta(target) => {
+                let password = target
+                    .server
+                    .password
+                    .resolve(&account.name)
+                    .await
+                    .map_err(|err| ("the MTA".to_owned(), err))?;
+                Ok(AnySink::Smtp(SmtpSink::new(
                     target.clone(),
                     password,
                     account.to.clone(),
                     account.envelope_from.clone(),
                     local_hostname(),
-                );
-                poll_into(account, state_dir, sink).await
+                )))
             }
-            Err(err) => vec![Report::failed(account, "the MTA", err)],
-        },
-        DeliverTarget::Mda(target) => {
-            let sink = MdaSink::new(
+            DeliverTarget::Mda(target) => Ok(AnySink::Mda(MdaSink::new(
                 target.clone(),
                 account.to.clone(),
                 account.envelope_from.clone(),
                 spool(),
-            );
-            poll_into(account, state_dir, sink).await
-        }
-        DeliverTarget::Imap(target) => match target.server.password.resolve(&account.name).await {
-            Ok(password) => {
-                let sink = ImapAppendSink::new(target.clone(), password, spool());
-                poll_into(account, state_dir, sink).await
+            ))),
+            DeliverTarget::Imap(target) => {
+                let password = target
+                    .server
+                    .password
+                    .resolve(&account.name)
+                    .await
+                    .map_err(|err| ("the IMAP server".to_owned(), err))?;
+                Ok(AnySink::Imap(Box::new(ImapAppendSink::new(
+                    target.clone(),
+                    password,
+                    spool(),
+                ))))
             }
-            Err(err) => vec![Report::failed(account, "the IMAP server", err)],
-        },
+        }
+    }
+}
+
+/// Polls one account once: one report per mailbox (the POP3 account, or
+/// each IMAP folder). Never panics on bad input; every failure ends up in
+/// a report.
+pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
+    match AnySink::open(account, state_dir).await {
+        Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
+        Err((destination, err)) => vec![Report::failed(account, &destination, err)],
     }
 }
 
@@ -333,6 +388,47 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
         }
     }
     reports
+}
+
+/// Polls one folder of an open IMAP session (daemon mode, IDLE): opens the
+/// folder, delivers what is new and leaves it open. A report with an error
+/// means the session should not be used any more, except when the server
+/// refused to open the folder ([`Kind::Server`] before anything else).
+pub async fn poll_imap_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Report {
+    let started = Instant::now();
+    let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
+    let sink = match AnySink::open(account, state_dir).await {
+        Ok(sink) => sink,
+        Err((destination, err)) => {
+            report.destination = destination;
+            report.error = Some(err);
+            return report;
+        }
+    };
+    let result = with_sink!(sink, mut sink => {
+        report.destination = sink.describe();
+        let result = async {
+            source
+                .select(folder, account.keep && !account.mark_seen)
+                .await?;
+            let key = format!(
+                "imap {}@{}:{}/{folder}",
+                account.username, account.host, account.port
+            );
+            poll_mailbox(source, &mut sink, account, state_dir, &key, &mut report).await
+        }
+        .await;
+        sink.close().await;
+        result
+    });
+    report.error = result.err();
+    report.elapsed = started.elapsed();
+    report
 }
 
 fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
@@ -708,6 +804,15 @@ async fn retrieve<S: Source, K: Sink>(
     let mut batch = Batch::default();
     let mut result = Ok(());
     for _ in messages {
+        if is_stopping() {
+            // Requests may still be in flight: the session cannot be used
+            // for deletions any more, so this ends the poll as failed.
+            result = Err(Error::new(
+                Kind::Server,
+                "interrupted: mailfetch is shutting down; the rest is fetched next time",
+            ));
+            break;
+        }
         match retrieve_one(source, sink, header).await {
             Ok((number, Fetched::Staged(staged))) => {
                 let Some(message) = by_number.get(&number) else {

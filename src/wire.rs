@@ -116,6 +116,12 @@ impl Wire {
         &self.host
     }
 
+    /// Changes how long a read or write may wait; returns the old limit.
+    /// IMAP IDLE waits far longer for the server than any command does.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Duration {
+        std::mem::replace(&mut self.timeout, timeout)
+    }
+
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
     }

@@ -474,7 +474,7 @@ fn retr_refused_for_one_message_delivers_the_others() {
     assert_eq!(case.delivered(), expected(&[&mail[0], &mail[2]]));
     assert_eq!(server.deleted(), uids(&["uid-1", "uid-3"]));
     assert_eq!(server.mailbox(), uids(&["uid-2"]));
-    assert!(run.stderr.contains("1 failed"), "{run:?}");
+    assert!(run.stderr.contains("1 refused by the server"), "{run:?}");
 }
 
 #[test]

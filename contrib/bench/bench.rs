@@ -13,7 +13,15 @@
 //!   SMTP to a private Postfix on loopback (see `tests/support/postfix.rs`;
 //!   needs root), which delivers them to a Maildir. The time is the
 //!   fetcher's, up to the MTA's last 250; the run then waits (untimed) for
-//!   Postfix to deliver everything and checks that Maildir.
+//!   Postfix to deliver everything and checks that Maildir;
+//! * `accounts` (POP3, delete mode): 50 accounts (Dovecot users) × 40
+//!   small messages, one one-shot run of every tool (mailfetch polls up to
+//!   max_connections = 8 accounts at once; mpop and fetchmail one after
+//!   another);
+//! * `idle`: `mailfetch --daemon` with 50 IMAP accounts with `idle = true`:
+//!   once every connection idles, the CPU time used over 30 s and the RSS
+//!   (current and peak, from /proc), then the delay of one new message and
+//!   the time SIGTERM takes.
 //!
 //! POP3 runs re-seed the server mailbox (not timed), run the fetcher into an
 //! empty Maildir with empty state, and then check that every message arrived
@@ -41,9 +49,13 @@
 //!
 //! Usage: `bench [--scenario NAME] [--messages N] [--runs R] [--big-mib M]
 //! [--idle-messages N] [--idle-runs R] [--only mailfetch|mpop|fetchmail]...`
+//! [--accounts N] [--account-messages M] [--idle-seconds S]`
 //! where NAME is one of the scenarios above, `pop3` (mixed, big), `imap`
-//! (the three IMAP ones), `smtp`, or `all` (the default: every one).
-//! Run it through `contrib/bench/run.sh`.
+//! (the three IMAP ones), `smtp`, `accounts`, `idle`, or `all` (the
+//! default: every one).
+//! Run it through `contrib/bench/run.sh`. `BENCH_GENERAL` adds
+//! `;`-separated keys to mailfetch's `[general]` in `accounts`, e.g.
+//! `BENCH_GENERAL="max_connections = 16"`.
 
 #[path = "../../tests/support/dovecot.rs"]
 mod dovecot;
@@ -70,12 +82,26 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 struct Opts {
     scenarios: Vec<Scenario>,
+    /// The many-account scenarios (`accounts`, `idle`).
+    fleet: Vec<Fleet>,
+    accounts: usize,
+    account_messages: usize,
+    idle_seconds: u64,
     messages: usize,
     runs: usize,
     big_mib: usize,
     idle_messages: usize,
     idle_runs: usize,
     only: Vec<String>,
+}
+
+/// Scenarios with many accounts, one Dovecot user each.
+#[derive(Clone, Copy, PartialEq)]
+enum Fleet {
+    /// One one-shot poll of N accounts × M small messages, POP3 delete mode.
+    Accounts,
+    /// The daemon with one IDLE connection per account, idle: CPU and RSS.
+    Idle,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -152,8 +178,9 @@ impl Scenario {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|pop3|imap|all]\n             \
+        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all]\n             \
          [--messages N] [--runs R] [--big-mib M] [--idle-messages N] [--idle-runs R]\n             \
+         [--accounts N] [--account-messages M] [--idle-seconds S]\n             \
          [--only mailfetch|mpop|fetchmail]..."
     );
     std::process::exit(2)
@@ -162,6 +189,10 @@ fn usage() -> ! {
 fn parse_args() -> Opts {
     let mut o = Opts {
         scenarios: Scenario::ALL.to_vec(),
+        fleet: vec![Fleet::Accounts, Fleet::Idle],
+        accounts: 50,
+        account_messages: 40,
+        idle_seconds: 30,
         messages: 2000,
         runs: 3,
         big_mib: 100,
@@ -184,6 +215,12 @@ fn parse_args() -> Opts {
         match key.as_str() {
             "--scenario" => {
                 let v = value();
+                o.fleet = match v.as_str() {
+                    "accounts" => vec![Fleet::Accounts],
+                    "idle" => vec![Fleet::Idle],
+                    "all" => vec![Fleet::Accounts, Fleet::Idle],
+                    _ => Vec::new(),
+                };
                 o.scenarios = match v.as_str() {
                     "pop3" => Scenario::POP3.to_vec(),
                     "imap" => Scenario::IMAP.to_vec(),
@@ -193,7 +230,7 @@ fn parse_args() -> Opts {
                         .filter(|s| s.name() == name)
                         .collect(),
                 };
-                if o.scenarios.is_empty() {
+                if o.scenarios.is_empty() && o.fleet.is_empty() {
                     usage();
                 }
             }
@@ -203,6 +240,11 @@ fn parse_args() -> Opts {
             "--idle-messages" => o.idle_messages = value().parse().unwrap_or_else(|_| usage()),
             "--idle-runs" => o.idle_runs = value().parse().unwrap_or_else(|_| usage()),
             "--only" => o.only.push(value()),
+            "--accounts" => o.accounts = value().parse().unwrap_or_else(|_| usage()),
+            "--account-messages" => {
+                o.account_messages = value().parse().unwrap_or_else(|_| usage())
+            }
+            "--idle-seconds" => o.idle_seconds = value().parse().unwrap_or_else(|_| usage()),
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -288,13 +330,17 @@ fn run(opts: &Opts) -> Result<(), String> {
     let mailfetch = Tool::Mailfetch(dovecot::find_mailfetch()?);
     let mut tools = vec![mailfetch.clone()];
     let wants = |s: Scenario| opts.scenarios.contains(&s);
-    if Scenario::POP3.into_iter().any(wants) {
+    let fleet_accounts = opts.fleet.contains(&Fleet::Accounts);
+    if Scenario::POP3.into_iter().any(wants) || fleet_accounts {
         match dovecot::find_binary("mpop") {
             Some(p) => tools.push(Tool::Mpop(p)),
             None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
         }
     }
-    if Scenario::POP3.into_iter().any(wants) || wants(Scenario::ImapMixed) || wants(Scenario::Smtp)
+    if Scenario::POP3.into_iter().any(wants)
+        || wants(Scenario::ImapMixed)
+        || wants(Scenario::Smtp)
+        || fleet_accounts
     {
         match dovecot::find_binary("fetchmail") {
             Some(p) => tools.push(Tool::Fetchmail(p)),
@@ -459,10 +505,326 @@ fn run(opts: &Opts) -> Result<(), String> {
         }
     }
 
-    print_table(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
     drop(mta);
+    if opts.fleet.contains(&Fleet::Accounts) {
+        bench_accounts(opts, &server, &tools, work.path())?;
+    }
+    if opts.fleet.contains(&Fleet::Idle) {
+        let Tool::Mailfetch(bin) = &mailfetch else {
+            unreachable!()
+        };
+        bench_idle(opts, &server, bin, work.path())?;
+    }
     drop(server);
     Ok(())
+}
+
+fn fleet_user(i: usize) -> String {
+    format!("bench-acct-{i:03}")
+}
+
+/// `accounts`: N accounts × M small messages, POP3 delete mode, one poll of
+/// them all by each tool (mailfetch: one one-shot run polling up to
+/// max_connections accounts at once; mpop and fetchmail poll one after
+/// another, which is all they can do).
+fn bench_accounts(
+    opts: &Opts,
+    server: &Dovecot,
+    tools: &[Tool],
+    work: &Path,
+) -> Result<(), String> {
+    let messages = small_messages(opts.account_messages);
+    let bytes: usize = messages.iter().map(|m| m.data.len()).sum::<usize>() * opts.accounts;
+    println!(
+        "\n== scenario accounts: {} accounts × {} messages ({:.1} MiB in all), POP3 delete mode, one poll",
+        opts.accounts,
+        messages.len(),
+        bytes as f64 / MIB
+    );
+    for i in 0..opts.accounts {
+        server.add_user(&fleet_user(i), PASSWORD);
+    }
+    let mut results = Vec::new();
+    for tool in tools {
+        let mut runs = Vec::new();
+        for run in 1..=opts.runs {
+            let run_dir = work.join(format!("accounts-{}-{run}", tool.name()));
+            fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+            let mut maildirs = Vec::new();
+            for i in 0..opts.accounts {
+                seed(server, &fleet_user(i), &messages)?;
+                let maildir = run_dir.join(format!("Maildir-{i:03}"));
+                for sub in ["new", "cur", "tmp"] {
+                    fs::create_dir_all(maildir.join(sub)).map_err(|e| e.to_string())?;
+                }
+                maildirs.push(maildir);
+            }
+            let cmd = fleet_command(tool, opts.accounts, &run_dir, &maildirs, server)?;
+            let m = measure(server, tool.name(), &cmd, &run_dir, 0)?;
+            for (i, maildir) in maildirs.iter().enumerate() {
+                let user = fleet_user(i);
+                let left = server.message_count(&user);
+                let got = fs::read_dir(maildir.join("new"))
+                    .map_err(|e| e.to_string())?
+                    .count();
+                if left != 0 || got != messages.len() {
+                    return Err(format!(
+                        "{}: account {i}: {got} delivered, {left} left on the server",
+                        tool.name()
+                    ));
+                }
+            }
+            println!(
+                "  {:<10} run {run}: {:>8.3} s  {:>8.1} msg/s  max RSS {:>7.1} MiB",
+                tool.name(),
+                m.wall.as_secs_f64(),
+                (opts.accounts * messages.len()) as f64 / m.wall.as_secs_f64(),
+                m.max_rss_kib as f64 / 1024.0
+            );
+            let _ = fs::remove_dir_all(&run_dir);
+            runs.push(m);
+        }
+        runs.sort_by_key(|m| m.wall);
+        let median = &runs[runs.len() / 2];
+        results.push((tool.name(), median.wall, median.max_rss_kib));
+    }
+    println!("\n== results: accounts (median of {} runs)", opts.runs);
+    for (name, wall, rss) in &results {
+        println!(
+            "  {name:<10} {:>8.3} s  max RSS {:>6.1} MiB",
+            wall.as_secs_f64(),
+            *rss as f64 / 1024.0
+        );
+    }
+    if let Some((_, wall, _)) = results.iter().find(|(name, ..)| *name == "mailfetch") {
+        let ok = wall.as_secs_f64() < 1.0;
+        println!(
+            "  target: mailfetch under 1 s: {} ({:.3} s)",
+            if ok { "MET" } else { "MISSED" },
+            wall.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// One configuration with every account of the fleet, for `tool`.
+fn fleet_command(
+    tool: &Tool,
+    accounts: usize,
+    run_dir: &Path,
+    maildirs: &[PathBuf],
+    server: &Dovecot,
+) -> Result<Command, String> {
+    let port = server.pop3_port();
+    Ok(match tool {
+        Tool::Mailfetch(bin) => {
+            let mut text = format!(
+                "[general]\nstate_dir = \"{}\"\n{}",
+                run_dir.join("state").display(),
+                std::env::var("BENCH_GENERAL")
+                    .unwrap_or_default()
+                    .replace(';', "\n")
+            );
+            for (i, maildir) in maildirs.iter().enumerate().take(accounts) {
+                text.push_str(&format!(
+                    "\n[[account]]\nname = \"a{i:03}\"\nprotocol = \"pop3\"\nhost = \"127.0.0.1\"\n\
+                     port = {port}\ntls = \"none\"\nauth = \"user\"\nusername = \"{}\"\n\
+                     password = \"{PASSWORD}\"\ndeliver = \"maildir:{}\"\n",
+                    fleet_user(i),
+                    maildir.display()
+                ));
+            }
+            let conf = run_dir.join("fetchrc");
+            write_private(&conf, &text)?;
+            let mut c = Command::new(bin);
+            c.arg("-q").arg("-c").arg(&conf);
+            c
+        }
+        Tool::Mpop(bin) => {
+            let mut text = String::from("defaults\n");
+            for (i, maildir) in maildirs.iter().enumerate().take(accounts) {
+                text.push_str(&format!(
+                    "\naccount a{i:03}\nhost 127.0.0.1\nport {port}\ntls off\nauth user\n\
+                     user {}\npassword {PASSWORD}\nkeep off\nonly_new on\nuidls_file {}\n\
+                     delivery maildir {}\n",
+                    fleet_user(i),
+                    run_dir.join(format!("mpop-uidls-{i:03}")).display(),
+                    maildir.display()
+                ));
+            }
+            let conf = run_dir.join("mpoprc");
+            write_private(&conf, &text)?;
+            let mut c = Command::new(bin);
+            c.arg("-q").arg("-C").arg(&conf).arg("--all-accounts");
+            c
+        }
+        Tool::Fetchmail(bin) => {
+            let mut text = String::from("set no bouncemail\nset no syslog\n");
+            for (i, maildir) in maildirs.iter().enumerate().take(accounts) {
+                // Each poll entry needs its own name: fetchmail merges
+                // entries for the same host.
+                text.push_str(&format!(
+                    "poll a{i:03} via 127.0.0.1 service {port} protocol pop3 auth password\n  \
+                     user \"{}\" password \"{PASSWORD}\" fetchall nokeep sslproto ''\n  \
+                     mda \"cat > {}/new/fm.$$\"\n",
+                    fleet_user(i),
+                    maildir.display()
+                ));
+            }
+            let conf = run_dir.join("fetchmailrc");
+            write_private(&conf, &text)?;
+            let mut c = Command::new(bin);
+            c.env("FETCHMAILHOME", run_dir)
+                .arg("-N")
+                .arg("-s")
+                .arg("--nosyslog")
+                .arg("-f")
+                .arg(&conf)
+                .arg("--pidfile")
+                .arg(run_dir.join("fetchmail.pid"))
+                .arg("--idfile")
+                .arg(run_dir.join("fetchids"));
+            c
+        }
+    })
+}
+
+/// `idle`: `mailfetch --daemon` with one IDLE connection per account; once
+/// every connection idles, the CPU time it uses over `idle_seconds` and its
+/// RSS; then how fast one new message arrives, and how fast it stops.
+fn bench_idle(opts: &Opts, server: &Dovecot, bin: &Path, work: &Path) -> Result<(), String> {
+    println!(
+        "\n== scenario idle: mailfetch --daemon, {} IMAP accounts with idle = true, idle for {} s",
+        opts.accounts, opts.idle_seconds
+    );
+    let run_dir = work.join("idle");
+    fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+    let maildir = run_dir.join("Maildir");
+    let mut text = format!(
+        "[general]\nstate_dir = \"{}\"\n",
+        run_dir.join("state").display()
+    );
+    for i in 0..opts.accounts {
+        server.add_user(&fleet_user(i), PASSWORD);
+        text.push_str(&format!(
+            "\n[[account]]\nname = \"a{i:03}\"\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\n\
+             port = {}\ntls = \"none\"\nauth = \"user\"\nusername = \"{}\"\n\
+             password = \"{PASSWORD}\"\nkeep = true\nidle = true\ndeliver = \"maildir:{}\"\n",
+            server.imap_port(),
+            fleet_user(i),
+            maildir.display()
+        ));
+    }
+    let conf = run_dir.join("fetchrc");
+    write_private(&conf, &text)?;
+    let log = run_dir.join("daemon.log");
+    let mut child = Command::new(bin)
+        .arg("--daemon")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("starting mailfetch --daemon: {e}"))?;
+    let pid = child.id();
+    let result = (|| {
+        let started = Instant::now();
+        // Every account's first poll logs a summary; IDLE follows at once.
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().filter(|l| l.contains(" new, ")).count() >= opts.accounts {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                return Err(format!("the daemon did not poll every account:\n{text}"));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("the daemon exited ({status}):\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ready = started.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let (cpu0, _) = proc_cpu_and_rss(pid)?;
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(opts.idle_seconds));
+        let (cpu1, rss_kib) = proc_cpu_and_rss(pid)?;
+        let wall = t0.elapsed();
+        let hwm_kib = proc_status_kib(pid, "VmHWM:")?;
+        let cpu = cpu1 - cpu0;
+        println!(
+            "  {} accounts polled and idling after {:.2} s",
+            opts.accounts,
+            ready.as_secs_f64()
+        );
+        println!(
+            "  idle {:.1} s: CPU time {:.3} s ({:.3} % of one core); RSS {:.1} MiB (peak {:.1} MiB)",
+            wall.as_secs_f64(),
+            cpu,
+            100.0 * cpu / wall.as_secs_f64(),
+            rss_kib as f64 / 1024.0,
+            hwm_kib as f64 / 1024.0
+        );
+        // One new message, in the last account's INBOX.
+        let t = Instant::now();
+        server.save(
+            &fleet_user(opts.accounts - 1),
+            "INBOX",
+            &small_messages(1)[0].data,
+        );
+        while fs::read_dir(maildir.join("new")).map_or(0, |d| d.count()) < 1 {
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("the new message was not delivered within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        println!(
+            "  a new message was delivered {:.3} s after `doveadm save` started",
+            t.elapsed().as_secs_f64()
+        );
+        let ok = cpu / wall.as_secs_f64() < 0.01 && (hwm_kib as f64 / 1024.0) < 30.0;
+        println!(
+            "  target: ~0 % CPU and under 30 MiB RSS: {}",
+            if ok { "MET" } else { "MISSED" }
+        );
+        Ok(())
+    })();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!(
+        "  SIGTERM: exited with {status} after {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = fs::remove_dir_all(&run_dir);
+    result
+}
+
+/// (user + system CPU seconds, RSS KiB) of a process, from /proc.
+fn proc_cpu_and_rss(pid: u32) -> Result<(f64, i64), String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let rest = &stat[stat.rfind(')').ok_or("bad /proc stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm) ": state is field 0, utime 11, stime 12.
+    let ticks: f64 = fields[11].parse::<f64>().map_err(|e| e.to_string())?
+        + fields[12].parse::<f64>().map_err(|e| e.to_string())?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks / hz, proc_status_kib(pid, "VmRSS:")?))
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Result<i64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no {key} in /proc/{pid}/status"))
 }
 
 /// Puts the messages into the user's empty INBOX (straight into
@@ -585,6 +947,18 @@ fn fetch(
             c
         }
     };
+    measure(server, tool.name(), &cmd, run_dir, expect)
+}
+
+/// Runs `cmd` once, timed, with its max RSS, and checks that it exits with
+/// `expect`.
+fn measure(
+    server: &Dovecot,
+    name: &str,
+    cmd: &Command,
+    run_dir: &Path,
+    expect: i32,
+) -> Result<Measurement, String> {
     // ru_maxrss survives exec, so a child forked from this (big) process
     // would report at least our own RSS. A fresh, small copy of this program
     // (`--measure-child`) spawns the tool and reports the tool's own peak.
@@ -610,7 +984,7 @@ fn fetch(
     let start = Instant::now();
     let mut child = wrapper
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", tool.name()))?;
+        .map_err(|e| format!("starting {name}: {e}"))?;
     // Drain output in threads so a chatty tool never blocks on a pipe.
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -638,8 +1012,7 @@ fn fetch(
 
     if status.code() != Some(expect) {
         return Err(format!(
-            "{} failed ({status}, expected exit code {expect}):\n{output}\nDovecot log tail:\n{}",
-            tool.name(),
+            "{name} failed ({status}, expected exit code {expect}):\n{output}\nDovecot log tail:\n{}",
             tail(&server.log(), 20)
         ));
     }

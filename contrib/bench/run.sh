@@ -12,6 +12,10 @@
 #                   SMTP to a private Postfix on loopback (needs Postfix and
 #                   root; skipped otherwise), compared with fetchmail's
 #                   smtphost forwarding to the same Postfix
+#   accounts        POP3, delete mode: 50 accounts x 40 small messages, one
+#                   one-shot run (mailfetch polls 8 accounts at once)
+#   idle            mailfetch --daemon with 50 IMAP IDLE connections: CPU
+#                   time over 30 s of idling, RSS, new-mail delay
 # 3 runs each (5 for imap-idle-poll); it reports the median wall time,
 # msg/s, MiB/s and max RSS, and for the IMAP scenarios whether mailfetch
 # meets its targets. IMAP mailboxes are seeded once and polled once untimed,
@@ -21,9 +25,10 @@
 # (apt-get install mpop fetchmail).
 #
 # Options are passed on to the benchmark:
-#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|pop3|imap|all
+#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all
 #              (default all; pop3 = mixed + big, imap = the three imap-*)
 #   --messages N   --runs R   --big-mib M   --idle-messages N   --idle-runs R
+#   --accounts N   --account-messages M   --idle-seconds S
 #   --only mailfetch|mpop|fetchmail (repeatable)
 #
 # It works in a temp dir under the current directory (so on its

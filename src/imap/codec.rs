@@ -171,6 +171,130 @@ impl Fetch {
     }
 }
 
+/// The IDLE command (RFC 2177) as a state machine: the client sends
+/// [`Idle::command`], feeds every response to [`Idle::on_response`], and
+/// sends [`Idle::DONE`] (after calling [`Idle::done`]) to end it, when new
+/// mail is announced or when it wants to stop waiting.
+#[derive(Debug)]
+pub struct Idle {
+    tag: String,
+    state: IdleState,
+    /// The folder's message count, to tell new mail from other changes.
+    exists: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleState {
+    /// `IDLE` sent, no `+` yet.
+    Requested,
+    Idling,
+    /// `DONE` sent, waiting for the completion.
+    Ending,
+    Finished,
+}
+
+/// What a response means to an IDLE in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdleEvent {
+    /// The server accepted the command: waiting starts.
+    Started,
+    /// The folder now holds more messages than before.
+    NewMail { exists: u32 },
+    /// Nothing that matters (flags changed, a message expunged…).
+    Nothing,
+    /// The command completed: after `DONE`, or because the server ended it.
+    Finished,
+    /// The server refused IDLE (`NO`/`BAD`).
+    Refused(String),
+    /// The server is closing the connection (`BYE`).
+    Bye(String),
+}
+
+impl Idle {
+    /// Ends the IDLE command; sent as is, without a tag.
+    pub const DONE: &'static [u8] = b"DONE\r\n";
+
+    /// An IDLE with this tag, in a folder of `exists` messages.
+    pub fn new(tag: &str, exists: u32) -> Idle {
+        Idle {
+            tag: tag.to_owned(),
+            state: IdleState::Requested,
+            exists,
+        }
+    }
+
+    /// The command line to send.
+    pub fn command(&self) -> Vec<u8> {
+        format!("{} IDLE\r\n", self.tag).into_bytes()
+    }
+
+    /// Notes that `DONE` is being sent. Returns false if it must not be:
+    /// before the server's `+`, or after the command finished.
+    pub fn done(&mut self) -> bool {
+        if self.state == IdleState::Idling {
+            self.state = IdleState::Ending;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the client waits for events (not for the `+` or for the
+    /// completion).
+    pub fn is_idling(&self) -> bool {
+        self.state == IdleState::Idling
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state == IdleState::Finished
+    }
+
+    /// Interprets one response. `Err` for a response that has no place in
+    /// an IDLE (a `+` out of turn, another command's completion).
+    pub fn on_response(&mut self, response: &Response) -> Result<IdleEvent, ParseError> {
+        let unexpected = |what: &'static str| Err(ParseError::new(what, b""));
+        match response {
+            Response::Continue(_) if self.state == IdleState::Requested => {
+                self.state = IdleState::Idling;
+                Ok(IdleEvent::Started)
+            }
+            Response::Continue(_) => unexpected("unexpected continuation during IDLE"),
+            Response::Tagged {
+                tag, status, text, ..
+            } if *tag == self.tag => {
+                if self.state == IdleState::Finished {
+                    return unexpected("IDLE completed twice");
+                }
+                self.state = IdleState::Finished;
+                match status {
+                    Status::Ok => Ok(IdleEvent::Finished),
+                    _ => Ok(IdleEvent::Refused(text.clone())),
+                }
+            }
+            Response::Tagged { .. } => unexpected("completion of another command during IDLE"),
+            Response::Untagged(Untagged::Exists(exists)) => {
+                let grew = *exists > self.exists;
+                self.exists = *exists;
+                Ok(if grew {
+                    IdleEvent::NewMail { exists: *exists }
+                } else {
+                    IdleEvent::Nothing
+                })
+            }
+            Response::Untagged(Untagged::Expunge(_)) => {
+                self.exists = self.exists.saturating_sub(1);
+                Ok(IdleEvent::Nothing)
+            }
+            Response::Untagged(Untagged::Status {
+                status: Status::Bye,
+                text,
+                ..
+            }) => Ok(IdleEvent::Bye(text.clone())),
+            Response::Untagged(_) => Ok(IdleEvent::Nothing),
+        }
+    }
+}
+
 /// Parses one complete response.
 pub fn parse(parts: &[Part]) -> Result<Response, ParseError> {
     let mut lexer = Lexer::new(parts);
@@ -762,6 +886,74 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    fn idle_feed(idle: &mut Idle, line: &str) -> IdleEvent {
+        idle.on_response(&one(line)).unwrap()
+    }
+
+    #[test]
+    fn idle_reports_new_mail_and_ends_on_done() {
+        let mut idle = Idle::new("M7", 3);
+        assert_eq!(idle.command(), b"M7 IDLE\r\n");
+        assert!(!idle.done(), "no DONE before the server's +");
+        assert_eq!(idle_feed(&mut idle, "+ idling"), IdleEvent::Started);
+        assert!(idle.is_idling());
+        assert_eq!(idle_feed(&mut idle, "* 3 EXISTS"), IdleEvent::Nothing);
+        assert_eq!(
+            idle_feed(&mut idle, "* 1 FETCH (FLAGS (\\Seen))"),
+            IdleEvent::Nothing
+        );
+        assert_eq!(
+            idle_feed(&mut idle, "* 4 EXISTS"),
+            IdleEvent::NewMail { exists: 4 }
+        );
+        assert_eq!(idle_feed(&mut idle, "* 5 RECENT"), IdleEvent::Nothing);
+        assert!(idle.done());
+        assert!(!idle.done(), "DONE is sent once");
+        assert!(!idle.is_idling());
+        // Responses may still arrive before the completion.
+        assert_eq!(
+            idle_feed(&mut idle, "* 5 EXISTS"),
+            IdleEvent::NewMail { exists: 5 }
+        );
+        assert_eq!(
+            idle_feed(&mut idle, "M7 OK Idle completed"),
+            IdleEvent::Finished
+        );
+        assert!(idle.is_finished());
+        assert!(idle.on_response(&one("M7 OK again")).is_err());
+    }
+
+    #[test]
+    fn idle_counts_expunges_so_a_refill_is_new_mail() {
+        let mut idle = Idle::new("M2", 2);
+        idle_feed(&mut idle, "+ idling");
+        assert_eq!(idle_feed(&mut idle, "* 2 EXPUNGE"), IdleEvent::Nothing);
+        assert_eq!(
+            idle_feed(&mut idle, "* 2 EXISTS"),
+            IdleEvent::NewMail { exists: 2 }
+        );
+    }
+
+    #[test]
+    fn idle_refusals_and_errors() {
+        let mut idle = Idle::new("M1", 0);
+        assert_eq!(
+            idle_feed(&mut idle, "M1 BAD unknown command"),
+            IdleEvent::Refused("unknown command".into())
+        );
+        let mut idle = Idle::new("M1", 0);
+        idle_feed(&mut idle, "+ idling");
+        assert!(idle.on_response(&one("+ again")).is_err());
+        assert!(idle.on_response(&one("M0 OK other")).is_err());
+        assert_eq!(
+            idle_feed(&mut idle, "* BYE shutting down"),
+            IdleEvent::Bye("shutting down".into())
+        );
+        // The server may end an IDLE on its own (some do after a while).
+        assert_eq!(idle_feed(&mut idle, "M1 OK done"), IdleEvent::Finished);
+        assert!(!idle.done());
     }
 
     #[test]

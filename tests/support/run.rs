@@ -33,8 +33,13 @@ impl Scratch {
     /// Writes a config (mode 0600) with a `[general]` section pointing into
     /// the scratch dir and the given `[[account]]` tables.
     pub fn write_config(&self, accounts: &str) -> PathBuf {
+        self.write_config_with(accounts, "")
+    }
+
+    /// Like [`Scratch::write_config`], with extra `[general]` keys.
+    pub fn write_config_with(&self, accounts: &str, general: &str) -> PathBuf {
         let text = format!(
-            "[general]\nstate_dir = \"{}\"\n\n{accounts}",
+            "[general]\nstate_dir = \"{}\"\n{general}\n\n{accounts}",
             self.path().join("state").display()
         );
         let path = self.config_path();

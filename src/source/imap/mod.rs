@@ -12,6 +12,8 @@
 pub use crate::imap::{codec, utf7};
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::time::Duration;
 
 use tracing::{debug, warn};
 
@@ -61,6 +63,9 @@ struct Selected {
     name: String,
     uidvalidity: Option<u32>,
     exists: u32,
+    /// How many messages the last listing found, to tell whether the
+    /// server announced more since.
+    listed: u32,
     /// Sizes learned in `describe`, to check body literals against.
     sizes: HashMap<u32, u64>,
 }
@@ -222,6 +227,13 @@ impl Imap {
                     selected.exists = n;
                 }
             }
+            Response::Untagged(Untagged::Expunge(_)) => {
+                // Keeps the counts IDLE compares in step after a deletion.
+                if let Some(selected) = &mut self.selected {
+                    selected.exists = selected.exists.saturating_sub(1);
+                    selected.listed = selected.listed.saturating_sub(1);
+                }
+            }
             Response::Untagged(Untagged::Status {
                 status: Status::Bye,
                 text,
@@ -379,6 +391,118 @@ impl Imap {
         self.selected.as_ref().map_or("", |s| s.name.as_str())
     }
 
+    // ---- waiting for mail (IDLE) --------------------------------------------
+
+    /// Whether the server supports IDLE (RFC 2177).
+    pub fn has_idle(&self) -> bool {
+        self.caps.contains("IDLE")
+    }
+
+    /// Waits in the selected folder, with IDLE, until new mail arrives,
+    /// `duration` passes, or `interrupt` completes; then ends the IDLE and
+    /// says which it was. The session is ready for other commands after an
+    /// `Ok`, and unusable after an `Err`.
+    pub async fn idle(
+        &mut self,
+        duration: Duration,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Woken, Error> {
+        // A body fetch may still await its completion (its body was handed
+        // over already): read it first, IDLE wants the line to itself.
+        while !self.in_flight.is_empty() {
+            let response = self.read_plain().await?;
+            self.untagged(response)?;
+        }
+        let (exists, listed) = self
+            .selected
+            .as_ref()
+            .map_or((0, 0), |s| (s.exists, s.listed));
+        if exists > listed {
+            // Mail arrived after the last listing, and the server said so
+            // in an answer to another command.
+            return Ok(Woken::NewMail);
+        }
+        let tag = self.tag();
+        let mut idle = codec::Idle::new(&tag, exists);
+        debug!(target: TRACE, "C: {tag} IDLE");
+        self.wire.write_all(&idle.command()).await?;
+        // While idling, the server is silent for as long as nothing happens.
+        let normal = self.wire.set_timeout(duration + Duration::from_secs(60));
+        let result = self.wait_idle(&mut idle, duration, interrupt).await;
+        self.wire.set_timeout(normal);
+        result
+    }
+
+    async fn wait_idle(
+        &mut self,
+        idle: &mut codec::Idle,
+        duration: Duration,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<Woken, Error> {
+        let deadline = tokio::time::sleep(duration);
+        tokio::pin!(deadline);
+        tokio::pin!(interrupt);
+        let mut woken = None;
+        loop {
+            // A read in progress may be dropped below: `wire` buffers
+            // partial lines, so nothing is lost unless a response carrying
+            // a literal was cut between its parts, which IDLE's untagged
+            // responses (EXISTS, EXPUNGE, FETCH FLAGS) do not have.
+            let response = if idle.is_idling() && woken.is_none() {
+                tokio::select! {
+                    response = self.read_plain() => response?,
+                    () = &mut deadline => {
+                        woken = Some(Woken::Timeout);
+                        self.end_idle(idle).await?;
+                        continue;
+                    }
+                    () = &mut interrupt => {
+                        woken = Some(Woken::Interrupted);
+                        self.end_idle(idle).await?;
+                        continue;
+                    }
+                }
+            } else {
+                self.read_plain().await?
+            };
+            let event = idle
+                .on_response(&response)
+                .map_err(|err| self.error(Kind::Protocol, &format!("during IDLE: {err}")))?;
+            match event {
+                codec::IdleEvent::Started => {}
+                codec::IdleEvent::NewMail { exists } => {
+                    if let Some(selected) = &mut self.selected {
+                        selected.exists = exists;
+                    }
+                    if woken.is_none() {
+                        woken = Some(Woken::NewMail);
+                        self.end_idle(idle).await?;
+                    }
+                }
+                codec::IdleEvent::Nothing => self.untagged(response)?,
+                // The server may end an IDLE by itself: renew it.
+                codec::IdleEvent::Finished => return Ok(woken.unwrap_or(Woken::Timeout)),
+                codec::IdleEvent::Refused(text) => {
+                    return Err(self.error(Kind::Server, &format!("IDLE failed: {text}")));
+                }
+                codec::IdleEvent::Bye(text) => {
+                    return Err(self.error(
+                        Kind::Connection,
+                        &format!("the server ended the session: {text}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn end_idle(&mut self, idle: &mut codec::Idle) -> Result<(), Error> {
+        if idle.done() {
+            debug!(target: TRACE, "C: DONE");
+            self.wire.write_all(codec::Idle::DONE).await?;
+        }
+        Ok(())
+    }
+
     // ---- mailboxes ------------------------------------------------------
 
     /// Opens a folder; read-only when nothing will be changed in it.
@@ -387,6 +511,7 @@ impl Imap {
             name: name.to_owned(),
             uidvalidity: None,
             exists: 0,
+            listed: 0,
             sizes: HashMap::new(),
         });
         let command = format!(
@@ -481,6 +606,17 @@ impl Imap {
     }
 }
 
+/// Why an [`Imap::idle`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The folder has new mail.
+    NewMail,
+    /// The IDLE lasted its whole duration (or the server ended it).
+    Timeout,
+    /// The caller's `interrupt` completed.
+    Interrupted,
+}
+
 /// Stands in for a sink where a response can carry no body of ours.
 struct NoWriter;
 
@@ -543,6 +679,9 @@ impl Source for Imap {
             return Ok(listing);
         }
         let all = self.search("ALL").await?;
+        if let Some(selected) = &mut self.selected {
+            selected.listed = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        }
         let unseen: HashSet<u32> = if with_seen {
             self.search("UNSEEN").await?.into_iter().collect()
         } else {

@@ -267,3 +267,33 @@ fn pop3_to_a_real_postfix() {
         )));
     }
 }
+
+#[test]
+fn the_relay_password_never_shows_in_a_trace() {
+    let Some(dovecot) = source_with(1) else {
+        return;
+    };
+    let server = FakeSmtp::start(Script::default().auth_required());
+    let scratch = Scratch::new();
+    let relay_password = support::fake_smtp::PASSWORD;
+    scratch.write_config(&format!(
+        "[[account]]\nname = \"test\"\nprotocol = \"pop3\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nauth = \"user\"\nusername = \"alice\"\npassword = \"{PASSWORD}\"\ntimeout = \"20s\"\ndeliver = \"{}\"\nto = [\"{RCPT}\"]\n\n[account.delivery]\nusername = \"{}\"\npassword = \"{relay_password}\"\nauth = \"plain\"\n",
+        dovecot.pop3_port(),
+        smtp(&server),
+        support::fake_smtp::USER,
+    ));
+    let run = scratch.run(&["-v"]);
+    run.expect(0);
+    assert_eq!(server.accepted().len(), 1);
+    let plain = format!("\0{}\0{relay_password}", support::fake_smtp::USER);
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, plain);
+    assert!(run.stderr.contains("AUTH PLAIN ****"), "{}", run.stderr);
+    for secret in [relay_password, encoded.as_str()] {
+        assert!(
+            !run.stderr.contains(secret),
+            "{secret:?} in:\n{}",
+            run.stderr
+        );
+        assert!(!run.stdout.contains(secret));
+    }
+}

@@ -377,7 +377,7 @@ async fn starttls_required_but_not_offered_stops_before_anything_is_sent() {
     t.server.username = Some(USER.to_owned());
     let mut sink = sink_for(t, &[RCPT]);
     let err = sink.begin().await.err().expect("must refuse");
-    assert_eq!(err.kind, Kind::Connection, "{err}");
+    assert_eq!(err.kind, Kind::Delivery, "{err}");
     assert!(err.message.contains("STARTTLS"), "{err}");
     server.wait_for("the hang-up", |s| !s.sessions().is_empty());
     assert_eq!(commands(&server, 0), ["EHLO"]);
@@ -433,7 +433,8 @@ async fn a_wrong_password_is_an_auth_error() {
         "client.example".to_owned(),
     );
     let err = sink.begin().await.err().expect("must fail");
-    assert_eq!(err.kind, Kind::Auth, "{err}");
+    assert_eq!(err.kind, Kind::Delivery, "{err}");
+    assert!(err.message.contains("535 5.7.8"), "{err}");
     assert!(!err.message.contains("wrong"));
     assert!(server.transcript().iter().all(|l| !l.starts_with("MAIL")));
 }
@@ -543,4 +544,56 @@ async fn bounces_go_out_with_the_null_sender() {
     .expect_err("must fail");
     assert_eq!(err.kind, Kind::Delivery);
     assert!(err.message.contains("550 5.1.1 nobody"), "{err}");
+}
+
+/// A name for this machine that is not spelled as loopback but reaches the
+/// fake server on 127.0.0.1 (Debian maps the host name there), if any.
+fn non_loopback_name_for_localhost() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = mailfetch::received::local_hostname();
+    let reaches = (name.as_str(), 0)
+        .to_socket_addrs()
+        .ok()?
+        .any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST);
+    (reaches && !mailfetch::net::is_loopback_host(&name)).then_some(name)
+}
+
+#[tokio::test]
+async fn no_password_in_the_clear_to_another_host() {
+    let Some(name) = non_loopback_name_for_localhost() else {
+        eprintln!("SKIPPED: the host name does not resolve to 127.0.0.1 here");
+        return;
+    };
+    let server = FakeSmtp::start(Script::default().auth_required());
+    for (method, allow) in [
+        (AuthMethod::Auto, false),
+        (AuthMethod::Plain, false),
+        (AuthMethod::Login, false),
+        (AuthMethod::Plain, true),
+    ] {
+        let mut t = target(&server, MtaProtocol::Smtp);
+        t.address = MtaAddress::Tcp {
+            host: name.clone(),
+            port: server.port(),
+        };
+        t.server.username = Some(USER.to_owned());
+        t.server.auth = method;
+        t.server.allow_plaintext_auth = allow;
+        let mut sink = sink_for(t, &[RCPT]);
+        let before = server.transcript().len();
+        let result = deliver(&mut sink, &message(0), 4096).await;
+        let sent: Vec<String> = server.transcript()[before..].to_vec();
+        if allow {
+            assert!(is_accepted(&result.unwrap()), "{method:?}");
+            assert!(sent.iter().any(|l| l.starts_with("AUTH PLAIN")));
+        } else {
+            let err = result.err().expect("must refuse");
+            assert_eq!(err.kind, Kind::Delivery, "{method:?}: {err}");
+            assert!(
+                err.message.contains("clear") || err.message.contains("no usable AUTH"),
+                "{err}"
+            );
+            assert!(sent.iter().all(|l| !l.starts_with("AUTH")), "{sent:?}");
+        }
+    }
 }

@@ -195,7 +195,8 @@ async fn starttls_with_a_pinned_certificate() {
     t.server.fingerprint = Some([0; 32]);
     let mut sink = smtp_sink(t, &[Postfix::address("bob")]);
     let err = sink.begin().await.err().expect("a wrong pin must fail");
-    assert_eq!(err.kind, mailfetch::error::Kind::Connection, "{err}");
+    assert_eq!(err.kind, mailfetch::error::Kind::Delivery, "{err}");
+    assert!(err.message.contains("sha256:"), "{err}");
 }
 
 #[tokio::test]
@@ -253,4 +254,29 @@ async fn an_unknown_recipient_is_refused_for_good() {
         Acceptance::PermanentFailure(_)
     ));
     postfix.wait_for_messages("alice", 1, DELIVERY_WAIT);
+}
+
+#[tokio::test]
+async fn smtps_with_tls_from_the_first_byte() {
+    let Some(postfix) = Postfix::start() else {
+        return;
+    };
+    let mut t = target(&postfix);
+    t.address = MtaAddress::Tcp {
+        host: "127.0.0.1".to_owned(),
+        port: postfix.smtps_port(),
+    };
+    t.server.tls = TlsMode::Implicit;
+    t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()));
+    let mut sink = smtp_sink(t, &[Postfix::address("carol")]);
+    let message = b"Return-Path: <smtps@example.org>\r\nSubject: smtps\r\n\r\nwrapped\r\n";
+    for _ in 0..2 {
+        assert!(matches!(
+            deliver(&mut sink, message, 4096).await.unwrap(),
+            Acceptance::Accepted(_)
+        ));
+    }
+    sink.close().await;
+    postfix.wait_for_messages("carol", 2, DELIVERY_WAIT);
+    assert_intact(&postfix.messages("carol")[0], message, "smtps@example.org");
 }

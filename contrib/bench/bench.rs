@@ -8,7 +8,12 @@
 //! * `imap-mixed` (IMAP, keep mode): the same 2000 messages;
 //! * `imap-idle-poll` (IMAP, keep mode): a poll of a 5000-message INBOX
 //!   that has nothing new (mailfetch exits with 1);
-//! * `imap-big` (IMAP, keep mode): one 100 MiB message.
+//! * `imap-big` (IMAP, keep mode): one 100 MiB message;
+//! * `smtp` (POP3, delete mode): the 2000 mixed messages forwarded over
+//!   SMTP to a private Postfix on loopback (see `tests/support/postfix.rs`;
+//!   needs root), which delivers them to a Maildir. The time is the
+//!   fetcher's, up to the MTA's last 250; the run then waits (untimed) for
+//!   Postfix to deliver everything and checks that Maildir;
 //! * `accounts` (POP3, delete mode): 50 accounts (Dovecot users) × 40
 //!   small messages, one one-shot run of every tool (mailfetch polls up to
 //!   max_connections = 8 accounts at once; mpop and fetchmail one after
@@ -38,20 +43,24 @@
 //! e.g. fetchmail's MDA; measured through a small copy of this program,
 //! since a process forked from this one would inherit our RSS as its peak).
 //!
-//! mpop (POP3 scenarios) and fetchmail (POP3 scenarios and `imap-mixed`),
-//! when installed, are timed the same way.
+//! mpop (POP3 scenarios but `smtp`) and fetchmail (POP3 scenarios,
+//! `imap-mixed` and `smtp`, where it forwards with `smtphost`), when
+//! installed, are timed the same way.
 //!
 //! Usage: `bench [--scenario NAME] [--messages N] [--runs R] [--big-mib M]
 //! [--idle-messages N] [--idle-runs R] [--only mailfetch|mpop|fetchmail]...`
 //! [--accounts N] [--account-messages M] [--idle-seconds S]`
 //! where NAME is one of the scenarios above, `pop3` (mixed, big), `imap`
-//! (the three IMAP ones) or `all` (the default).
+//! (the three IMAP ones), `smtp`, `accounts`, `idle`, or `all` (the
+//! default: every one).
 //! Run it through `contrib/bench/run.sh`. `BENCH_GENERAL` adds
 //! `;`-separated keys to mailfetch's `[general]` in `accounts`, e.g.
 //! `BENCH_GENERAL="max_connections = 16"`.
 
 #[path = "../../tests/support/dovecot.rs"]
 mod dovecot;
+#[path = "../../tests/support/postfix.rs"]
+mod postfix;
 
 use std::collections::HashSet;
 use std::fs;
@@ -63,6 +72,10 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dovecot::Dovecot;
+use postfix::Postfix;
+
+/// The Postfix mailbox the `smtp` scenario forwards to.
+const SMTP_USER: &str = "alice";
 
 const PASSWORD: &str = "bench-password";
 const MIB: f64 = 1024.0 * 1024.0;
@@ -98,6 +111,7 @@ enum Scenario {
     ImapMixed,
     ImapIdlePoll,
     ImapBig,
+    Smtp,
 }
 
 /// What a scenario's mailfetch median should stay under.
@@ -115,8 +129,18 @@ impl Scenario {
         Scenario::ImapBig,
     ];
 
+    const ALL: [Scenario; 6] = [
+        Scenario::Mixed,
+        Scenario::Big,
+        Scenario::ImapMixed,
+        Scenario::ImapIdlePoll,
+        Scenario::ImapBig,
+        Scenario::Smtp,
+    ];
+
     fn name(self) -> &'static str {
         match self {
+            Scenario::Smtp => "smtp",
             Scenario::Mixed => "mixed",
             Scenario::Big => "big",
             Scenario::ImapMixed => "imap-mixed",
@@ -127,7 +151,7 @@ impl Scenario {
 
     /// IMAP in keep mode, else POP3 in delete mode.
     fn imap(self) -> bool {
-        !Scenario::POP3.contains(&self)
+        Scenario::IMAP.contains(&self)
     }
 
     /// The Dovecot user whose INBOX the scenario uses: each IMAP scenario
@@ -135,6 +159,7 @@ impl Scenario {
     fn user(self) -> &'static str {
         match self {
             Scenario::Mixed | Scenario::Big => "bench",
+            Scenario::Smtp => "bench-smtp",
             Scenario::ImapMixed => "bench-imap-mixed",
             Scenario::ImapIdlePoll => "bench-imap-idle",
             Scenario::ImapBig => "bench-imap-big",
@@ -146,14 +171,14 @@ impl Scenario {
             Scenario::ImapMixed => Some(Target::Wall(0.6)),
             Scenario::ImapIdlePoll => Some(Target::Wall(0.040)),
             Scenario::ImapBig => Some(Target::RssMib(16.0)),
-            Scenario::Mixed | Scenario::Big => None,
+            Scenario::Mixed | Scenario::Big | Scenario::Smtp => None,
         }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|accounts|idle|pop3|imap|all]\n             \
+        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all]\n             \
          [--messages N] [--runs R] [--big-mib M] [--idle-messages N] [--idle-runs R]\n             \
          [--accounts N] [--account-messages M] [--idle-seconds S]\n             \
          [--only mailfetch|mpop|fetchmail]..."
@@ -163,7 +188,7 @@ fn usage() -> ! {
 
 fn parse_args() -> Opts {
     let mut o = Opts {
-        scenarios: [Scenario::POP3.as_slice(), Scenario::IMAP.as_slice()].concat(),
+        scenarios: Scenario::ALL.to_vec(),
         fleet: vec![Fleet::Accounts, Fleet::Idle],
         accounts: 50,
         account_messages: 40,
@@ -199,10 +224,9 @@ fn parse_args() -> Opts {
                 o.scenarios = match v.as_str() {
                     "pop3" => Scenario::POP3.to_vec(),
                     "imap" => Scenario::IMAP.to_vec(),
-                    "all" => [Scenario::POP3.as_slice(), Scenario::IMAP.as_slice()].concat(),
-                    name => Scenario::POP3
+                    "all" => Scenario::ALL.to_vec(),
+                    name => Scenario::ALL
                         .into_iter()
-                        .chain(Scenario::IMAP)
                         .filter(|s| s.name() == name)
                         .collect(),
                 };
@@ -268,7 +292,7 @@ impl Tool {
     fn runs_in(&self, scenario: Scenario) -> bool {
         match self {
             Tool::Mailfetch(_) => true,
-            Tool::Mpop(_) => !scenario.imap(),
+            Tool::Mpop(_) => !scenario.imap() && scenario != Scenario::Smtp,
             Tool::Fetchmail(_) => !scenario.imap() || scenario == Scenario::ImapMixed,
         }
     }
@@ -313,7 +337,11 @@ fn run(opts: &Opts) -> Result<(), String> {
             None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
         }
     }
-    if Scenario::POP3.into_iter().any(wants) || wants(Scenario::ImapMixed) || fleet_accounts {
+    if Scenario::POP3.into_iter().any(wants)
+        || wants(Scenario::ImapMixed)
+        || wants(Scenario::Smtp)
+        || fleet_accounts
+    {
         match dovecot::find_binary("fetchmail") {
             Some(p) => tools.push(Tool::Fetchmail(p)),
             None => println!(
@@ -348,6 +376,20 @@ fn run(opts: &Opts) -> Result<(), String> {
         server.imap_port(),
         work.path().display()
     );
+    let mta = if wants(Scenario::Smtp) {
+        let mta = Postfix::start_in(work.path());
+        match &mta {
+            Some(mta) => println!(
+                "Private Postfix on 127.0.0.1, SMTP port {}, delivering to {}",
+                mta.port(),
+                mta.maildir(SMTP_USER).display()
+            ),
+            None => println!("no Postfix: the smtp scenario is skipped"),
+        }
+        mta
+    } else {
+        None
+    };
     println!(
         "{} run(s) per tool and scenario ({} for imap-idle-poll); POP3 runs re-seed the \
          mailbox and time one delete-mode poll, IMAP runs time one keep-mode poll.",
@@ -356,13 +398,16 @@ fn run(opts: &Opts) -> Result<(), String> {
 
     let mut rows = Vec::new();
     for &scenario in &opts.scenarios {
+        if scenario == Scenario::Smtp && mta.is_none() {
+            continue;
+        }
         let scenario_tools: Vec<&Tool> = tools.iter().filter(|t| t.runs_in(scenario)).collect();
         if scenario_tools.is_empty() {
             continue;
         }
         let t = Instant::now();
         let messages = match scenario {
-            Scenario::Mixed | Scenario::ImapMixed => mixed_messages(opts.messages),
+            Scenario::Mixed | Scenario::ImapMixed | Scenario::Smtp => mixed_messages(opts.messages),
             Scenario::Big | Scenario::ImapBig => vec![big_message(opts.big_mib * 1024 * 1024)],
             Scenario::ImapIdlePoll => small_messages(opts.idle_messages),
         };
@@ -386,8 +431,8 @@ fn run(opts: &Opts) -> Result<(), String> {
             let t = Instant::now();
             seed(&server, user, &messages)?;
             let seeded = t.elapsed();
-            let m = fetch(&server, &mailfetch, scenario, &first_dir, 0)?;
-            verify(&server, &mailfetch, scenario, &messages, &first_dir)?;
+            let m = fetch(&server, &mailfetch, scenario, &first_dir, 0, None)?;
+            verify(&server, &mailfetch, scenario, &messages, &first_dir, None)?;
             println!(
                 "  seeded in {:.1} s; first poll (untimed; Dovecot indexes the fresh Maildir): \
                  {:.3} s",
@@ -409,8 +454,8 @@ fn run(opts: &Opts) -> Result<(), String> {
             for i in 1..=n {
                 let m = if scenario == Scenario::ImapIdlePoll {
                     // Nothing new: exit code 1, and the Maildir unchanged.
-                    let m = fetch(&server, tool, scenario, &first_dir, 1)?;
-                    verify(&server, tool, scenario, &messages, &first_dir)?;
+                    let m = fetch(&server, tool, scenario, &first_dir, 1, None)?;
+                    verify(&server, tool, scenario, &messages, &first_dir, None)?;
                     m
                 } else {
                     let run_dir =
@@ -419,8 +464,12 @@ fn run(opts: &Opts) -> Result<(), String> {
                     if !scenario.imap() {
                         seed(&server, user, &messages)?;
                     }
-                    let m = fetch(&server, tool, scenario, &run_dir, 0)?;
-                    verify(&server, tool, scenario, &messages, &run_dir)?;
+                    let mta = mta.as_ref().filter(|_| scenario == Scenario::Smtp);
+                    let m = fetch(&server, tool, scenario, &run_dir, 0, mta)?;
+                    verify(&server, tool, scenario, &messages, &run_dir, mta)?;
+                    if let Some(mta) = mta {
+                        clear_maildir(&mta.maildir(SMTP_USER));
+                    }
                     let _ = fs::remove_dir_all(&run_dir);
                     m
                 };
@@ -459,6 +508,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     if !rows.is_empty() {
         print_table(&rows);
     }
+    drop(mta);
     if opts.fleet.contains(&Fleet::Accounts) {
         bench_accounts(opts, &server, &tools, work.path())?;
     }
@@ -800,6 +850,7 @@ fn fetch(
     scenario: Scenario,
     run_dir: &Path,
     expect: i32,
+    mta: Option<&Postfix>,
 ) -> Result<Measurement, String> {
     fs::create_dir_all(run_dir).map_err(|e| e.to_string())?;
     let maildir = run_dir.join("Maildir");
@@ -812,6 +863,14 @@ fn fetch(
     } else {
         ("pop3", server.pop3_port(), false)
     };
+    let deliver = match mta {
+        Some(mta) => format!(
+            "deliver = \"smtp://127.0.0.1:{}\"\nto = [\"{}\"]\n",
+            mta.port(),
+            Postfix::address(SMTP_USER)
+        ),
+        None => format!("deliver = \"maildir:{}\"\n", maildir.display()),
+    };
     let cmd = match tool {
         Tool::Mailfetch(bin) => {
             let conf = run_dir.join("fetchrc");
@@ -821,9 +880,8 @@ fn fetch(
                     "[general]\nstate_dir = \"{}\"\n\n[[account]]\nname = \"bench\"\n\
                      protocol = \"{protocol}\"\nhost = \"127.0.0.1\"\nport = {port}\n\
                      tls = \"none\"\nauth = \"user\"\nusername = \"{user}\"\n\
-                     password = \"{PASSWORD}\"\nkeep = {keep}\ndeliver = \"maildir:{}\"\n",
+                     password = \"{PASSWORD}\"\nkeep = {keep}\n{deliver}",
                     run_dir.join("state").display(),
-                    maildir.display()
                 ),
             )?;
             let mut c = Command::new(bin);
@@ -854,6 +912,16 @@ fn fetch(
             // to an MDA through sh. This is the cheapest one possible (no
             // tmp/ → new/ rename, no fsync). `fetchall` makes it fetch
             // every message, seen or not.
+            // With an MTA: fetchmail's own SMTP forwarding, one session
+            // per poll, to the same Postfix mailbox.
+            let delivery = match mta {
+                Some(mta) => format!(
+                    "smtphost \"127.0.0.1/{}\" smtpname \"{}\"",
+                    mta.port(),
+                    Postfix::address(SMTP_USER)
+                ),
+                None => format!("mda \"cat > {}/new/fm.$$\"", maildir.display()),
+            };
             let conf = run_dir.join("fetchmailrc");
             write_private(
                 &conf,
@@ -861,9 +929,8 @@ fn fetch(
                     "set no bouncemail\nset no syslog\n\
                      poll 127.0.0.1 service {port} protocol {protocol} auth password\n  \
                      user \"{user}\" password \"{PASSWORD}\" fetchall {} sslproto ''\n  \
-                     mda \"cat > {}/new/fm.$$\"\n",
+                     {delivery}\n",
                     if keep { "keep" } else { "nokeep" },
-                    maildir.display()
                 ),
             )?;
             let mut c = Command::new(bin);
@@ -1046,6 +1113,7 @@ fn verify(
     scenario: Scenario,
     messages: &[Message],
     run_dir: &Path,
+    mta: Option<&Postfix>,
 ) -> Result<(), String> {
     let on_server = server.message_paths(scenario.user());
     if !scenario.imap() && !on_server.is_empty() {
@@ -1079,7 +1147,27 @@ fn verify(
         }
     }
 
-    let maildir = run_dir.join("Maildir");
+    let maildir = match mta {
+        Some(mta) => {
+            // The MTA's 250 means queued; delivery follows.
+            let maildir = mta.maildir(SMTP_USER);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while count_files(&maildir) < messages.len() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{}: Postfix delivered {} of {} messages in 300 s; log tail:\n{}",
+                        tool.name(),
+                        count_files(&maildir),
+                        messages.len(),
+                        tail(&mta.log(), 20)
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            maildir
+        }
+        None => run_dir.join("Maildir"),
+    };
     let mut files = Vec::new();
     for sub in ["new", "cur"] {
         for e in fs::read_dir(maildir.join(sub))
@@ -1186,6 +1274,20 @@ fn print_table(rows: &[Row]) {
         }
     }
 
+    let smtp = |tool: &str| {
+        rows.iter()
+            .find(|r| r.scenario == Scenario::Smtp && r.tool == tool)
+            .map(Row::median_wall)
+    };
+    if let (Some(ours), Some(theirs)) = (smtp("mailfetch"), smtp("fetchmail")) {
+        let speedup = theirs / ours;
+        println!(
+            "\n== smtp: mailfetch {ours:.3} s, fetchmail {theirs:.3} s: {speedup:.1}x faster \
+             (target >= 5x: {})",
+            if speedup >= 5.0 { "met" } else { "MISSED" }
+        );
+    }
+
     let (floor_rss, floor_wall) = wrapper_floor();
     println!(
         "\nmax RSS is measured through a small wrapper and cannot read below its \
@@ -1197,7 +1299,8 @@ fn print_table(rows: &[Row]) {
     println!(
         "mailfetch fsyncs every message (batched) and its state; mpop writes \
          its Maildir;\nfetchmail pipes each message through `sh -c 'cat > FILE'` \
-         (it has no Maildir\ndelivery of its own), without fsync."
+         (it has no Maildir\ndelivery of its own), without fsync. In the smtp scenario both \
+         forward over SMTP\nto the same Postfix, which fsyncs its queue file before each 250."
     );
 }
 
@@ -1455,6 +1558,27 @@ fn small_messages(n: usize) -> Vec<Message> {
 }
 
 // ---------------------------------------------------------------------------
+
+/// Messages in a Maildir's `new/` and `cur/`.
+fn count_files(maildir: &Path) -> usize {
+    ["new", "cur"]
+        .iter()
+        .map(|sub| fs::read_dir(maildir.join(sub)).map_or(0, |d| d.count()))
+        .sum()
+}
+
+/// Empties a Maildir's `new/` and `cur/` for the next run.
+fn clear_maildir(maildir: &Path) {
+    for sub in ["new", "cur"] {
+        for entry in fs::read_dir(maildir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
 
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -8,6 +8,10 @@
 #   imap-idle-poll  IMAP, keep mode: a poll of a 5000-message INBOX with
 #                   nothing new (after an untimed poll that delivered them)
 #   imap-big        IMAP, keep mode: one 100 MiB message
+#   smtp            POP3, delete mode: the 2000 mixed messages forwarded over
+#                   SMTP to a private Postfix on loopback (needs Postfix and
+#                   root; skipped otherwise), compared with fetchmail's
+#                   smtphost forwarding to the same Postfix
 #   accounts        POP3, delete mode: 50 accounts x 40 small messages, one
 #                   one-shot run (mailfetch polls 8 accounts at once)
 #   idle            mailfetch --daemon with 50 IMAP IDLE connections: CPU
@@ -16,12 +20,12 @@
 # msg/s, MiB/s and max RSS, and for the IMAP scenarios whether mailfetch
 # meets its targets. IMAP mailboxes are seeded once and polled once untimed,
 # so that Dovecot has indexed them before the timed runs.
-# Also times mpop (POP3 scenarios) and fetchmail (POP3 scenarios and
-# imap-mixed) on the same mail when they are installed
+# Also times mpop (POP3 scenarios but smtp) and fetchmail (POP3 scenarios,
+# imap-mixed and smtp) on the same mail when they are installed
 # (apt-get install mpop fetchmail).
 #
 # Options are passed on to the benchmark:
-#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|accounts|idle|pop3|imap|all
+#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all
 #              (default all; pop3 = mixed + big, imap = the three imap-*)
 #   --messages N   --runs R   --big-mib M   --idle-messages N   --idle-runs R
 #   --accounts N   --account-messages M   --idle-seconds S

@@ -15,6 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Rejection;
 
+/// Sends a composed bounce with `MAIL FROM:<>`; it lives with the SMTP
+/// client and is re-exported here for callers that think of it as part of
+/// bouncing.
+pub use super::smtp::send_bounce;
+
 /// The longest diagnostic quoted, so every line stays far below the 998
 /// octets RFC 5322 allows.
 const MAX_DIAGNOSTIC: usize = 800;

@@ -12,8 +12,9 @@
 //! DIR/tls/                     a self-signed certificate for STARTTLS
 //! ```
 //!
-//! smtpd listens on 127.0.0.1 on a free port; STARTTLS is offered with a
-//! self-signed certificate (pin [`Postfix::fingerprint`]). Mail for
+//! smtpd listens on 127.0.0.1 on a free port, offering STARTTLS, and on
+//! another as SMTPS (TLS from the first byte), both with a self-signed
+//! certificate (pin [`Postfix::fingerprint`]). Mail for
 //! `USER@example.test` (see [`USERS`]) goes to `DIR/mail/USER/` through the
 //! `virtual` delivery agent, as uid/gid `nobody`.
 //!
@@ -40,6 +41,9 @@
 //! * Loopback clients count as local, whose mail Postfix "fixes" (adds
 //!   Message-Id and Date): `local_header_rewrite_clients =` keeps the
 //!   delivered message byte-identical below Postfix's trace headers.
+//! * `alias_maps` and `local_recipient_maps` are emptied: there is no local
+//!   delivery, and Debian's default alias_maps (with `nis:mail.aliases`)
+//!   makes every smtpd log a NIS warning.
 //! * Postfix's own fsyncs make each message cost a few ms; the benchmark
 //!   therefore puts the directory where it puts Dovecot's.
 //!
@@ -68,6 +72,7 @@ pub struct Postfix {
     dir: PathBuf,
     conf: PathBuf,
     port: u16,
+    smtps_port: u16,
     fingerprint: String,
     running: bool,
     // Declared last: removed after Postfix is stopped.
@@ -136,10 +141,16 @@ impl Postfix {
         std::os::unix::fs::chown(dir.join("mail"), Some(mail_uid), Some(mail_gid)).unwrap();
         let fingerprint = make_cert(&dir.join("tls"))?;
 
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("bind: {e}"))?
-            .port();
+        // Both held until both are chosen, so they differ.
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}")))
+            .collect::<Result<_, _>>()?;
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(listeners);
+        let (port, smtps_port) = (ports[0], ports[1]);
         let d = dir.display();
         let mailboxes: Vec<String> = USERS.iter().map(|u| format!("{u}@{DOMAIN}={u}/")).collect();
         let main_cf = format!(
@@ -156,6 +167,9 @@ impl Postfix {
              mydestination =\n\
              mynetworks = 127.0.0.0/8\n\
              relayhost =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n\
              maillog_file = {d}/maillog\n\
              maillog_file_prefixes = {d}\n\
              virtual_mailbox_domains = {DOMAIN}\n\
@@ -189,6 +203,15 @@ impl Postfix {
                 format!("{name:<20} {kind:<10} {private} {unprivileged} n {wakeup} {limit} {cmd}\n")
             };
         let mut master_cf = service(&format!("127.0.0.1:{port}"), "inet", "n", "-", "-", "smtpd");
+        // SMTPS: TLS from the first byte.
+        master_cf.push_str(&service(
+            &format!("127.0.0.1:{smtps_port}"),
+            "inet",
+            "n",
+            "-",
+            "-",
+            "smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt",
+        ));
         for (name, kind, private, wakeup, limit, cmd) in [
             ("cleanup", "unix", "n", "-", "0", "cleanup"),
             ("qmgr", "unix", "n", "300", "1", "qmgr"),
@@ -219,6 +242,7 @@ impl Postfix {
             dir,
             conf,
             port,
+            smtps_port,
             fingerprint,
             running: false,
             _tmp: tmp,
@@ -259,7 +283,10 @@ impl Postfix {
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if [self.port, self.smtps_port]
+                .iter()
+                .all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+            {
                 return Ok(());
             }
             if self.log().contains("Address already in use") {
@@ -278,6 +305,11 @@ impl Postfix {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The SMTPS port (TLS from the first byte, same certificate).
+    pub fn smtps_port(&self) -> u16 {
+        self.smtps_port
     }
 
     pub fn dir(&self) -> &Path {

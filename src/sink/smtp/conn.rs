@@ -93,6 +93,11 @@ impl Conn {
         let (io, peer, host, local) = match address {
             MtaAddress::Tcp { host, port } => {
                 let tcp = net::connect(host, *port, timeout).await?;
+                // Writes are already gathered into large buffers; Nagle would
+                // only hold back the last part of a message (with the final
+                // dot) until the previous segment is acknowledged.
+                tcp.set_nodelay(true)
+                    .map_err(|err| Error::new(Kind::Connection, format!("{host}:{port}: {err}")))?;
                 let stream = match tls_mode {
                     TlsMode::Implicit => net::start_tls(tcp, host, tls, timeout).await?,
                     TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),

@@ -103,6 +103,10 @@ impl SmtpSink {
         }
     }
 
+    /// Errors are of kind [`Kind::Delivery`] (exit code 10, as fetchmail's
+    /// SMTP errors) whatever went wrong, TLS and AUTH included: exit codes 2
+    /// and 3 would send the user looking at the source server. Config
+    /// errors stay config errors.
     async fn open_session(&self) -> Result<Session, Error> {
         let settings = &self.settings;
         Session::open(
@@ -111,7 +115,13 @@ impl SmtpSink {
             &settings.helo_name,
         )
         .await
-        .map_err(|err| err.context(&settings.description))
+        .map_err(|err| {
+            let kind = match err.kind {
+                Kind::Config => Kind::Config,
+                _ => Kind::Delivery,
+            };
+            Error::new(kind, format!("{}: {}", settings.description, err.message))
+        })
     }
 
     /// A session ready for a new transaction: the current one if it is

@@ -433,7 +433,7 @@ async fn a_wrong_password_is_an_auth_error() {
         "client.example".to_owned(),
     );
     let err = sink.begin().await.err().expect("must fail");
-    assert_eq!(err.kind, Kind::Delivery, "{err}");
+    assert_eq!(err.kind, Kind::Auth, "{err}");
     assert!(err.message.contains("535 5.7.8"), "{err}");
     assert!(!err.message.contains("wrong"));
     assert!(server.transcript().iter().all(|l| !l.starts_with("MAIL")));
@@ -588,7 +588,7 @@ async fn no_password_in_the_clear_to_another_host() {
             assert!(sent.iter().any(|l| l.starts_with("AUTH PLAIN")));
         } else {
             let err = result.err().expect("must refuse");
-            assert_eq!(err.kind, Kind::Delivery, "{method:?}: {err}");
+            assert_eq!(err.kind, Kind::Auth, "{method:?}: {err}");
             assert!(
                 err.message.contains("clear") || err.message.contains("no usable AUTH"),
                 "{err}"

@@ -104,8 +104,10 @@ impl SmtpSink {
     }
 
     /// Errors are of kind [`Kind::Delivery`] (exit code 10, as fetchmail's
-    /// SMTP errors) whatever went wrong, TLS and AUTH included: exit codes 2
-    /// and 3 would send the user looking at the source server. Config
+    /// SMTP errors), TLS included: exit code 2 would send the user looking
+    /// at the source server. A refused AUTH stays [`Kind::Auth`], as for an
+    /// IMAP destination, so that the daemon backs off long enough not to
+    /// get the relay account locked; its message names the MTA. Config
     /// errors stay config errors.
     async fn open_session(&self) -> Result<Session, Error> {
         let settings = &self.settings;
@@ -117,7 +119,7 @@ impl SmtpSink {
         .await
         .map_err(|err| {
             let kind = match err.kind {
-                Kind::Config => Kind::Config,
+                Kind::Config | Kind::Auth => err.kind,
                 _ => Kind::Delivery,
             };
             Error::new(kind, format!("{}: {}", settings.description, err.message))

@@ -52,7 +52,8 @@ pub struct TlsOptions {
     pub fingerprint: Option<[u8; 32]>,
 }
 
-/// A connection that is either plain TCP or TLS over TCP.
+/// A connection: plain TCP, TLS over TCP, or a Unix domain socket (LMTP
+/// to a local server, never encrypted).
 ///
 /// Protocols read and write it without caring which; they only ask
 /// [`Stream::is_tls`] when deciding whether a password may be sent.
@@ -60,6 +61,7 @@ pub struct TlsOptions {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Unix(tokio::net::UnixStream),
 }
 
 impl Stream {
@@ -78,6 +80,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Stream::Tls(tls) => Pin::new(tls).poll_read(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
         }
     }
 }
@@ -91,6 +94,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Stream::Tls(tls) => Pin::new(tls).poll_write(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_write(cx, buf),
         }
     }
 
@@ -98,6 +102,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
             Stream::Tls(tls) => Pin::new(tls).poll_flush(cx),
+            Stream::Unix(unix) => Pin::new(unix).poll_flush(cx),
         }
     }
 
@@ -105,6 +110,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Stream::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
+            Stream::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
         }
     }
 }

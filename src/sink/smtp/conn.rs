@@ -2,17 +2,15 @@
 //! with buffered reply reading, a line cap and a timeout on every read and
 //! write.
 //!
-//! This is a sibling of `source::wire` rather than a use of it: `Wire`
-//! opens connections from an `Account` and knows only TCP, while LMTP
-//! delivery needs Unix sockets and a `DeliveryServer`'s settings.
-//! Generalising `Wire` would have touched every source for little gain.
+//! This is a sibling of `wire` rather than a use of it: `Wire` opens TCP
+//! connections from a source's `ServerSpec`, while delivery connects from a
+//! `DeliveryServer` and LMTP also needs Unix sockets. Both share
+//! `net::Stream` and `net::start_tls`.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::codec::{self, MAX_LINE, Reply, ReplyParser};
@@ -23,53 +21,8 @@ use crate::net::{self, Stream, TlsOptions};
 /// Replies are short; message data only goes out.
 const READ_BUFFER: usize = 16 * 1024;
 
-enum Io {
-    Net(Stream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Net(stream) => Pin::new(stream).poll_read(cx, buf),
-            Io::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Net(stream) => Pin::new(stream).poll_write(cx, buf),
-            Io::Unix(unix) => Pin::new(unix).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Net(stream) => Pin::new(stream).poll_flush(cx),
-            Io::Unix(unix) => Pin::new(unix).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Net(stream) => Pin::new(stream).poll_shutdown(cx),
-            Io::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
-        }
-    }
-}
-
 pub struct Conn {
-    io: Io,
+    io: Stream,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -103,7 +56,7 @@ impl Conn {
                     TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
                 };
                 (
-                    Io::Net(stream),
+                    stream,
                     format!("{host}:{port}"),
                     Some(host.clone()),
                     net::is_loopback_host(host),
@@ -135,7 +88,7 @@ impl Conn {
                         ));
                     }
                 };
-                (Io::Unix(unix), path.display().to_string(), None, true)
+                (Stream::Unix(unix), path.display().to_string(), None, true)
             }
         };
         Ok(Conn {
@@ -155,7 +108,7 @@ impl Conn {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(&self.io, Io::Net(stream) if stream.is_tls())
+        self.io.is_tls()
     }
 
     pub fn is_local(&self) -> bool {
@@ -175,7 +128,7 @@ impl Conn {
                 ),
             ));
         }
-        let (Io::Net(Stream::Plain(tcp)), Some(host)) = (self.io, self.host.as_deref()) else {
+        let (Stream::Plain(tcp), Some(host)) = (self.io, self.host.as_deref()) else {
             return Err(Error::new(
                 Kind::Protocol,
                 format!(
@@ -186,7 +139,7 @@ impl Conn {
         };
         let stream = net::start_tls(tcp, host, tls, self.timeout).await?;
         Ok(Conn {
-            io: Io::Net(stream),
+            io: stream,
             host: self.host.clone(),
             peer: self.peer.clone(),
             buf: self.buf,

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::{
     Account, AuthMethod, DeliverTarget, DeliveryServer, FetchMode, MtaAddress, MtaProtocol,
@@ -791,60 +791,209 @@ async fn retrieve<S: Source, K: Sink>(
     rejections: &mut Vec<(Listed, Rejection)>,
     report: &mut Report,
 ) -> Result<(), Error> {
-    // A sink whose acceptance is final has nothing to batch: each message
-    // is journaled as soon as it is taken.
-    let batch_limit = if <K::Committer as Committer>::DEFERS_DURABILITY {
-        BATCH_MESSAGES
-    } else {
-        1
-    };
     let numbers: Vec<u32> = messages.iter().map(|m| m.number).collect();
-    let by_number: HashMap<u32, &Listed> = messages.iter().map(|m| (m.number, m)).collect();
     source.request(&numbers);
-    let mut batch = Batch::default();
-    let mut result = Ok(());
-    for _ in messages {
-        if is_stopping() {
-            // Requests may still be in flight: the session cannot be used
-            // for deletions any more, so this ends the poll as failed.
-            result = Err(Error::new(
-                Kind::Server,
-                "interrupted: mailfetch is shutting down; the rest is fetched next time",
-            ));
-            break;
+    let mut tally = Tally {
+        by_number: messages.iter().map(|m| (m.number, m)).collect(),
+        // A sink whose acceptance is final has nothing to batch: each
+        // message is journaled as soon as it is taken.
+        batch_limit: if <K::Committer as Committer>::DEFERS_DURABILITY {
+            BATCH_MESSAGES
+        } else {
+            1
+        },
+        batch: Batch::default(),
+        commits,
+        rejections,
+        report,
+    };
+    let result = match sink.fork() {
+        Some(first) => {
+            retrieve_in_parallel(source, first, sink, messages.len(), header, &mut tally).await
         }
-        match retrieve_one(source, sink, header).await {
-            Ok((number, Fetched::Staged(staged))) => {
-                let Some(message) = by_number.get(&number) else {
-                    sink.committer().discard(vec![staged]);
-                    result = Err(Error::new(
-                        Kind::Protocol,
-                        format!("the server sent message {number}, which was not asked for"),
-                    ));
-                    break;
+        None => {
+            let mut result = Ok(());
+            for _ in messages {
+                let step = async {
+                    stop_point()?;
+                    let (number, streamed) = stream_one(source, sink, header).await?;
+                    let fetched = match streamed {
+                        Some(writer) => answer(number, sink.finish(writer).await?),
+                        None => Fetched::Refused,
+                    };
+                    tally.record(number, fetched, sink).await
                 };
-                batch.bytes += staged.size();
-                batch.messages.push(((*message).clone(), staged));
-                if batch.messages.len() >= batch_limit || batch.bytes >= BATCH_BYTES {
-                    commits.submit(std::mem::take(&mut batch)).await;
+                if let Err(err) = step.await {
+                    result = Err(err);
+                    break;
                 }
             }
-            Ok((_, Fetched::Refused)) => report.refused += 1,
-            Ok((_, Fetched::Failed)) => report.failed += 1,
-            Ok((number, Fetched::Rejected(rejection))) => {
-                report.rejected += 1;
-                if let Some(message) = by_number.get(&number) {
-                    rejections.push(((*message).clone(), rejection));
+            result
+        }
+    };
+    tally.commits.submit(std::mem::take(&mut tally.batch)).await;
+    result
+}
+
+/// How many messages may wait at once for their destination's answer,
+/// each on a session of its own, when the sink can open more (SMTP, LMTP).
+/// An MTA answers only once it has synced the message to disk; waiting for
+/// several at once lets those syncs overlap with each other and with the
+/// download.
+const PARALLEL_DELIVERIES: usize = 4;
+
+/// Like the loop in [`retrieve`], but each message's `finish` (the wait
+/// for the destination's answer) runs on a task while the next message
+/// streams into another session. Every answer is waited for and recorded,
+/// even after an error, so that nothing the destination took is forgotten.
+async fn retrieve_in_parallel<S: Source, K: Sink>(
+    source: &mut S,
+    first: K,
+    sink: &K,
+    count: usize,
+    header: Option<&str>,
+    tally: &mut Tally<'_, K::Committer>,
+) -> Result<(), Error> {
+    let mut idle = vec![first];
+    let mut sessions = 1;
+    let mut waiting: Answers<K> = JoinSet::new();
+    let mut result = Ok(());
+    for _ in 0..count {
+        if let Err(err) = stop_point() {
+            result = Err(err);
+            break;
+        }
+        let mut lane = match idle.pop() {
+            Some(lane) => lane,
+            None if sessions < PARALLEL_DELIVERIES => {
+                sessions += 1;
+                sink.fork().expect("a sink that forked once forks again")
+            }
+            None => match settle_one(&mut waiting, tally).await {
+                Ok(lane) => lane,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            },
+        };
+        match stream_one(source, &mut lane, header).await {
+            Ok((number, Some(writer))) => {
+                waiting.spawn(async move {
+                    let answer = lane.finish(writer).await;
+                    (lane, number, answer)
+                });
+            }
+            Ok((number, None)) => {
+                let recorded = tally.record(number, Fetched::Refused, &lane).await;
+                idle.push(lane);
+                if let Err(err) = recorded {
+                    result = Err(err);
+                    break;
                 }
             }
             Err(err) => {
+                idle.push(lane);
                 result = Err(err);
                 break;
             }
         }
     }
-    commits.submit(batch).await;
+    while !waiting.is_empty() {
+        match settle_one(&mut waiting, tally).await {
+            Ok(lane) => idle.push(lane),
+            Err(err) => {
+                result = result.and(Err(err));
+            }
+        }
+    }
+    for mut lane in idle {
+        lane.close().await;
+    }
     result
+}
+
+/// Deliveries waiting for the destination's answer: each gives back its
+/// session, the message's number and the answer.
+type Answers<K> = JoinSet<(K, u32, Result<Acceptance<<K as Sink>::Staged>, Error>)>;
+
+/// Waits for the next answer and records it; gives back its session.
+async fn settle_one<K: Sink>(
+    waiting: &mut Answers<K>,
+    tally: &mut Tally<'_, K::Committer>,
+) -> Result<K, Error> {
+    match waiting.join_next().await {
+        Some(Ok((lane, number, answered))) => {
+            let fetched = answer(number, answered?);
+            tally.record(number, fetched, &lane).await?;
+            Ok(lane)
+        }
+        Some(Err(join)) => Err(Error::new(
+            Kind::Delivery,
+            format!("delivery task failed: {join}"),
+        )),
+        None => unreachable!("settle_one is called only while answers are awaited"),
+    }
+}
+
+/// Ends the poll early when mailfetch is shutting down.
+fn stop_point() -> Result<(), Error> {
+    if is_stopping() {
+        // Requests may still be in flight: the session cannot be used for
+        // deletions any more, so this ends the poll as failed.
+        return Err(Error::new(
+            Kind::Server,
+            "interrupted: mailfetch is shutting down; the rest is fetched next time",
+        ));
+    }
+    Ok(())
+}
+
+/// Where the outcome of each message goes: batches to commit, counts and
+/// refusals for the report.
+struct Tally<'a, C: Committer> {
+    by_number: HashMap<u32, &'a Listed>,
+    batch_limit: usize,
+    batch: Batch<C::Staged>,
+    commits: &'a mut CommitQueue<C>,
+    rejections: &'a mut Vec<(Listed, Rejection)>,
+    report: &'a mut Report,
+}
+
+impl<C: Committer> Tally<'_, C> {
+    async fn record<K: Sink<Committer = C, Staged = C::Staged>>(
+        &mut self,
+        number: u32,
+        fetched: Fetched<C::Staged>,
+        sink: &K,
+    ) -> Result<(), Error> {
+        match fetched {
+            Fetched::Staged(staged) => {
+                let Some(message) = self.by_number.get(&number) else {
+                    sink.committer().discard(vec![staged]);
+                    return Err(Error::new(
+                        Kind::Protocol,
+                        format!("the server sent message {number}, which was not asked for"),
+                    ));
+                };
+                self.batch.bytes += staged.size();
+                self.batch.messages.push(((*message).clone(), staged));
+                if self.batch.messages.len() >= self.batch_limit || self.batch.bytes >= BATCH_BYTES
+                {
+                    self.commits.submit(std::mem::take(&mut self.batch)).await;
+                }
+            }
+            Fetched::Refused => self.report.refused += 1,
+            Fetched::Failed => self.report.failed += 1,
+            Fetched::Rejected(rejection) => {
+                self.report.rejected += 1;
+                if let Some(message) = self.by_number.get(&number) {
+                    self.rejections.push(((*message).clone(), rejection));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What became of one message the session is still usable after.
@@ -858,12 +1007,14 @@ enum Fetched<T> {
     Rejected(Rejection),
 }
 
-/// Retrieves the next message into the sink; says which one it was.
-async fn retrieve_one<S: Source, K: Sink>(
+/// Streams the next message into the sink; says which one it was, and
+/// gives back the writer to finish, or `None` if the server refused to
+/// hand the message out.
+async fn stream_one<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     header: Option<&str>,
-) -> Result<(u32, Fetched<K::Staged>), Error> {
+) -> Result<(u32, Option<K::Writer>), Error> {
     let mut writer = sink.begin().await?;
     if let Some(header) = header
         && let Err(err) = writer.write(header.as_bytes()).await
@@ -874,30 +1025,34 @@ async fn retrieve_one<S: Source, K: Sink>(
             format!("cannot write message: {err}"),
         ));
     }
-    let number = match source.retrieve(&mut writer).await {
-        Ok((number, Retrieved::Complete)) => number,
+    match source.retrieve(&mut writer).await {
+        Ok((number, Retrieved::Complete)) => Ok((number, Some(writer))),
         Ok((number, Retrieved::Refused(reason))) => {
             sink.abort(writer);
             tracing::warn!("server refused message {number}: {reason}");
-            return Ok((number, Fetched::Refused));
+            Ok((number, None))
         }
         Err(err) => {
             // Nothing of a partly received message may become visible.
             sink.abort(writer);
-            return Err(err);
+            Err(err)
         }
-    };
-    match sink.finish(writer).await? {
-        Acceptance::Accepted(staged) => Ok((number, Fetched::Staged(staged))),
+    }
+}
+
+/// Logs what the destination said about a message.
+fn answer<T>(number: u32, acceptance: Acceptance<T>) -> Fetched<T> {
+    match acceptance {
+        Acceptance::Accepted(staged) => Fetched::Staged(staged),
         Acceptance::TemporaryFailure(reason) => {
             tracing::warn!(
                 "message {number} not delivered for now, left on the server for the next poll: {reason}"
             );
-            Ok((number, Fetched::Failed))
+            Fetched::Failed
         }
         Acceptance::PermanentFailure(rejection) => {
             tracing::warn!("message {number} rejected: {}", rejection.reason);
-            Ok((number, Fetched::Rejected(rejection)))
+            Fetched::Rejected(rejection)
         }
     }
 }
@@ -1102,6 +1257,8 @@ impl<C: Committer> CommitQueue<C> {
 mod tests {
     use super::*;
     use crate::sink::maildir::MaildirSink;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
 
     /// A crash after the intent was journaled but before the rename: the
     /// next run publishes the message, exactly once.
@@ -1238,10 +1395,21 @@ mod tests {
     }
 
     /// An MTA in memory whose verdict is written in each message: "tempfail"
-    /// or "reject" anywhere in it, else it takes it.
-    #[derive(Default)]
+    /// or "reject" anywhere in it, "hangup" for a lost connection, else it
+    /// takes it. Forked, its handles share what was taken, and they count
+    /// how many answers were awaited at once.
+    #[derive(Default, Clone)]
     struct VerdictSink {
-        taken: Vec<Vec<u8>>,
+        taken: Arc<Mutex<Vec<Vec<u8>>>>,
+        forks: bool,
+        waiting: Arc<AtomicUsize>,
+        most_waiting: Arc<AtomicUsize>,
+    }
+
+    impl VerdictSink {
+        fn taken(&self) -> usize {
+            self.taken.lock().unwrap().len()
+        }
     }
 
     struct Buffer(Vec<u8>);
@@ -1265,7 +1433,15 @@ mod tests {
             Ok(Buffer(Vec::new()))
         }
         async fn finish(&mut self, writer: Buffer) -> Result<Acceptance<Self::Staged>, Error> {
+            let now = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_waiting.fetch_max(now, Ordering::SeqCst);
+            // An MTA syncing the message before it answers.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             let text = String::from_utf8_lossy(&writer.0).into_owned();
+            if text.contains("hangup") {
+                return Err(Error::new(Kind::Delivery, "the MTA hung up"));
+            }
             if text.contains("tempfail") {
                 return Ok(Acceptance::TemporaryFailure("451 4.3.0 try later".into()));
             }
@@ -1282,12 +1458,15 @@ mod tests {
                 }));
             }
             let size = writer.0.len() as u64;
-            self.taken.push(writer.0);
+            self.taken.lock().unwrap().push(writer.0);
             Ok(Acceptance::Accepted(crate::sink::Delivered { size }))
         }
         fn abort(&mut self, _writer: Buffer) {}
         fn committer(&self) -> crate::sink::AlreadyDurable {
             crate::sink::AlreadyDurable
+        }
+        fn fork(&self) -> Option<VerdictSink> {
+            self.forks.then(|| self.clone())
         }
     }
 
@@ -1313,8 +1492,16 @@ mod tests {
         account: &Account,
         state_dir: &Path,
     ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
-        let mut source = MemorySource::new(&MESSAGES);
-        let mut sink = VerdictSink::default();
+        poll_with(account, state_dir, &MESSAGES, VerdictSink::default()).await
+    }
+
+    async fn poll_with(
+        account: &Account,
+        state_dir: &Path,
+        messages: &[&str],
+        mut sink: VerdictSink,
+    ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
+        let mut source = MemorySource::new(messages);
         let mut report = Report::new("t".into(), "verdicts", account);
         let result = poll_mailbox(
             &mut source,
@@ -1328,6 +1515,78 @@ mod tests {
         (source, sink, report, result)
     }
 
+    /// A sink that forks gets several answers awaited at once, never more
+    /// than PARALLEL_DELIVERIES, with the same outcome as one at a time.
+    #[tokio::test]
+    async fn forked_sessions_wait_for_answers_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut messages: Vec<&str> = vec!["Subject: fine\r\n\r\nok\r\n"; 20];
+        messages.extend(MESSAGES);
+        let sink = VerdictSink {
+            forks: true,
+            ..VerdictSink::default()
+        };
+        let (source, sink, report, result) =
+            poll_with(&account(""), dir.path(), &messages, sink).await;
+        result.unwrap();
+        assert_eq!(sink.taken(), 21);
+        assert_eq!(
+            (report.delivered, report.failed, report.rejected),
+            (21, 1, 2)
+        );
+        let mut deleted = source.deleted.clone();
+        deleted.sort_unstable();
+        assert_eq!(deleted, (1..=21).collect::<Vec<u32>>());
+        let most = sink.most_waiting.load(Ordering::SeqCst);
+        assert!(
+            (2..=PARALLEL_DELIVERIES).contains(&most),
+            "{most} answers awaited at once"
+        );
+    }
+
+    /// When one session fails, the answers already awaited on the others
+    /// are still recorded: nothing the destination took is fetched again,
+    /// and nothing is deleted this poll.
+    #[tokio::test]
+    async fn a_failed_session_keeps_the_answers_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies: Vec<String> = (1..=7)
+            .map(|n| {
+                format!(
+                    "Subject: {n}\r\n\r\n{}\r\n",
+                    if n == 4 { "hangup" } else { "ok" }
+                )
+            })
+            .collect();
+        let messages: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        let sink = VerdictSink {
+            forks: true,
+            ..VerdictSink::default()
+        };
+        let account = account("");
+        let (source, first, report, result) =
+            poll_with(&account, dir.path(), &messages, sink).await;
+        assert_eq!(result.unwrap_err().kind, Kind::Delivery);
+        assert!(source.deleted.is_empty(), "no deletion after a failure");
+        assert_eq!(report.delivered, first.taken());
+        assert!(first.taken() >= 3, "the answers before the failure count");
+
+        // The MTA is back: only what it did not take is sent again.
+        let cured = bodies[3].replace("hangup", "ok");
+        let mut messages = messages.clone();
+        messages[3] = &cured;
+        let (source, second, _, result) =
+            poll_with(&account, dir.path(), &messages, VerdictSink::default()).await;
+        result.unwrap();
+        let mut all: Vec<Vec<u8>> = first.taken.lock().unwrap().clone();
+        all.extend(second.taken.lock().unwrap().iter().cloned());
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 7, "every message once");
+        assert_eq!(first.taken() + second.taken(), 7, "none twice");
+        assert_eq!(source.deleted.len(), 7);
+    }
+
     /// By default nothing the destination did not take leaves the server,
     /// and it is tried again at the next poll.
     #[tokio::test]
@@ -1336,7 +1595,7 @@ mod tests {
         let account = account("");
         let (source, sink, report, result) = poll_memory(&account, dir.path()).await;
         result.unwrap();
-        assert_eq!(sink.taken.len(), 1);
+        assert_eq!(sink.taken(), 1);
         assert_eq!(source.deleted, [1]);
         assert_eq!(
             (report.delivered, report.failed, report.rejected),
@@ -1353,11 +1612,7 @@ mod tests {
         );
 
         let (source, sink, report, _) = poll_memory(&account, dir.path()).await;
-        assert_eq!(
-            sink.taken.len(),
-            0,
-            "the delivered one is not delivered twice"
-        );
+        assert_eq!(sink.taken(), 0, "the delivered one is not delivered twice");
         assert_eq!(source.deleted, [1], "…but deleted if still there");
         assert_eq!((report.new, report.failed, report.rejected), (3, 1, 2));
     }

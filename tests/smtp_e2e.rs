@@ -64,34 +64,35 @@ fn smtp(server: &FakeSmtp) -> String {
 
 #[test]
 fn accepted_messages_are_deleted_from_the_source() {
-    let Some(dovecot) = source_with(3) else {
+    let Some(dovecot) = source_with(12) else {
         return;
     };
     let server = FakeSmtp::start(Script::default());
     let scratch = Scratch::new();
     let run = run(&dovecot, &scratch, &smtp(&server), "");
     run.expect(0);
-    assert!(run.stderr.contains("3 delivered"), "{}", run.stderr);
+    assert!(run.stderr.contains("12 delivered"), "{}", run.stderr);
     assert!(left_on_source(&dovecot).is_empty());
     let accepted = server.accepted();
-    assert_eq!(accepted.len(), 3);
+    assert_eq!(accepted.len(), 12);
     let mut froms: Vec<String> = accepted.iter().map(|a| a.from.clone()).collect();
     froms.sort();
-    assert_eq!(
-        froms,
-        [
-            "sender1@example.org",
-            "sender2@example.org",
-            "sender3@example.org"
-        ]
-    );
+    let mut expected: Vec<String> = (1..=12).map(|n| format!("sender{n}@example.org")).collect();
+    expected.sort();
+    assert_eq!(froms, expected);
     assert!(accepted.iter().all(|a| a.recipients == [RCPT]));
-    assert_eq!(server.sessions().len(), 1, "one SMTP session per poll");
+    // A few sessions wait for answers side by side, each carrying several
+    // messages: never one connection per message.
+    let sessions = server.sessions().len();
+    assert!(
+        (1..=4).contains(&sessions),
+        "{sessions} SMTP sessions for 12 messages"
+    );
 
     // Nothing new: the MTA is not even contacted.
     let run2 = self::run(&dovecot, &scratch, &smtp(&server), "");
     run2.expect(1);
-    assert_eq!(server.sessions().len(), 1);
+    assert_eq!(server.sessions().len(), sessions);
 }
 
 #[test]

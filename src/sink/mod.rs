@@ -19,7 +19,7 @@ use std::io;
 use crate::error::Error;
 
 /// Streams one message into a sink.
-pub trait MessageWriter: Send {
+pub trait MessageWriter: Send + 'static {
     fn write(&mut self, chunk: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
 }
 
@@ -56,7 +56,7 @@ pub trait Staged: Send + 'static {
     fn intent(&self) -> Option<String>;
 }
 
-pub trait Sink: Send {
+pub trait Sink: Send + 'static {
     type Writer: MessageWriter;
     type Staged: Staged;
     type Committer: Committer<Staged = Self::Staged>;
@@ -80,6 +80,17 @@ pub trait Sink: Send {
     /// The part that makes accepted messages durable; runs on a blocking
     /// thread.
     fn committer(&self) -> Self::Committer;
+
+    /// Another handle on the same destination with a session of its own,
+    /// so that the pipeline can wait for several answers at once; `None`
+    /// (the default) when there is no point (a Maildir answers at once) or
+    /// it would be unwelcome. Only sinks whose acceptance is final may fork.
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 
     /// Ends the sink's session at the end of a poll (SMTP QUIT, IMAP
     /// LOGOUT). Errors are only worth a debug log: everything the sink

@@ -358,6 +358,16 @@ impl Sink for SmtpSink {
     type Staged = Delivered;
     type Committer = AlreadyDurable;
 
+    /// Another session to the same MTA (opened at its first message): an
+    /// MTA syncs each message to disk before its 250, so several sessions
+    /// overlap those waits.
+    fn fork(&self) -> Option<SmtpSink> {
+        Some(SmtpSink {
+            settings: self.settings.clone(),
+            session: None,
+        })
+    }
+
     fn describe(&self) -> String {
         self.settings.description.clone()
     }

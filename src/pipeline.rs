@@ -1224,7 +1224,7 @@ impl<C: Committer> CommitQueue<C> {
         let mut error = self.error;
         let state = self.idle.map(|job| job.state);
         let state = match state {
-            Some(mut state) if !C::DEFERS_DURABILITY => {
+            Some(mut state) if !C::DEFERS_DURABILITY && !self.committed.is_empty() => {
                 match tokio::task::spawn_blocking(move || state.sync().map(|()| state)).await {
                     Ok(Ok(state)) => Some(state),
                     Ok(Err(err)) => {

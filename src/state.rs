@@ -280,6 +280,9 @@ impl MailboxState {
     /// fdatasync for the whole batch). An intent, if any, must be journaled
     /// before its message becomes visible.
     pub fn record_delivered(&mut self, entries: &[Entry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.record_accepted(entries)?;
         self.sync()
     }

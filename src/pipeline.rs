@@ -293,23 +293,18 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let started = Instant::now();
     let mut report = Report::new(account.name.clone(), &sink.describe(), account);
     let result = async {
-        let secret = account.password.resolve(&account.name).await?;
-        let key = format!(
-            "pop3 {}@{}:{}",
-            account.username, account.host, account.port
+        let state = StateOpening::start(
+            state_dir,
+            format!(
+                "pop3 {}@{}:{}",
+                account.username, account.host, account.port
+            ),
         );
+        let secret = account.password.resolve(&account.name).await?;
         let mut source = Pop3::connect(account, secret.as_ref()).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
-        poll_mailbox(
-            &mut source,
-            &mut sink,
-            account,
-            state_dir,
-            &key,
-            &mut report,
-        )
-        .await?;
+        poll_mailbox(&mut source, &mut sink, account, state, &mut report).await?;
         source.finish().await
     }
     .await;
@@ -347,6 +342,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let mut broken = None;
     for (index, folder) in account.folders.iter().enumerate() {
         let report = &mut reports[index];
+        let state = StateOpening::start(state_dir, imap_state_key(account, folder));
         if let Err(err) = source.select(folder, read_only).await {
             // A folder the server refuses to open does not stop the others.
             let refused = err.kind == Kind::Server;
@@ -357,11 +353,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             broken = Some(index);
             break;
         }
-        let key = format!(
-            "imap {}@{}:{}/{folder}",
-            account.username, account.host, account.port
-        );
-        let result = poll_mailbox(&mut source, &mut sink, account, state_dir, &key, report).await;
+        let result = poll_mailbox(&mut source, &mut sink, account, state, report).await;
         report.elapsed = folder_started.elapsed();
         folder_started = Instant::now();
         if let Err(err) = result {
@@ -413,14 +405,11 @@ pub async fn poll_imap_folder(
     let result = with_sink!(sink, mut sink => {
         report.destination = sink.describe();
         let result = async {
+            let state = StateOpening::start(state_dir, imap_state_key(account, folder));
             source
                 .select(folder, account.keep && !account.mark_seen)
                 .await?;
-            let key = format!(
-                "imap {}@{}:{}/{folder}",
-                account.username, account.host, account.port
-            );
-            poll_mailbox(source, &mut sink, account, state_dir, &key, &mut report).await
+            poll_mailbox(source, &mut sink, account, state, &mut report).await
         }
         .await;
         sink.close().await;
@@ -438,14 +427,41 @@ fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
     reports
 }
 
+/// A mailbox's state being read on a blocking thread. It is started
+/// before the server's slow steps (login, SELECT, the listing), which the
+/// read then overlaps: a big journal takes a few milliseconds to parse.
+struct StateOpening(JoinHandle<Result<MailboxState, Error>>);
+
+impl StateOpening {
+    fn start(state_dir: &Path, key: String) -> StateOpening {
+        let state_dir = state_dir.to_owned();
+        StateOpening(tokio::task::spawn_blocking(move || {
+            MailboxState::open(&state_dir, &key)
+        }))
+    }
+
+    async fn finish(self) -> Result<MailboxState, Error> {
+        self.0
+            .await
+            .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))?
+    }
+}
+
+/// The state key of an IMAP folder.
+fn imap_state_key(account: &Account, folder: &str) -> String {
+    format!(
+        "imap {}@{}:{}/{folder}",
+        account.username, account.host, account.port
+    )
+}
+
 /// The part of a poll common to every protocol, on one mailbox of an open
 /// session.
 async fn poll_mailbox<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     account: &Account,
-    state_dir: &Path,
-    key: &str,
+    state: StateOpening,
     report: &mut Report,
 ) -> Result<(), Error> {
     let state_error = |err: std::io::Error| {
@@ -454,15 +470,8 @@ async fn poll_mailbox<S: Source, K: Sink>(
             format!("cannot update the state file: {err}"),
         )
     };
-    // The journal is read while the server answers the listing.
-    let opening = {
-        let (state_dir, key) = (state_dir.to_owned(), key.to_owned());
-        tokio::task::spawn_blocking(move || MailboxState::open(&state_dir, &key))
-    };
     let listing = source.list(account.fetch == FetchMode::Unseen).await;
-    let mut state = opening
-        .await
-        .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))??;
+    let mut state = state.finish().await?;
     let mut committer = sink.committer();
     recover(&mut state, &mut committer)?;
     let listing = listing?;
@@ -1503,15 +1512,8 @@ mod tests {
     ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
         let mut source = MemorySource::new(messages);
         let mut report = Report::new("t".into(), "verdicts", account);
-        let result = poll_mailbox(
-            &mut source,
-            &mut sink,
-            account,
-            state_dir,
-            "key",
-            &mut report,
-        )
-        .await;
+        let state = StateOpening::start(state_dir, "key".to_owned());
+        let result = poll_mailbox(&mut source, &mut sink, account, state, &mut report).await;
         (source, sink, report, result)
     }
 

@@ -207,6 +207,22 @@ pub struct DeliveryServer {
     pub timeout: Duration,
 }
 
+impl DeliveryServer {
+    /// No TLS and no login, as for an MTA on this machine.
+    pub fn unencrypted(timeout: Duration) -> DeliveryServer {
+        DeliveryServer {
+            tls: TlsMode::None,
+            ca_file: None,
+            fingerprint: None,
+            username: None,
+            password: PasswordSource::None,
+            auth: AuthMethod::Auto,
+            allow_plaintext_auth: false,
+            timeout,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MdaTarget {
     /// The command line as written after `mda:`. Split into words (with
@@ -2091,17 +2107,7 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
     writeln!(f, "protocol = \"{}\"", keyword_name(account.protocol))?;
     writeln!(f, "host = {}", toml_string(&account.host))?;
     writeln!(f, "port = {}", account.port)?;
-    writeln!(f, "tls = \"{}\"", keyword_name(account.tls))?;
-    if let Some(ca_file) = &account.ca_file {
-        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
-    }
-    if let Some(fingerprint) = &account.fingerprint {
-        writeln!(
-            f,
-            "fingerprint = \"sha256:{}\"",
-            hex_fingerprint(fingerprint)
-        )?;
-    }
+    write_tls(f, account.tls, &account.ca_file, &account.fingerprint)?;
     writeln!(f, "username = {}", toml_string(&account.username))?;
     write_password(f, &account.password)?;
     writeln!(f, "auth = \"{}\"", keyword_name(account.auth))?;
@@ -2158,6 +2164,27 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
         )?;
     }
     write_delivery(f, &account.deliver)
+}
+
+/// `tls`, and `ca_file` and `fingerprint` when set.
+fn write_tls(
+    f: &mut fmt::Formatter<'_>,
+    tls: TlsMode,
+    ca_file: &Option<PathBuf>,
+    fingerprint: &Option<[u8; 32]>,
+) -> fmt::Result {
+    writeln!(f, "tls = \"{}\"", keyword_name(tls))?;
+    if let Some(ca_file) = ca_file {
+        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
+    }
+    if let Some(fingerprint) = fingerprint {
+        writeln!(
+            f,
+            "fingerprint = \"sha256:{}\"",
+            hex_fingerprint(fingerprint)
+        )?;
+    }
+    Ok(())
 }
 
 fn hex_fingerprint(fingerprint: &[u8; 32]) -> String {
@@ -2231,17 +2258,7 @@ fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Re
         DeliverTarget::Imap(imap) => &imap.server,
     };
     writeln!(f, "[account.delivery]")?;
-    writeln!(f, "tls = \"{}\"", keyword_name(server.tls))?;
-    if let Some(ca_file) = &server.ca_file {
-        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
-    }
-    if let Some(fingerprint) = &server.fingerprint {
-        writeln!(
-            f,
-            "fingerprint = \"sha256:{}\"",
-            hex_fingerprint(fingerprint)
-        )?;
-    }
+    write_tls(f, server.tls, &server.ca_file, &server.fingerprint)?;
     if let Some(username) = &server.username {
         writeln!(f, "username = {}", toml_string(username))?;
     }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::{
-    Account, AuthMethod, DeliverTarget, DeliveryServer, FetchMode, MtaAddress, MtaProtocol,
-    MtaTarget, OnReject, PasswordSource, Protocol, TlsMode,
+    Account, DeliverTarget, DeliveryServer, FetchMode, MtaAddress, MtaProtocol, MtaTarget,
+    OnReject, Protocol, TlsMode,
 };
 use crate::error::{Error, Kind};
 use crate::received::{Trace, local_hostname};
@@ -720,16 +720,7 @@ fn local_mta(timeout: Duration) -> MtaTarget {
             host: "localhost".to_owned(),
             port: 25,
         },
-        server: DeliveryServer {
-            tls: TlsMode::None,
-            ca_file: None,
-            fingerprint: None,
-            username: None,
-            password: PasswordSource::None,
-            auth: AuthMethod::Auto,
-            allow_plaintext_auth: false,
-            timeout,
-        },
+        server: DeliveryServer::unencrypted(timeout),
     }
 }
 

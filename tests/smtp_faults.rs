@@ -9,8 +9,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use mailfetch::config::{
-    AuthMethod, DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, PasswordSource,
-    Secret, TlsMode,
+    AuthMethod, DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, Secret, TlsMode,
 };
 use mailfetch::error::{Error, Kind};
 use mailfetch::sink::envelope::Sender;
@@ -27,16 +26,7 @@ fn target(server: &FakeSmtp, protocol: MtaProtocol) -> MtaTarget {
             host: "127.0.0.1".to_owned(),
             port: server.port(),
         },
-        server: DeliveryServer {
-            tls: TlsMode::None,
-            ca_file: None,
-            fingerprint: None,
-            username: None,
-            password: PasswordSource::None,
-            auth: AuthMethod::Auto,
-            allow_plaintext_auth: false,
-            timeout: Duration::from_secs(10),
-        },
+        server: DeliveryServer::unencrypted(Duration::from_secs(10)),
     }
 }
 

@@ -11,10 +11,7 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use mailfetch::config::{
-    AuthMethod, DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, PasswordSource,
-    TlsMode,
-};
+use mailfetch::config::{DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget};
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
@@ -24,16 +21,7 @@ fn lmtp_target(address: MtaAddress) -> MtaTarget {
     MtaTarget {
         protocol: MtaProtocol::Lmtp,
         address,
-        server: DeliveryServer {
-            tls: TlsMode::None,
-            ca_file: None,
-            fingerprint: None,
-            username: None,
-            password: PasswordSource::None,
-            auth: AuthMethod::Auto,
-            allow_plaintext_auth: false,
-            timeout: Duration::from_secs(30),
-        },
+        server: DeliveryServer::unencrypted(Duration::from_secs(30)),
     }
 }
 

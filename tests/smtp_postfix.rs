@@ -8,8 +8,7 @@ mod support;
 use std::time::Duration;
 
 use mailfetch::config::{
-    AuthMethod, DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, PasswordSource,
-    TlsMode,
+    DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, TlsMode,
 };
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
@@ -25,16 +24,7 @@ fn target(postfix: &Postfix) -> MtaTarget {
             host: "127.0.0.1".to_owned(),
             port: postfix.port(),
         },
-        server: DeliveryServer {
-            tls: TlsMode::None,
-            ca_file: None,
-            fingerprint: None,
-            username: None,
-            password: PasswordSource::None,
-            auth: AuthMethod::Auto,
-            allow_plaintext_auth: false,
-            timeout: Duration::from_secs(30),
-        },
+        server: DeliveryServer::unencrypted(Duration::from_secs(30)),
     }
 }
 

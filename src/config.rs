@@ -26,7 +26,6 @@ use std::env::{self, VarError};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
-use std::net::IpAddr;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +36,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Kind};
+use crate::net::is_loopback_host;
 use crate::sink::envelope::Sender;
 
 /// The whole, validated configuration.
@@ -92,6 +92,22 @@ pub enum AuthMethod {
     XOAuth2,
     OAuthBearer,
     ScramSha256,
+}
+
+impl AuthMethod {
+    /// Whether the method puts the password (or a bearer token) on the wire
+    /// as it is. `Auto` is left to the protocol, which then must choose a
+    /// method that does not on an unencrypted link.
+    fn reveals_password(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::User
+                | AuthMethod::Plain
+                | AuthMethod::Login
+                | AuthMethod::XOAuth2
+                | AuthMethod::OAuthBearer
+        )
+    }
 }
 
 /// A secret string. Its `Debug` and `Display` never show the value.
@@ -1014,16 +1030,8 @@ impl Parser<'_> {
     /// `auto` is left to the protocol, which must then choose a mechanism
     /// that does not reveal it.
     fn check_plaintext_exposure(&self, raw: &RawAccount, account: &Account) -> Result<(), Error> {
-        let reveals_password = matches!(
-            account.auth,
-            AuthMethod::User
-                | AuthMethod::Plain
-                | AuthMethod::Login
-                | AuthMethod::XOAuth2
-                | AuthMethod::OAuthBearer
-        );
         let exposed = account.tls == TlsMode::None
-            && reveals_password
+            && account.auth.reveals_password()
             && !account.allow_plaintext_auth
             && !is_loopback_host(&account.host);
         match &raw.tls {
@@ -1313,12 +1321,7 @@ impl Parser<'_> {
         // reveals the password on a plain link (the login code refuses).
         let reveals = match auth {
             AuthMethod::Auto => !scheme.starts_with("imap"),
-            AuthMethod::User
-            | AuthMethod::Plain
-            | AuthMethod::Login
-            | AuthMethod::XOAuth2
-            | AuthMethod::OAuthBearer => true,
-            _ => false,
+            method => method.reveals_password(),
         };
         if tls == TlsMode::None
             && server.password != PasswordSource::None
@@ -2056,20 +2059,6 @@ fn default_port(protocol: Protocol, tls: TlsMode) -> u16 {
         (Protocol::Imap, TlsMode::Implicit) => 993,
         (Protocol::Imap, TlsMode::StartTls | TlsMode::None) => 143,
     }
-}
-
-/// True if `host` is this machine (`localhost`, 127.0.0.0/8 or `::1`), so
-/// that a password sent to it never crosses a network.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let unbracketed = host
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-        .unwrap_or(host);
-    host.eq_ignore_ascii_case("localhost")
-        || unbracketed
-            .parse::<IpAddr>()
-            .is_ok_and(|address| address.to_canonical().is_loopback())
 }
 
 // ---------------------------------------------------------------------------

@@ -199,11 +199,13 @@ pub async fn start_tls(
 /// Protocols use this to allow plaintext passwords to a local server, where
 /// nothing crosses a network.
 pub fn is_loopback_host(host: &str) -> bool {
-    let host = unbracket(host);
+    // `localhost.` is the same name, fully qualified; `::ffff:127.0.0.1` is
+    // an IPv4 loopback address written as IPv6.
+    let host = unbracket(host.strip_suffix('.').unwrap_or(host));
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
+            .is_ok_and(|address| address.to_canonical().is_loopback())
 }
 
 /// Formats a certificate fingerprint the way `fingerprint = ...` accepts it:

@@ -230,17 +230,19 @@ impl AnySink {
     /// Opens the account's destination; on failure, says what it was.
     async fn open(account: &Account, state_dir: &Path) -> Result<AnySink, (String, Error)> {
         let spool = || state_dir.join("spool");
+        let resolve = async |server: &DeliveryServer, what: &str| {
+            server
+                .password
+                .resolve(&account.name)
+                .await
+                .map_err(|err| (what.to_owned(), err))
+        };
         match &account.deliver {
             DeliverTarget::Maildir(path) => MaildirSink::open(path)
                 .map(AnySink::Maildir)
                 .map_err(|err| (format!("maildir {}", path.display()), err)),
             DeliverTarget::Mta(target) => {
-                let password = target
-                    .server
-                    .password
-                    .resolve(&account.name)
-                    .await
-                    .map_err(|err| ("the MTA".to_owned(), err))?;
+                let password = resolve(&target.server, "the MTA").await?;
                 Ok(AnySink::Smtp(SmtpSink::new(
                     target.clone(),
                     password,
@@ -256,12 +258,7 @@ impl AnySink {
                 spool(),
             ))),
             DeliverTarget::Imap(target) => {
-                let password = target
-                    .server
-                    .password
-                    .resolve(&account.name)
-                    .await
-                    .map_err(|err| ("the IMAP server".to_owned(), err))?;
+                let password = resolve(&target.server, "the IMAP server").await?;
                 Ok(AnySink::Imap(Box::new(ImapAppendSink::new(
                     target.clone(),
                     password,

@@ -471,15 +471,30 @@ struct Run {
 impl Run {
     fn spawn(argv: &[String], timeout: Duration) -> io::Result<Run> {
         debug!("running MDA {argv:?}");
-        let mut child = Command::new(&argv[0])
+        let mut command = Command::new(&argv[0]);
+        command
             .args(&argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             // Its own group, so a timeout kills what it started too.
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // ETXTBSY: the program file is open for writing somewhere, e.g. by
+        // an upgrade replacing it, or inherited for an instant by a child
+        // another thread is forking. It passes within milliseconds.
+        let mut busy_retries = [1, 4, 16, 64].into_iter();
+        let mut child = loop {
+            match command.spawn() {
+                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => {
+                    let Some(pause) = busy_retries.next() else {
+                        return Err(err);
+                    };
+                    std::thread::sleep(Duration::from_millis(pause));
+                }
+                spawned => break spawned?,
+            }
+        };
         let pgid = child.id().map(|pid| pid as i32);
         let stdin = child.stdin.take();
         let stderr = Arc::new(Mutex::new(Tail::default()));

@@ -34,6 +34,7 @@ use crate::error::{Error, Kind};
 use crate::received::{Trace, local_hostname};
 use crate::sink::bounce;
 use crate::sink::imap_append::ImapAppendSink;
+use crate::sink::intent::{Intent, Recovered};
 use crate::sink::maildir::MaildirSink;
 use crate::sink::mda::MdaSink;
 use crate::sink::smtp::{SmtpSink, send_bounce};
@@ -469,8 +470,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     };
     let listing = source.list(account.fetch == FetchMode::Unseen).await;
     let mut state = state.finish().await?;
-    let mut committer = sink.committer();
-    recover(&mut state, &mut committer)?;
+    recover(&mut state)?;
     let listing = listing?;
 
     let mut listed = listing.messages;
@@ -560,7 +560,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     let header = account
         .received_header
         .then(|| trace.header(SystemTime::now()));
-    let mut commits = CommitQueue::new(committer, state);
+    let mut commits = CommitQueue::new(sink.committer(), state);
     let mut rejections = Vec::new();
     let retrieval = retrieve(
         source,
@@ -752,26 +752,39 @@ async fn reidentify<S: Source>(
 }
 
 /// Finishes deliveries a crash interrupted between journaling and
-/// publishing; forgets the ones that cannot be found, so they are fetched
+/// publishing, by what each intent says (whatever the sink is today);
+/// forgets the ones that cannot be found or finished, so they are fetched
 /// again rather than lost.
-fn recover<C: Committer>(state: &mut MailboxState, committer: &mut C) -> Result<(), Error> {
+fn recover(state: &mut MailboxState) -> Result<(), Error> {
     let io = |err: std::io::Error| {
         Error::new(
             Kind::Delivery,
             format!("recovering an interrupted delivery: {err}"),
         )
     };
-    for (uid, intent) in state.pending_intents() {
-        if committer.recover(&intent).map_err(io)? {
-            tracing::info!("finished a delivery interrupted by a crash (message {uid})");
-            state
-                .record_published(std::slice::from_ref(&intent))
-                .map_err(io)?;
-        } else {
-            tracing::warn!(
-                "message {uid} was journaled but never appeared in the sink; it will be fetched again"
-            );
-            state.forget(&uid, &intent).map_err(io)?;
+    for (uid, word) in state.pending_intents() {
+        let recovered = match Intent::decode(&word) {
+            Some(intent) => intent.recover().map_err(io)?,
+            None => {
+                tracing::warn!(
+                    "message {uid}: the state file names an interrupted delivery this version cannot finish ({word})"
+                );
+                Recovered::Missing
+            }
+        };
+        match recovered {
+            Recovered::Delivered => {
+                tracing::info!("finished a delivery interrupted by a crash (message {uid})");
+                state
+                    .record_published(std::slice::from_ref(&word))
+                    .map_err(io)?;
+            }
+            Recovered::Missing => {
+                tracing::warn!(
+                    "message {uid} was journaled but never appeared in the sink; it will be fetched again"
+                );
+                state.forget(&uid, &word).map_err(io)?;
+            }
         }
     }
     Ok(())
@@ -1089,7 +1102,7 @@ impl<C: Committer> CommitJob<C> {
             if let Some(uid) = listed.uid {
                 entries.push(Entry {
                     id: uid,
-                    intent: message.intent(),
+                    intent: message.intent().map(|intent| intent.encode()),
                     digest: listed.digest,
                 });
             }
@@ -1274,21 +1287,21 @@ mod tests {
         let mut state = MailboxState::open(dir.path(), "key").unwrap();
         state
             .record_delivered(&[Entry {
-                intent: staged.intent(),
+                intent: staged.intent().map(|intent| intent.encode()),
                 ..Entry::new("uid-1")
             }])
             .unwrap();
         drop((staged, state)); // the crash
 
         let mut state = MailboxState::open(dir.path(), "key").unwrap();
-        recover(&mut state, &mut committer).unwrap();
+        recover(&mut state).unwrap();
         assert!(state.is_delivered("uid-1"));
         assert!(state.pending_intents().is_empty());
         let new: Vec<_> = std::fs::read_dir(maildir.join("new")).unwrap().collect();
         assert_eq!(new.len(), 1);
         assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
         // A second recovery has nothing to do.
-        recover(&mut state, &mut committer).unwrap();
+        recover(&mut state).unwrap();
         assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 1);
     }
 
@@ -1306,14 +1319,14 @@ mod tests {
         let mut state = MailboxState::open(dir.path(), "key").unwrap();
         state
             .record_delivered(&[Entry {
-                intent: staged.intent(),
+                intent: staged.intent().map(|intent| intent.encode()),
                 ..Entry::new("uid-1")
             }])
             .unwrap();
         let mut committer = sink.committer();
         committer.discard(vec![staged]);
 
-        recover(&mut state, &mut committer).unwrap();
+        recover(&mut state).unwrap();
         assert!(!state.is_delivered("uid-1"));
         assert!(
             !MailboxState::open(dir.path(), "key")
@@ -1503,6 +1516,103 @@ mod tests {
         let state = StateOpening::start(state_dir, "key".to_owned());
         let result = poll_mailbox(&mut source, &mut sink, account, state, &mut report).await;
         (source, sink, report, result)
+    }
+
+    /// Leaves what a crash between journaling and publishing leaves: the
+    /// intent of message uid-1 in the journal, its file complete in the
+    /// `tmp/` of the Maildir at `maildir`.
+    async fn crash_before_publishing(state_dir: &Path, maildir: &Path, body: &str) -> Intent {
+        let mut sink = MaildirSink::open(maildir).unwrap();
+        let mut writer = sink.begin().await.unwrap();
+        writer.write(body.as_bytes()).await.unwrap();
+        let Ok(Acceptance::Accepted(staged)) = sink.finish(writer).await else {
+            panic!("not accepted")
+        };
+        sink.committer()
+            .sync(std::slice::from_ref(&staged))
+            .unwrap();
+        let intent = staged.intent().unwrap();
+        let mut state = MailboxState::open(state_dir, "key").unwrap();
+        state
+            .record_delivered(&[Entry {
+                intent: Some(intent.encode()),
+                ..Entry::new("uid-1")
+            }])
+            .unwrap();
+        intent
+    }
+
+    /// The user moved from a Maildir to an MTA after a crash: the Maildir
+    /// delivery is finished where it was going, and counts.
+    #[tokio::test]
+    async fn an_interrupted_delivery_is_finished_whatever_the_sink_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old-maildir");
+        crash_before_publishing(dir.path(), &old, MESSAGES[0]).await;
+        let (source, sink, _, result) = poll_with(
+            &account(""),
+            dir.path(),
+            &MESSAGES[..1],
+            VerdictSink::default(),
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(std::fs::read_dir(old.join("new")).unwrap().count(), 1);
+        assert_eq!(sink.taken(), 0, "delivered once, in the old Maildir");
+        assert_eq!(source.deleted, [1]);
+    }
+
+    /// …and when its file is gone (or the whole Maildir is), the message is
+    /// fetched again, into today's sink, before it may be deleted.
+    #[tokio::test]
+    async fn a_delivery_that_cannot_be_finished_is_fetched_again_by_todays_sink() {
+        for remove_whole_maildir in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let old = dir.path().join("old-maildir");
+            let Intent::Maildir { tmp_path, .. } =
+                crash_before_publishing(dir.path(), &old, MESSAGES[0]).await;
+            if remove_whole_maildir {
+                std::fs::remove_dir_all(&old).unwrap();
+            } else {
+                std::fs::remove_file(tmp_path).unwrap();
+            }
+            let (source, sink, report, result) = poll_with(
+                &account(""),
+                dir.path(),
+                &MESSAGES[..1],
+                VerdictSink::default(),
+            )
+            .await;
+            result.unwrap();
+            assert_eq!(sink.taken(), 1, "fetched again");
+            assert_eq!(report.delivered, 1);
+            assert_eq!(source.deleted, [1]);
+        }
+    }
+
+    /// An intent of a kind this version does not know is not taken for a
+    /// delivery.
+    #[tokio::test]
+    async fn an_unknown_intent_means_fetching_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        state
+            .record_delivered(&[Entry {
+                intent: Some("mbox:/var/mail/alice@0".into()),
+                ..Entry::new("uid-1")
+            }])
+            .unwrap();
+        drop(state);
+        let (source, sink, _, result) = poll_with(
+            &account(""),
+            dir.path(),
+            &MESSAGES[..1],
+            VerdictSink::default(),
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(sink.taken(), 1);
+        assert_eq!(source.deleted, [1]);
     }
 
     /// A sink that forks gets several answers awaited at once, never more

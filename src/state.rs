@@ -11,6 +11,8 @@
 //!                  recognises it when its ID changes (IMAP UIDVALIDITY)
 //! = INTENT         that intent is published
 //! - ID             forgotten (no longer on the server)
+//! > ID RCPT…       not delivered yet, but these recipients have it (an LMTP
+//!                  server or an MDA took it for some recipients only)
 //! ! KEY VALUE      a setting of the mailbox (IMAP: its UIDVALIDITY)
 //! ```
 //!
@@ -64,63 +66,23 @@ impl Entry {
     }
 }
 
-/// The delivered ids of one server mailbox.
-pub struct MailboxState {
-    path: PathBuf,
-    journal: File,
+/// What a journal says, replayed into memory.
+#[derive(Debug, Default)]
+struct Records {
     /// Delivered ids, with their digests.
     delivered: HashMap<String, Option<String>>,
     meta: HashMap<String, String>,
     /// Intents journaled but not known to be published, by intent.
     pending: HashMap<String, String>,
+    /// Ids not delivered yet, with the recipients that already have them.
+    partial: HashMap<String, Vec<String>>,
     /// Records in the journal, live or dead; drives compaction.
-    records: usize,
+    count: usize,
 }
 
-impl MailboxState {
-    /// Opens (or creates) the journal for the mailbox named `key` (e.g.
-    /// `pop3 alice@pop.example.com:995`) in `state_dir`.
-    pub fn open(state_dir: &Path, key: &str) -> Result<MailboxState, Error> {
-        let path = state_dir.join(file_name_for(key));
-        Self::open_path(&path).map_err(|err| {
-            Error::new(
-                Kind::Delivery,
-                format!(
-                    "state file {}: {err} (moving it away makes mailfetch forget what it delivered from this mailbox)",
-                    path.display()
-                ),
-            )
-        })
-    }
-
-    fn open_path(path: &Path) -> io::Result<MailboxState> {
-        let existing = match fs::read(path) {
-            Ok(bytes) => Some(bytes),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-            Err(err) => return Err(err),
-        };
-        let Some(bytes) = existing else {
-            return Self::create(path, HashMap::new(), HashMap::new(), HashMap::new());
-        };
-        let mut state = MailboxState {
-            path: path.to_owned(),
-            journal: OpenOptions::new().append(true).open(path)?,
-            delivered: HashMap::new(),
-            meta: HashMap::new(),
-            pending: HashMap::new(),
-            records: 0,
-        };
-        let intact = state.replay(&bytes)?;
-        if intact < bytes.len() {
-            // A torn last record from a crash: drop it so the next append
-            // starts on a line of its own.
-            tracing::warn!("{}: dropping a torn last record", path.display());
-            state.journal.set_len(intact as u64)?;
-        }
-        Ok(state)
-    }
-
-    /// Applies the records in `bytes`; returns how many bytes form complete lines.
+impl Records {
+    /// Applies the records in `bytes`; returns how many bytes form complete
+    /// lines.
     fn replay(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let mut offset = 0;
         let mut number = 0;
@@ -136,7 +98,7 @@ impl MailboxState {
                 continue;
             }
             self.apply(line).ok_or_else(|| corrupt(number, line))?;
-            self.records += 1;
+            self.count += 1;
         }
         Ok(offset)
     }
@@ -159,16 +121,18 @@ impl MailboxState {
                         _ => return None,
                     }
                 }
-                if let Some(intent) = entry.intent {
-                    self.pending.insert(intent, entry.id.clone());
-                }
-                self.delivered.insert(entry.id, entry.digest);
+                self.deliver(entry);
             }
             "=" if words.next().is_none() => {
                 self.pending.remove(first);
             }
             "-" if words.next().is_none() => {
                 self.delivered.remove(first);
+                self.partial.remove(first);
+            }
+            ">" => {
+                let recipients = words.map(decode_word).collect::<Option<Vec<_>>>()?;
+                self.partial.insert(first.to_owned(), recipients);
             }
             "!" => {
                 let value: Vec<&str> = words.collect();
@@ -179,21 +143,26 @@ impl MailboxState {
         Some(())
     }
 
-    /// Writes a fresh journal holding exactly the given state, atomically
-    /// replacing any file at `path`.
-    fn create(
-        path: &Path,
-        delivered: HashMap<String, Option<String>>,
-        pending: HashMap<String, String>,
-        meta: HashMap<String, String>,
-    ) -> io::Result<MailboxState> {
+    fn deliver(&mut self, entry: Entry) {
+        if let Some(intent) = entry.intent {
+            self.pending.insert(intent, entry.id.clone());
+        }
+        self.partial.remove(&entry.id);
+        self.delivered.insert(entry.id, entry.digest);
+    }
+
+    /// The live records alone, as a journal's text.
+    fn text(&self) -> String {
         let mut text = format!("{HEADER}\n");
-        for (key, value) in &meta {
+        for (key, value) in &self.meta {
             text.push_str(&format!("! {key} {value}\n"));
         }
-        let intents: HashMap<&String, &String> =
-            pending.iter().map(|(intent, id)| (id, intent)).collect();
-        for (id, digest) in &delivered {
+        let intents: HashMap<&String, &String> = self
+            .pending
+            .iter()
+            .map(|(intent, id)| (id, intent))
+            .collect();
+        for (id, digest) in &self.delivered {
             let entry = Entry {
                 id: id.clone(),
                 intent: intents.get(id).map(|intent| (*intent).clone()),
@@ -201,43 +170,103 @@ impl MailboxState {
             };
             text.push_str(&entry.record());
         }
-        let fresh = path.with_extension("new");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&fresh)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_data()?;
-        fs::rename(&fresh, path)?;
-        sync_parent(path)?;
-        Ok(MailboxState {
-            path: path.to_owned(),
-            journal: OpenOptions::new().append(true).open(path)?,
-            records: delivered.len() + meta.len(),
-            delivered,
-            pending,
-            meta,
+        for (id, recipients) in &self.partial {
+            text.push_str(&partial_record(id, recipients));
+        }
+        text
+    }
+
+    fn live(&self) -> usize {
+        self.delivered.len() + self.meta.len() + self.partial.len()
+    }
+}
+
+/// The delivered ids of one server mailbox.
+pub struct MailboxState {
+    path: PathBuf,
+    journal: File,
+    records: Records,
+}
+
+impl MailboxState {
+    /// Opens (or creates) the journal for the mailbox named `key` (e.g.
+    /// `pop3 alice@pop.example.com:995`) in `state_dir`.
+    pub fn open(state_dir: &Path, key: &str) -> Result<MailboxState, Error> {
+        let path = state_dir.join(file_name_for(key));
+        Self::open_path(&path).map_err(|err| {
+            Error::new(
+                Kind::Delivery,
+                format!(
+                    "state file {}: {err} (moving it away makes mailfetch forget what it delivered from this mailbox)",
+                    path.display()
+                ),
+            )
         })
     }
 
+    fn open_path(path: &Path) -> io::Result<MailboxState> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Self::create(path, Records::default());
+            }
+            Err(err) => return Err(err),
+        };
+        let mut records = Records::default();
+        let intact = records.replay(&bytes)?;
+        let journal = OpenOptions::new().append(true).open(path)?;
+        if intact < bytes.len() {
+            // A torn last record from a crash: drop it so the next append
+            // starts on a line of its own.
+            tracing::warn!("{}: dropping a torn last record", path.display());
+            journal.set_len(intact as u64)?;
+        }
+        Ok(MailboxState {
+            path: path.to_owned(),
+            journal,
+            records,
+        })
+    }
+
+    /// Writes a fresh journal holding exactly `records` at `path`.
+    fn create(path: &Path, mut records: Records) -> io::Result<MailboxState> {
+        let journal = write_journal(path, &records)?;
+        sync_parent(path)?;
+        records.count = records.live();
+        Ok(MailboxState {
+            path: path.to_owned(),
+            journal,
+            records,
+        })
+    }
+
+    /// Replaces the journal with one holding only the live records. If
+    /// anything fails before the new file took the journal's name, nothing
+    /// changed; once it has, appends go to it, even if making its name
+    /// durable then fails.
+    fn rewrite(&mut self) -> io::Result<()> {
+        self.journal = write_journal(&self.path, &self.records)?;
+        self.records.count = self.records.live();
+        sync_parent(&self.path)
+    }
+
     pub fn is_delivered(&self, id: &str) -> bool {
-        self.delivered.contains_key(id)
+        self.records.delivered.contains_key(id)
     }
 
     /// How many messages are recorded as delivered.
     pub fn len(&self) -> usize {
-        self.delivered.len()
+        self.records.delivered.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.delivered.is_empty()
+        self.records.delivered.is_empty()
     }
 
     /// The digests of every delivered message that has one.
     pub fn digests(&self) -> HashSet<&str> {
-        self.delivered
+        self.records
+            .delivered
             .values()
             .flatten()
             .map(String::as_str)
@@ -246,7 +275,13 @@ impl MailboxState {
 
     /// A mailbox setting recorded with [`reset`](Self::reset).
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.meta.get(key).map(String::as_str)
+        self.records.meta.get(key).map(String::as_str)
+    }
+
+    /// The recipients that already have a message not yet delivered to
+    /// all of them (see [`record_partial`](Self::record_partial)).
+    pub fn delivered_to(&self, id: &str) -> &[String] {
+        self.records.partial.get(id).map_or(&[], Vec::as_slice)
     }
 
     /// Starts the mailbox over: forgets every id and records `key = value`
@@ -254,23 +289,30 @@ impl MailboxState {
     /// renumbers a mailbox (IMAP UIDVALIDITY): `carried` are the messages
     /// recognised by digest under their new ids. Pending intents survive.
     pub fn reset(&mut self, key: &str, value: &str, carried: Vec<Entry>) -> io::Result<()> {
-        let mut meta = self.meta.clone();
-        meta.insert(key.to_owned(), value.to_owned());
-        let mut delivered: HashMap<String, Option<String>> = self
-            .pending
-            .values()
-            .map(|id| (id.clone(), self.delivered.get(id).cloned().flatten()))
-            .collect();
-        for entry in carried {
-            delivered.insert(entry.id, entry.digest);
+        // Like `rewrite`: the memory state changes with the file.
+        let mut records = Records {
+            meta: self.records.meta.clone(),
+            pending: self.records.pending.clone(),
+            ..Records::default()
+        };
+        records.meta.insert(key.to_owned(), value.to_owned());
+        for id in self.records.pending.values() {
+            let digest = self.records.delivered.get(id).cloned().flatten();
+            records.delivered.insert(id.clone(), digest);
         }
-        *self = Self::create(&self.path, delivered, self.pending.clone(), meta)?;
-        Ok(())
+        for entry in carried {
+            records.delivered.insert(entry.id, entry.digest);
+        }
+        self.journal = write_journal(&self.path, &records)?;
+        records.count = records.live();
+        self.records = records;
+        sync_parent(&self.path)
     }
 
     /// Intents a crash may have left unpublished, with their ids.
     pub fn pending_intents(&self) -> Vec<(String, String)> {
-        self.pending
+        self.records
+            .pending
             .iter()
             .map(|(intent, uid)| (uid.clone(), intent.clone()))
             .collect()
@@ -297,13 +339,23 @@ impl MailboxState {
         let text: String = entries.iter().map(Entry::record).collect();
         self.append(&text)?;
         for entry in entries {
-            self.delivered
-                .insert(entry.id.clone(), entry.digest.clone());
-            if let Some(intent) = &entry.intent {
-                self.pending.insert(intent.clone(), entry.id.clone());
-            }
+            self.records.deliver(entry.clone());
         }
-        self.records += entries.len();
+        self.records.count += entries.len();
+        Ok(())
+    }
+
+    /// Records that the message `id`, not delivered yet, has reached
+    /// `recipients` (all of them so far, not only the latest ones), so that
+    /// the next attempt goes only to the others. Not synced, like
+    /// [`record_accepted`](Self::record_accepted): a lost record means a
+    /// recipient gets the message twice, never that anyone misses it.
+    pub fn record_partial(&mut self, id: &str, recipients: &[String]) -> io::Result<()> {
+        self.append(&partial_record(id, recipients))?;
+        self.records
+            .partial
+            .insert(id.to_owned(), recipients.to_vec());
+        self.records.count += 1;
         Ok(())
     }
 
@@ -324,22 +376,27 @@ impl MailboxState {
         }
         self.append(&text)?;
         for intent in intents {
-            self.pending.remove(intent);
+            self.records.pending.remove(intent);
         }
-        self.records += intents.len();
-        self.compact_if_worthwhile()
+        self.records.count += intents.len();
+        self.compact_if_worthwhile();
+        Ok(())
     }
 
     /// Forgets every delivered id not in `present` (messages gone from the
     /// server), returning how many were forgotten. Not synced: a lost
     /// record only means pruning again next time.
     pub fn retain(&mut self, present: &HashSet<&str>) -> io::Result<usize> {
-        let pending_uids: HashSet<&String> = self.pending.values().collect();
+        let pending_uids: HashSet<&String> = self.records.pending.values().collect();
         let gone: Vec<String> = self
+            .records
             .delivered
             .keys()
+            .chain(self.records.partial.keys())
             .filter(|uid| !present.contains(uid.as_str()) && !pending_uids.contains(uid))
             .cloned()
+            .collect::<HashSet<String>>()
+            .into_iter()
             .collect();
         if gone.is_empty() {
             return Ok(0);
@@ -347,19 +404,21 @@ impl MailboxState {
         let text: String = gone.iter().map(|uid| format!("- {uid}\n")).collect();
         self.append(&text)?;
         for uid in &gone {
-            self.delivered.remove(uid);
+            self.records.delivered.remove(uid);
+            self.records.partial.remove(uid);
         }
-        self.records += gone.len();
-        self.compact_if_worthwhile()?;
+        self.records.count += gone.len();
+        self.compact_if_worthwhile();
         Ok(gone.len())
     }
 
     /// Forgets an id whose delivery turned out not to have happened.
     pub fn forget(&mut self, uid: &str, intent: &str) -> io::Result<()> {
         self.append(&format!("= {intent}\n- {uid}\n"))?;
-        self.pending.remove(intent);
-        self.delivered.remove(uid);
-        self.records += 2;
+        self.records.pending.remove(intent);
+        self.records.delivered.remove(uid);
+        self.records.partial.remove(uid);
+        self.records.count += 2;
         Ok(())
     }
 
@@ -371,18 +430,110 @@ impl MailboxState {
     /// intents) outnumber half the live ones and a fixed floor: each rewrite
     /// is O(live) and follows at least live/2 appends, so a record costs
     /// O(1) amortized, and the file a poll reads stays near its live size.
-    fn compact_if_worthwhile(&mut self) -> io::Result<()> {
-        let live = self.delivered.len() + self.meta.len();
-        if self.records.saturating_sub(live) > (live / 2).max(1000) {
-            *self = Self::create(
-                &self.path,
-                std::mem::take(&mut self.delivered),
-                std::mem::take(&mut self.pending),
-                std::mem::take(&mut self.meta),
-            )?;
+    /// A rewrite that fails changes nothing (the appended journal is still
+    /// whole), so it is only logged and tried again later.
+    fn compact_if_worthwhile(&mut self) {
+        let live = self.records.live();
+        if self.records.count.saturating_sub(live) > (live / 2).max(1000)
+            && let Err(err) = self.rewrite()
+        {
+            tracing::warn!("{}: cannot compact: {err}", self.path.display());
         }
-        Ok(())
     }
+}
+
+/// Writes `records` to a new file beside `path`, syncs it and renames it
+/// over `path`; returns a handle for appending to it, opened before the
+/// rename so that it is the file at `path` once the rename happened. The
+/// caller makes the rename durable ([`sync_parent`]).
+fn write_journal(path: &Path, records: &Records) -> io::Result<File> {
+    let fresh = path.with_extension("new");
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&fresh)?;
+        file.write_all(records.text().as_bytes())?;
+        file.sync_data()?;
+        let journal = OpenOptions::new().append(true).open(&fresh)?;
+        fs::rename(&fresh, path)?;
+        Ok(journal)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&fresh);
+    }
+    written
+}
+
+/// Every intent still pending in any journal of `state_dir`: the files they
+/// name are a crash's unfinished deliveries, which whoever cleans up after
+/// crashes must leave to recovery.
+pub fn pending_intents_in(state_dir: &Path) -> io::Result<HashSet<String>> {
+    let mut intents = HashSet::new();
+    let entries = match fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(intents),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "state") {
+            continue;
+        }
+        let mut records = Records::default();
+        records.replay(&fs::read(&path)?)?;
+        intents.extend(records.pending.into_keys());
+    }
+    Ok(intents)
+}
+
+fn partial_record(id: &str, recipients: &[String]) -> String {
+    let mut line = format!("> {id}");
+    for recipient in recipients {
+        line.push(' ');
+        line.push_str(&encode_word(recipient));
+    }
+    line.push('\n');
+    line
+}
+
+/// Makes `text` one journal word: percent-encodes white space, controls,
+/// `%`, and the characters that start other fields (`#`, `>`), so any
+/// string (an address, a path) fits in the space-separated records.
+pub fn encode_word(text: impl AsRef<[u8]>) -> String {
+    let mut out = String::new();
+    for &byte in text.as_ref() {
+        if byte.is_ascii_graphic() && !b"%>#".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Undoes [`encode_word`]; `None` for a malformed escape.
+pub fn decode_word_bytes(word: &str) -> Option<Vec<u8>> {
+    let bytes = word.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn decode_word(word: &str) -> Option<String> {
+    String::from_utf8(decode_word_bytes(word)?).ok()
 }
 
 fn corrupt(line: usize, what: &str) -> io::Error {
@@ -399,8 +550,16 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The longest file name (`.state` included) a mailbox key maps to: well
+/// under the 255 bytes of common filesystems, leaving room for the `.new`
+/// of a rewrite.
+const MAX_FILE_NAME: usize = 200;
+
 /// A file name for a mailbox key: readable, with anything but
-/// `[A-Za-z0-9._@-]` percent-encoded so that no key can escape the directory.
+/// `[A-Za-z0-9._@-]` percent-encoded so that no key can escape the
+/// directory. A key whose name would be too long (a folder name in CJK
+/// takes 9 bytes a character) keeps a readable start and ends with a hash
+/// of the whole key, so names stay unique.
 fn file_name_for(key: &str) -> String {
     let mut name = String::with_capacity(key.len() + 6);
     for byte in key.bytes() {
@@ -410,7 +569,23 @@ fn file_name_for(key: &str) -> String {
             name.push_str(&format!("%{byte:02X}"));
         }
     }
-    name.push_str(".state");
+    const SUFFIX: &str = ".state";
+    if name.len() + SUFFIX.len() > MAX_FILE_NAME {
+        let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let hash: String = hash.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut keep = MAX_FILE_NAME - SUFFIX.len() - hash.len() - 1;
+        // Never cut an escape in half.
+        while name[..keep].ends_with('%') || name[..keep - 1].ends_with('%') {
+            keep -= 1;
+        }
+        name.truncate(keep);
+        name.push('~');
+        name.push_str(&hash);
+    }
+    name.push_str(SUFFIX);
     name
 }
 
@@ -541,6 +716,114 @@ mod tests {
             state.pending_intents(),
             vec![("9".to_string(), "i9".to_string())]
         );
+    }
+
+    /// A rewrite that cannot be written leaves the state whole, in memory
+    /// and on disk, and later records still reach the journal.
+    #[test]
+    fn a_failed_compaction_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = open(dir.path());
+        let ids: Vec<_> = (0..3000).map(|i| Entry::new(format!("{i}"))).collect();
+        state.record_delivered(&ids).unwrap();
+        // The rewrite's temporary file cannot be created.
+        fs::create_dir(state.path.with_extension("new")).unwrap();
+        let present: HashSet<&str> = ["1", "2"].into();
+        assert_eq!(state.retain(&present).unwrap(), 2998);
+        assert!(state.is_delivered("1") && state.is_delivered("2"));
+        assert!(!state.is_delivered("3"));
+        state.record_delivered(&[Entry::new("late")]).unwrap();
+        drop(state);
+        let state = open(dir.path());
+        assert!(state.is_delivered("1") && state.is_delivered("late"));
+        assert_eq!(state.len(), 3);
+    }
+
+    /// After a rewrite, appends go to the new file (not to the replaced,
+    /// unlinked one).
+    #[test]
+    fn appends_after_a_compaction_reach_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = open(dir.path());
+        let ids: Vec<_> = (0..3000).map(|i| Entry::new(format!("{i}"))).collect();
+        state.record_delivered(&ids).unwrap();
+        state.retain(&HashSet::from(["7"])).unwrap();
+        state.record_delivered(&[Entry::new("after")]).unwrap();
+        drop(state);
+        let state = open(dir.path());
+        assert!(state.is_delivered("7") && state.is_delivered("after"));
+        assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn partial_deliveries_survive_reopen_and_end_with_the_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = open(dir.path());
+        let odd = "odd name%#>@x".to_string();
+        state
+            .record_partial("u1", &["alice".into(), odd.clone()])
+            .unwrap();
+        state.record_partial("u2", &["bob".into()]).unwrap();
+        drop(state);
+        let mut state = open(dir.path());
+        assert_eq!(state.delivered_to("u1"), ["alice".to_string(), odd]);
+        assert!(!state.is_delivered("u1"));
+        state.record_delivered(&[Entry::new("u1")]).unwrap();
+        assert!(state.delivered_to("u1").is_empty());
+        state.retain(&HashSet::from(["u1"])).unwrap();
+        assert!(state.delivered_to("u2").is_empty(), "gone from the server");
+        drop(state);
+        let state = open(dir.path());
+        assert!(state.delivered_to("u1").is_empty() && state.delivered_to("u2").is_empty());
+        assert!(state.is_delivered("u1"));
+    }
+
+    #[test]
+    fn pending_intents_of_every_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = MailboxState::open(dir.path(), "a").unwrap();
+        let mut b = MailboxState::open(dir.path(), "b").unwrap();
+        let with_intent = |id: &str, intent: &str| Entry {
+            intent: Some(intent.into()),
+            ..Entry::new(id)
+        };
+        a.record_delivered(&[with_intent("1", "i1"), with_intent("2", "i2")])
+            .unwrap();
+        a.record_published(&["i1".into()]).unwrap();
+        b.record_delivered(&[with_intent("1", "i3")]).unwrap();
+        fs::write(dir.path().join("unrelated.txt"), "x").unwrap();
+        assert_eq!(
+            pending_intents_in(dir.path()).unwrap(),
+            HashSet::from(["i2".to_string(), "i3".to_string()])
+        );
+        assert!(
+            pending_intents_in(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A folder name of 25 CJK characters is 225 bytes of percent escapes:
+    /// the name is bounded, stays distinct from its neighbours, and works.
+    #[test]
+    fn long_keys_get_bounded_distinct_file_names() {
+        let folder = "受信箱".repeat(9);
+        let key = |suffix: &str| format!("imap alice@imap.example.com:993/{folder}{suffix}");
+        let (a, b) = (file_name_for(&key("")), file_name_for(&key("x")));
+        assert!(a.len() <= MAX_FILE_NAME && b.len() <= MAX_FILE_NAME, "{a}");
+        assert_ne!(a, b);
+        assert!(a.starts_with("imap%20alice@imap.example.com%3A993%2F%E5"));
+        assert!(a.ends_with(".state"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MailboxState::open(dir.path(), &key("")).unwrap();
+        state.record_delivered(&[Entry::new("1")]).unwrap();
+        assert!(
+            MailboxState::open(dir.path(), &key(""))
+                .unwrap()
+                .is_delivered("1")
+        );
+        // Short keys keep the names they always had.
+        assert_eq!(file_name_for("pop3 a@b:1"), "pop3%20a@b%3A1.state");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use super::intent::{Intent, Recovered};
 use super::{Acceptance, Committer, MessageWriter, Sink, Staged};
 use crate::error::{Error, Kind};
 
@@ -220,8 +221,11 @@ impl Staged for StagedFile {
         self.size
     }
 
-    fn intent(&self) -> Option<String> {
-        Some(Intent::encode(&self.tmp_path, &self.new_path))
+    fn intent(&self) -> Option<Intent> {
+        Some(Intent::Maildir {
+            tmp_path: self.tmp_path.clone(),
+            new_path: self.new_path.clone(),
+        })
     }
 }
 
@@ -337,28 +341,6 @@ impl Committer for MaildirCommitter {
             remove_quietly(&staged.tmp_path);
         }
     }
-
-    fn recover(&mut self, intent: &str) -> io::Result<bool> {
-        let intent = Intent::decode(intent).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("malformed Maildir intent {intent:?}"),
-            )
-        })?;
-        if intent.new_path.exists() {
-            return Ok(true);
-        }
-        if intent.tmp_path.exists() {
-            // The content was fsynced before the intent was journaled, so
-            // the file is complete: finish the rename.
-            fs::rename(&intent.tmp_path, &intent.new_path)?;
-            if let Some(new_dir) = intent.new_path.parent() {
-                File::open(new_dir)?.sync_all()?;
-            }
-            return Ok(true);
-        }
-        intent.seen_in_cur()
-    }
 }
 
 /// fdatasyncs `files` with up to [`SYNC_THREADS`] in flight.
@@ -377,80 +359,52 @@ fn sync_concurrently(files: &[&File]) -> io::Result<()> {
     })
 }
 
-/// The journaled description of a delivery in progress: where the file is
-/// staged and where it will appear.
-struct Intent {
-    tmp_path: PathBuf,
-    new_path: PathBuf,
+/// Finishes a delivery a crash interrupted between journaling its intent
+/// and the rename into `new/` (see [`Intent`]).
+pub(super) fn recover(tmp_path: &Path, new_path: &Path) -> io::Result<Recovered> {
+    if new_path.exists() {
+        return Ok(Recovered::Delivered);
+    }
+    if tmp_path.exists() {
+        // The content was fsynced before the intent was journaled, so
+        // the file is complete: finish the rename.
+        fs::rename(tmp_path, new_path)?;
+        if let Some(new_dir) = new_path.parent() {
+            File::open(new_dir)?.sync_all()?;
+        }
+        return Ok(Recovered::Delivered);
+    }
+    Ok(if seen_in_cur(new_path)? {
+        Recovered::Delivered
+    } else {
+        Recovered::Missing
+    })
 }
 
-impl Intent {
-    /// Encodes both paths into one token without white space (the state
-    /// journal is line- and space-separated).
-    fn encode(tmp_path: &Path, new_path: &Path) -> String {
-        format!("{}>{}", percent_encode(tmp_path), percent_encode(new_path))
-    }
-
-    fn decode(token: &str) -> Option<Intent> {
-        let (tmp, new) = token.split_once('>')?;
-        Some(Intent {
-            tmp_path: percent_decode(tmp)?,
-            new_path: percent_decode(new)?,
-        })
-    }
-
-    /// Whether a mail reader already moved the message to `cur/` (adding
-    /// `:2,FLAGS` to its name).
-    fn seen_in_cur(&self) -> io::Result<bool> {
-        let (Some(new_dir), Some(name)) = (self.new_path.parent(), self.new_path.file_name())
-        else {
-            return Ok(false);
-        };
-        let Some(root) = new_dir.parent() else {
-            return Ok(false);
-        };
-        let name = name.as_encoded_bytes();
-        for entry in fs::read_dir(root.join("cur"))? {
-            let entry = entry?.file_name();
-            let entry = entry.as_encoded_bytes();
-            if entry.starts_with(name) && matches!(entry.get(name.len()), None | Some(b':')) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
-fn percent_encode(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = String::new();
-    for &byte in path.as_os_str().as_bytes() {
-        // '#' starts a digest in the state journal.
-        if byte.is_ascii_graphic() && !b"%>#".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// Whether a mail reader already moved the message to `cur/` (adding
+/// `:2,FLAGS` to its name). A Maildir that is gone altogether does not
+/// have it.
+fn seen_in_cur(new_path: &Path) -> io::Result<bool> {
+    let (Some(new_dir), Some(name)) = (new_path.parent(), new_path.file_name()) else {
+        return Ok(false);
+    };
+    let Some(root) = new_dir.parent() else {
+        return Ok(false);
+    };
+    let entries = match fs::read_dir(root.join("cur")) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let name = name.as_encoded_bytes();
+    for entry in entries {
+        let entry = entry?.file_name();
+        let entry = entry.as_encoded_bytes();
+        if entry.starts_with(name) && matches!(entry.get(name.len()), None | Some(b':')) {
+            return Ok(true);
         }
     }
-    out
-}
-
-fn percent_decode(text: &str) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -526,25 +480,30 @@ mod tests {
         let mut sink = MaildirSink::open(&root).unwrap();
         let staged = deliver(&mut sink, &[b"x\r\n"]).await;
         let intent = staged.intent().unwrap();
-        assert!(!intent.contains(char::is_whitespace));
+        assert!(!intent.encode().contains(char::is_whitespace));
         let mut committer = sink.committer();
         committer.sync(std::slice::from_ref(&staged)).unwrap();
         drop(staged); // crash before publish
 
-        assert!(committer.recover(&intent).unwrap());
+        let delivered = || intent.recover().unwrap() == Recovered::Delivered;
+        assert!(delivered());
         assert_eq!(names(&root.join("new")).len(), 1);
         // Idempotent, and still true once a reader moved it to cur/.
-        assert!(committer.recover(&intent).unwrap());
+        assert!(delivered());
         let name = names(&root.join("new")).remove(0);
         fs::rename(
             root.join("new").join(&name),
             root.join("cur").join(format!("{name}:2,S")),
         )
         .unwrap();
-        assert!(committer.recover(&intent).unwrap());
+        assert!(delivered());
         // Gone everywhere: not delivered.
         fs::remove_file(root.join("cur").join(format!("{name}:2,S"))).unwrap();
-        assert!(!committer.recover(&intent).unwrap());
+        assert!(!delivered());
+        // Nor when the whole Maildir is gone (which is no reason to fail
+        // every poll from now on).
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(intent.recover().unwrap(), Recovered::Missing);
     }
 
     #[test]

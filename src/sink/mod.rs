@@ -9,6 +9,7 @@
 pub mod bounce;
 pub mod envelope;
 pub mod imap_append;
+pub mod intent;
 pub mod maildir;
 pub mod mda;
 pub mod smtp;
@@ -17,6 +18,7 @@ use std::future::Future;
 use std::io;
 
 use crate::error::Error;
+use intent::Intent;
 
 /// Streams one message into a sink.
 pub trait MessageWriter: Send + 'static {
@@ -53,7 +55,7 @@ pub trait Staged: Send + 'static {
     /// What the state journal must record before the message becomes
     /// visible, so that recovery after a crash can finish (or recognise)
     /// the delivery. `None` when acceptance is already final (an MTA's 250).
-    fn intent(&self) -> Option<String>;
+    fn intent(&self) -> Option<Intent>;
 }
 
 pub trait Sink: Send + 'static {
@@ -113,7 +115,7 @@ impl Staged for Delivered {
         self.size
     }
 
-    fn intent(&self) -> Option<String> {
+    fn intent(&self) -> Option<Intent> {
         None
     }
 }
@@ -135,11 +137,6 @@ impl Committer for AlreadyDurable {
     }
 
     fn discard(&mut self, _batch: Vec<Delivered>) {}
-
-    fn recover(&mut self, _intent: &str) -> io::Result<bool> {
-        // Never journaled with an intent, so never asked.
-        Ok(true)
-    }
 }
 
 /// The durability half of a sink. Called only by the pipeline's commit step,
@@ -163,9 +160,4 @@ pub trait Committer: Send + 'static {
 
     /// Throws away staged messages that will not be published.
     fn discard(&mut self, batch: Vec<Self::Staged>);
-
-    /// After a crash: finishes the delivery an intent describes if it was
-    /// interrupted. Returns whether the message is (now) delivered; `false`
-    /// means it is nowhere to be found and must be fetched again.
-    fn recover(&mut self, intent: &str) -> io::Result<bool>;
 }

@@ -511,16 +511,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
         let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
         state.retain(&present).map_err(state_error)?;
     }
-    let (old, mut new): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|message| {
-        account.fetch != FetchMode::All
-            && message
-                .uid
-                .as_deref()
-                .is_some_and(|uid| state.is_delivered(uid))
-    });
-    if account.fetch == FetchMode::Unseen {
-        new.retain(|message| !message.seen);
-    }
+    let (old, mut new) = sort_out(listed, &state, account.fetch, &report.mailbox);
     report.new = new.len();
     source.describe(&mut new).await?;
     if let Some(max_size) = account.max_size {
@@ -616,6 +607,61 @@ async fn poll_mailbox<S: Source, K: Sink>(
         report.deleted = source.delete(&doomed).await?;
     }
     Ok(())
+}
+
+/// Splits a listing into the messages delivered by an earlier poll (`old`)
+/// and those to retrieve now (`new`, in listing order).
+///
+/// A unique id that the server gives to more than one message identifies
+/// none of them (a server that reuses UIDLs, a broken migration): such
+/// messages are never taken for delivered and never recorded under that
+/// id, so they are retrieved, and deleted only once this poll delivered
+/// them. In keep mode that means retrieving them again at every poll: a
+/// duplicate is the price of never skipping mail that was not delivered.
+fn sort_out(
+    listed: Vec<Listed>,
+    state: &MailboxState,
+    fetch: FetchMode,
+    mailbox: &str,
+) -> (Vec<Listed>, Vec<Listed>) {
+    let mut uses: HashMap<&str, u32> = HashMap::new();
+    for uid in listed.iter().filter_map(|message| message.uid.as_deref()) {
+        *uses.entry(uid).or_default() += 1;
+    }
+    let shared: HashSet<String> = uses
+        .into_iter()
+        .filter(|(_, count)| *count > 1)
+        .map(|(uid, _)| uid.to_owned())
+        .collect();
+    if !shared.is_empty() {
+        let mut examples: Vec<&str> = shared.iter().map(String::as_str).take(3).collect();
+        examples.sort_unstable();
+        tracing::warn!(
+            "{mailbox}: the server gives the same unique id to several messages ({}{}); \
+             they cannot be told apart, so they are fetched at every poll until they are deleted",
+            examples.join(", "),
+            if shared.len() > examples.len() { ", …" } else { "" }
+        );
+    }
+    let (old, mut new): (Vec<Listed>, Vec<Listed>) = listed
+        .into_iter()
+        .map(|mut message| {
+            if message.uid.as_ref().is_some_and(|uid| shared.contains(uid)) {
+                message.uid = None;
+            }
+            message
+        })
+        .partition(|message| {
+            fetch != FetchMode::All
+                && message
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| state.is_delivered(uid))
+        });
+    if fetch == FetchMode::Unseen {
+        new.retain(|message| !message.seen);
+    }
+    (old, new)
 }
 
 /// Applies `on_reject` to the messages the destination refused for good.
@@ -1343,6 +1389,15 @@ mod tests {
     }
 
     impl MemorySource {
+        /// Gives message N the UID `uids[N - 1]`.
+        fn with_uids(bodies: &[&str], uids: &[&str]) -> MemorySource {
+            let mut source = MemorySource::new(bodies);
+            for ((listed, _), uid) in source.messages.iter_mut().zip(uids) {
+                listed.uid = Some(uid.to_string());
+            }
+            source
+        }
+
         fn new(bodies: &[&str]) -> MemorySource {
             let messages = bodies
                 .iter()
@@ -1509,9 +1564,17 @@ mod tests {
         account: &Account,
         state_dir: &Path,
         messages: &[&str],
+        sink: VerdictSink,
+    ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
+        poll_source(account, state_dir, MemorySource::new(messages), sink).await
+    }
+
+    async fn poll_source(
+        account: &Account,
+        state_dir: &Path,
+        mut source: MemorySource,
         mut sink: VerdictSink,
     ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
-        let mut source = MemorySource::new(messages);
         let mut report = Report::new("t".into(), "verdicts", account);
         let state = StateOpening::start(state_dir, "key".to_owned());
         let result = poll_mailbox(&mut source, &mut sink, account, state, &mut report).await;
@@ -1613,6 +1676,37 @@ mod tests {
         result.unwrap();
         assert_eq!(sink.taken(), 1);
         assert_eq!(source.deleted, [1]);
+    }
+
+    /// Two messages listed with one UIDL that the state knows: neither is
+    /// taken for delivered, both are fetched, and only what this poll
+    /// delivered is deleted.
+    #[tokio::test]
+    async fn a_uid_shared_by_two_messages_identifies_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        state.record_delivered(&[Entry::new("x")]).unwrap();
+        drop(state);
+        let bodies = [MESSAGES[0], MESSAGES[1], "Subject: third\r\n\r\nok\r\n"];
+        let source = MemorySource::with_uids(&bodies, &["x", "x", "y"]);
+        let (source, sink, report, result) =
+            poll_source(&account(""), dir.path(), source, VerdictSink::default()).await;
+        result.unwrap();
+        // Message 2 fails temporarily: it stays, although its UID is "known".
+        assert_eq!(sink.taken(), 2);
+        assert_eq!(report.new, 3);
+        assert_eq!(source.deleted, [1, 3]);
+
+        // In keep mode they are fetched at every poll, never skipped.
+        let keep = account("keep = true\n");
+        for _ in 0..2 {
+            let source = MemorySource::with_uids(&bodies[..2], &["x", "x"]);
+            let (source, sink, _, result) =
+                poll_source(&keep, dir.path(), source, VerdictSink::default()).await;
+            result.unwrap();
+            assert_eq!(sink.taken(), 1, "message 1 taken, message 2 tried");
+            assert!(source.deleted.is_empty());
+        }
     }
 
     /// A sink that forks gets several answers awaited at once, never more

@@ -640,7 +640,11 @@ fn sort_out(
             "{mailbox}: the server gives the same unique id to several messages ({}{}); \
              they cannot be told apart, so they are fetched at every poll until they are deleted",
             examples.join(", "),
-            if shared.len() > examples.len() { ", …" } else { "" }
+            if shared.len() > examples.len() {
+                ", …"
+            } else {
+                ""
+            }
         );
     }
     let (old, mut new): (Vec<Listed>, Vec<Listed>) = listed
@@ -847,8 +851,7 @@ async fn retrieve<S: Source, K: Sink>(
     rejections: &mut Vec<(Listed, Rejection)>,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let numbers: Vec<u32> = messages.iter().map(|m| m.number).collect();
-    source.request(&numbers);
+    source.request(messages);
     let mut tally = Tally {
         by_number: messages.iter().map(|m| (m.number, m)).collect(),
         // A sink whose acceptance is final has nothing to batch: each
@@ -1435,8 +1438,9 @@ mod tests {
         async fn describe(&mut self, _messages: &mut [Listed]) -> Result<(), Error> {
             Ok(())
         }
-        fn request(&mut self, numbers: &[u32]) {
-            self.queue.extend(numbers);
+        fn request(&mut self, messages: &[Listed]) {
+            self.queue
+                .extend(messages.iter().map(|message| message.number));
         }
         async fn retrieve<W: MessageWriter>(
             &mut self,

@@ -657,3 +657,27 @@ fn sigkill_after_a_committed_batch_then_rerun_delivers_each_message_once() {
         "the published batch was fetched again"
     );
 }
+
+/// A sender ends a line with a bare LF and puts `.` CRLF after it, which a
+/// server that stuffs only after CRLF passes on as it is. The message must
+/// not end there: the rest would be read as the next replies, and a later
+/// poll would delete a message whose content was never delivered.
+#[test]
+fn a_bare_lf_terminator_does_not_end_a_message_early() {
+    let evil = Message {
+        uid: "uid-evil".into(),
+        data:
+            b"From: x@example.org\r\nSubject: evil\r\n\r\nhello\n.\r\n+OK 1 octets\r\nsmuggled\r\n"
+                .to_vec(),
+    };
+    let mail = vec![evil, message(2, 900)];
+    let server = FakePop3::start(
+        mail.clone(),
+        Script::default().fault(Fault::StuffOnlyAfterCrlf),
+    );
+    let case = Case::new(&server);
+    let run = case.run();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
+    assert!(server.mailbox().is_empty());
+}

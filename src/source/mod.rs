@@ -72,7 +72,7 @@ pub trait Source: Send {
 
     /// Announces that these messages will be retrieved, in this order, so
     /// that the requests can be pipelined.
-    fn request(&mut self, numbers: &[u32]);
+    fn request(&mut self, messages: &[Listed]);
 
     /// Streams the next requested message to arrive into `out`, and says
     /// which it was (IMAP servers may answer pipelined fetches in any

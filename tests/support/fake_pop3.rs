@@ -74,6 +74,9 @@ pub enum Fault {
     /// STLS is accepted, and a plaintext reply is sent right behind the
     /// `+OK`, before any handshake: the STARTTLS injection attack.
     StlsInjection,
+    /// Bare LFs pass through, and only lines after a CRLF are dot-stuffed:
+    /// a sender's `LF . CRLF` reaches the client unstuffed.
+    StuffOnlyAfterCrlf,
 }
 
 /// How the server behaves.
@@ -483,7 +486,12 @@ impl Session {
             self.lock().stalled = true;
             return self.hang();
         }
-        let wire = stuff(&self.drop.as_ref().unwrap()[n - 1].0.data);
+        let data = &self.drop.as_ref().unwrap()[n - 1].0.data;
+        let wire = if self.has(&Fault::StuffOnlyAfterCrlf) {
+            stuff_after_crlf_only(data)
+        } else {
+            stuff(data)
+        };
         self.send(&format!("+OK {} octets\r\n", wire.len()))?;
         let cut = self.faults.iter().find_map(|f| match f {
             Fault::CutRetr { message, after } if *message == n => Some(*after),
@@ -533,6 +541,19 @@ pub fn stuff(data: &[u8]) -> Vec<u8> {
     }
     if !wire.is_empty() && !wire.ends_with(b"\r\n") {
         wire.extend_from_slice(b"\r\n");
+    }
+    wire
+}
+
+/// [`stuff`] as a broken server does it: a line is stuffed only when the
+/// line before it ended in CRLF.
+fn stuff_after_crlf_only(data: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(data.len() + 16);
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") && (wire.is_empty() || wire.ends_with(b"\r\n")) {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
     }
     wire
 }

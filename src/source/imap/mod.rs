@@ -672,8 +672,9 @@ impl Source for Imap {
         Ok(())
     }
 
-    fn request(&mut self, numbers: &[u32]) {
-        self.queued.extend(numbers);
+    fn request(&mut self, messages: &[Listed]) {
+        self.queued
+            .extend(messages.iter().map(|message| message.number));
     }
 
     /// Servers may run pipelined fetches concurrently (Dovecot does), so

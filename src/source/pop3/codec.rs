@@ -82,9 +82,25 @@ pub fn unstuff_line(line: &[u8]) -> &[u8] {
 /// terminating `.CRLF` line, working in place on whatever chunk the socket
 /// produced, so a message of any size passes through a fixed buffer. A line
 /// end is LF with or without CR before it, since some servers send bare LFs.
+///
+/// Bare LFs are also how a message can end early: a server that passes them
+/// through but byte-stuffs only after CRLF sends a sender's `LF . CRLF` as
+/// it is, and that looks like the end of the message. The rest would then be
+/// read as the replies to the next commands. So when the size the server
+/// announced is known, a terminator right after a bare LF ends the message
+/// only if that many octets have arrived (counting each bare LF as the CRLF
+/// it stands for); otherwise the line is data.
 #[derive(Debug, Default)]
 pub struct BodyDecoder {
     state: DecodeState,
+    /// The size LIST announced, in octets with CRLF line ends.
+    announced: Option<u64>,
+    /// Message octets decoded so far, each bare LF counted as two.
+    received: u64,
+    /// The last line ended in a bare LF.
+    after_bare_lf: bool,
+    /// The last input byte was a CR (for a CR LF split across chunks).
+    last_was_cr: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +134,23 @@ impl BodyDecoder {
         BodyDecoder::default()
     }
 
+    /// A decoder for a message the server announced as `size` octets.
+    pub fn announced(size: Option<u64>) -> BodyDecoder {
+        BodyDecoder {
+            announced: size,
+            ..BodyDecoder::default()
+        }
+    }
+
+    /// Whether a terminator line at this point may be one: always, except
+    /// right after a bare LF while the announced size is not reached.
+    fn may_end(&self, written: usize) -> bool {
+        !self.after_bare_lf
+            || self
+                .announced
+                .is_none_or(|size| size <= self.received + written as u64)
+    }
+
     /// Decodes `buf` in place. Bytes after the terminator are left alone
     /// (they belong to the next pipelined reply), and so is a CR right after
     /// a line-initial dot when the buffer ends there: whether it starts the
@@ -133,11 +166,21 @@ impl BodyDecoder {
                     // The hot path: copy (usually: leave in place) up to the end of line.
                     let end = match memchr::memchr(b'\n', &buf[read..]) {
                         Some(offset) => {
+                            let lf = read + offset;
+                            let after_cr = if lf > read {
+                                buf[lf - 1] == b'\r'
+                            } else {
+                                self.last_was_cr
+                            };
+                            self.after_bare_lf = !after_cr;
+                            // A bare LF stands for a CRLF in the announced size.
+                            self.received += u64::from(!after_cr);
                             self.state = DecodeState::LineStart;
-                            read + offset + 1
+                            lf + 1
                         }
                         None => buf.len(),
                     };
+                    self.last_was_cr = buf[end - 1] == b'\r';
                     if write != read {
                         buf.copy_within(read..end, write);
                     }
@@ -145,12 +188,30 @@ impl BodyDecoder {
                     read = end;
                 }
                 DecodeState::LineStart => {
-                    if buf[read] == b'.' {
-                        self.state = DecodeState::Dot;
-                        read += 1;
-                    } else {
+                    if buf[read] != b'.' {
                         self.state = DecodeState::InLine;
+                        continue;
                     }
+                    if self.after_bare_lf && !self.may_end(write) {
+                        // Too early to end: a terminator here is a line of
+                        // data, dot included. Looking ahead, not consuming,
+                        // keeps the dot in the buffer until that is known.
+                        match (buf.get(read + 1), buf.get(read + 2)) {
+                            (None, _) | (Some(b'\r'), None) => break,
+                            (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => {
+                                buf[write] = b'.';
+                                write += 1;
+                                read += 1;
+                                self.last_was_cr = false;
+                                self.state = DecodeState::InLine;
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.state = DecodeState::Dot;
+                    self.last_was_cr = false;
+                    read += 1;
                 }
                 DecodeState::Dot => match (buf[read], buf.get(read + 1)) {
                     (b'\r', Some(b'\n')) => {
@@ -168,6 +229,7 @@ impl BodyDecoder {
                 },
             }
         }
+        self.received += write as u64;
         Decoded {
             consumed: read,
             payload: write,
@@ -183,7 +245,15 @@ mod tests {
     /// Feeds `input` to a decoder in chunks of `chunk` bytes and returns the
     /// payload and how many input bytes were consumed.
     fn decode_chunked(input: &[u8], chunk: usize) -> (Vec<u8>, usize, bool) {
-        let mut decoder = BodyDecoder::new();
+        decode_announced(input, chunk, None)
+    }
+
+    fn decode_announced(
+        input: &[u8],
+        chunk: usize,
+        announced: Option<u64>,
+    ) -> (Vec<u8>, usize, bool) {
+        let mut decoder = BodyDecoder::announced(announced);
         let mut out = Vec::new();
         let mut consumed = 0;
         // Like the client's read buffer: unconsumed bytes stay and more are appended.
@@ -281,6 +351,31 @@ mod tests {
             decode_chunked(b".\rX\r\n.\r\n", 1),
             (b"\rX\r\n".to_vec(), 8, true)
         );
+    }
+
+    /// A server that passes bare LFs and stuffs only after CRLF sends a
+    /// sender's `LF . CRLF` unchanged. Knowing the announced size, the
+    /// decoder reads it as data, and the message ends where it really does.
+    #[test]
+    fn a_bare_lf_terminator_before_the_announced_size_is_data() {
+        let message = b"Subject: x\r\n\r\nfirst\n.\r\nRETR-smuggled\r\n";
+        let mut wire = message.to_vec();
+        wire.extend_from_slice(b".\r\n+OK next\r\n");
+        // LIST counts the bare LF as CRLF.
+        let announced = Some(message.len() as u64 + 1);
+        for chunk in 1..wire.len() {
+            let (out, consumed, done) = decode_announced(&wire, chunk, announced);
+            assert!(done, "chunk size {chunk}");
+            assert_eq!(out, message, "chunk size {chunk}");
+            assert_eq!(&wire[consumed..], b"+OK next\r\n", "chunk size {chunk}");
+        }
+        // Without a size, or once the size is reached, it ends the message.
+        let (out, ..) = decode_announced(&wire, 7, None);
+        assert_eq!(out, b"Subject: x\r\n\r\nfirst\n");
+        let lf_only = b"a\nb\n.\n";
+        assert_eq!(decode_announced(lf_only, 1, Some(6)).0, b"a\nb\n");
+        // A server that counts bare LFs as one octet.
+        assert_eq!(decode_announced(lf_only, 1, Some(4)).0, b"a\nb\n");
     }
 
     #[test]

@@ -74,8 +74,9 @@ struct Command {
 pub struct Pop3 {
     wire: Wire,
     queued: VecDeque<Command>,
-    /// Messages requested with RETR and not retrieved yet, in order.
-    requested: VecDeque<u32>,
+    /// Messages requested with RETR and not retrieved yet, in order, with
+    /// the size LIST announced.
+    requested: VecDeque<(u32, Option<u64>)>,
     /// Commands sent whose reply has not been read completely.
     in_flight: usize,
     caps: Capabilities,
@@ -454,16 +455,16 @@ impl Source for Pop3 {
         Ok(())
     }
 
-    fn request(&mut self, numbers: &[u32]) {
-        for number in numbers {
-            self.queue(format!("RETR {number}"), None);
-            self.requested.push_back(*number);
+    fn request(&mut self, messages: &[Listed]) {
+        for message in messages {
+            self.queue(format!("RETR {}", message.number), None);
+            self.requested.push_back((message.number, message.size));
         }
     }
 
     /// POP3 replies in order: the next message is the oldest requested.
     async fn retrieve<W: MessageWriter>(&mut self, out: &mut W) -> Result<(u32, Retrieved), Error> {
-        let number = self.requested.pop_front().ok_or_else(|| {
+        let (number, announced) = self.requested.pop_front().ok_or_else(|| {
             Error::new(
                 Kind::Protocol,
                 format!("{}: no message was requested", self.host),
@@ -473,7 +474,7 @@ impl Source for Pop3 {
             self.reply_done();
             return Ok((number, Retrieved::Refused(text)));
         }
-        let mut decoder = BodyDecoder::new();
+        let mut decoder = BodyDecoder::announced(announced);
         let mut received: u64 = 0;
         loop {
             let unread = self.wire.unread();

@@ -569,26 +569,38 @@ fn parts_text(parts: &[Part]) -> &[u8] {
 /// A compact digest of a message: SHA-256 over its size and its Message-ID,
 /// Date and From fields (names lower-cased, values unfolded and trimmed),
 /// cut to 64 bits. It recognises a message whose UID changed.
-fn digest(size: u64, header_fields: &[u8]) -> String {
+///
+/// `None` without a Message-ID: size, Date and From alone (or the size
+/// alone, when those are missing too) are shared by too many messages for
+/// one to be taken for another, and a message taken for one delivered
+/// before would never be fetched.
+fn digest(size: u64, header_fields: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(header_fields)
         .replace("\r\n ", " ")
         .replace("\r\n\t", " ");
-    let mut fields: Vec<String> = text
+    let mut fields: Vec<(String, &str)> = text
         .lines()
         .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| format!("{}:{}", name.trim().to_ascii_lowercase(), value.trim()))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim()))
         .collect();
+    if !fields
+        .iter()
+        .any(|(name, value)| name == "message-id" && !value.is_empty())
+    {
+        return None;
+    }
     fields.sort();
     let mut input = size.to_string();
-    for field in fields {
-        input.push('\n');
-        input.push_str(&field);
+    for (name, value) in fields {
+        input.push_str(&format!("\n{name}:{value}"));
     }
     let hash = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
-    hash.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Some(
+        hash.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 impl Source for Imap {
@@ -634,7 +646,8 @@ impl Source for Imap {
     async fn describe(&mut self, messages: &mut [Listed]) -> Result<(), Error> {
         let wanted: Vec<u32> = messages
             .iter()
-            .filter(|m| m.size.is_none() || m.digest.is_none())
+            // Described messages have a size; a digest only with a Message-ID.
+            .filter(|m| m.size.is_none())
             .map(|m| m.number)
             .collect();
         if wanted.is_empty() {
@@ -660,10 +673,7 @@ impl Source for Imap {
             if let Some(attrs) = found.get(&message.number) {
                 let size = attrs.size.unwrap_or_default();
                 message.size = Some(size);
-                message.digest = Some(digest(
-                    size,
-                    attrs.header_fields.as_deref().unwrap_or_default(),
-                ));
+                message.digest = digest(size, attrs.header_fields.as_deref().unwrap_or_default());
                 if let Some(selected) = &mut self.selected {
                     selected.sizes.insert(message.number, size);
                 }
@@ -790,6 +800,20 @@ impl Source for Imap {
 mod tests {
     use super::*;
 
+    /// After a UIDVALIDITY change, a message without a Message-ID must not
+    /// be recognised by its size (and Date, From) alone: it would be taken
+    /// for any delivered message of that size and never fetched.
+    #[test]
+    fn no_digest_without_a_message_id() {
+        assert_eq!(digest(100, b""), None);
+        assert_eq!(
+            digest(100, b"Date: Mon, 1 Jan 2024\r\nFrom: a@b\r\n\r\n"),
+            None
+        );
+        assert_eq!(digest(100, b"Message-ID: \r\nFrom: a@b\r\n\r\n"), None);
+        assert!(digest(100, b"message-id: <1@x>\r\n\r\n").is_some());
+    }
+
     #[test]
     fn digests_ignore_folding_case_and_order() {
         let a = digest(
@@ -801,7 +825,7 @@ mod tests {
             b"from: a@b\r\nmessage-id:\r\n <1@x>\r\ndate:  Mon, 1 Jan 2024 \r\n\r\n",
         );
         assert_eq!(a, b);
-        assert_eq!(a.len(), 16);
+        assert_eq!(a.as_ref().map(String::len), Some(16));
         assert_ne!(
             a,
             digest(

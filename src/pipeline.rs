@@ -239,9 +239,13 @@ impl AnySink {
                 .map_err(|err| (what.to_owned(), err))
         };
         match &account.deliver {
-            DeliverTarget::Maildir(path) => MaildirSink::open(path)
-                .map(AnySink::Maildir)
-                .map_err(|err| (format!("maildir {}", path.display()), err)),
+            DeliverTarget::Maildir(path) => match MaildirSink::open(path) {
+                Ok(sink) => {
+                    sink.remove_crash_leftovers(state_dir);
+                    Ok(AnySink::Maildir(sink))
+                }
+                Err(err) => Err((format!("maildir {}", path.display()), err)),
+            },
             DeliverTarget::Mta(target) => {
                 let password = resolve(&target.server, "the MTA").await?;
                 Ok(AnySink::Smtp(SmtpSink::new(

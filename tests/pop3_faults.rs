@@ -681,3 +681,65 @@ fn a_bare_lf_terminator_does_not_end_a_message_early() {
     assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
     assert!(server.mailbox().is_empty());
 }
+
+/// A cron job that crashes at every poll must not fill the disk: each
+/// start removes what the killed runs before it left in `tmp/` (a whole
+/// batch of messages in flight, each time). After every kill, only the
+/// files of the run just killed are there; a clean run then delivers
+/// every message exactly once, none truncated, and leaves `tmp/` empty.
+#[test]
+fn a_crash_loop_leaves_only_the_last_runs_files() {
+    const KILLS: u64 = 25;
+    let mail: Vec<Message> = (1..=600).map(|n| message(n, 8_000)).collect();
+    let server = FakePop3::start(mail.clone(), Script::default());
+    let case = Case::new(&server);
+    let tmp = case.maildir().join("tmp");
+    let retrs = || {
+        server
+            .transcript()
+            .iter()
+            .filter(|c| c.starts_with("RETR"))
+            .count()
+    };
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..KILLS {
+        let before = retrs();
+        let mut child = case.spawn(&[]);
+        let pid = child.id();
+        let started = Instant::now();
+        while retrs() == before && child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < RUN_LIMIT, "no RETR");
+            thread::sleep(Duration::from_millis(1));
+        }
+        // Somewhere in the download, the commits, or the deletion.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        thread::sleep(Duration::from_millis(seed >> 56));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for file in files(&tmp) {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                name.contains(&format!("P{pid}Q")),
+                "{name} was left by an earlier run"
+            );
+        }
+        if server.mailbox().is_empty() {
+            break;
+        }
+    }
+    let run = case.run();
+    assert!(matches!(run.code, Some(0 | 1)), "{run:?}");
+    assert!(files(&tmp).is_empty(), "{:?}", files(&tmp));
+    for file in files(&case.maildir().join("new")) {
+        let content = strip_received(&fs::read(&file).unwrap(), &file);
+        assert!(
+            mail.iter().any(|m| local(m) == content),
+            "truncated: {}",
+            file.display()
+        );
+    }
+    assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
+    assert!(server.mailbox().is_empty());
+}

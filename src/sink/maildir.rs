@@ -5,6 +5,8 @@
 //! because it neither fsyncs the directory after the rename nor lets the
 //! fsyncs of many messages be batched; see docs/design.md.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use super::intent::{Intent, Recovered};
 use super::{Acceptance, Committer, MessageWriter, Sink, Staged};
 use crate::error::{Error, Kind};
+use crate::state;
 
 /// How much converted data a writer gathers before handing it to the kernel.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -35,6 +38,11 @@ impl MaildirSink {
     /// Opens the Maildir at `root`, creating it (and `tmp/`, `new/`,
     /// `cur/`) if needed.
     pub fn open(root: &Path) -> Result<MaildirSink, Error> {
+        // Stale files are removed only from a directory that already was a
+        // Maildir: `maildir:~` must not clean the user's own ~/tmp.
+        let was_maildir = ["tmp", "new", "cur"]
+            .iter()
+            .all(|sub| root.join(sub).is_dir());
         for sub in ["", "tmp", "new", "cur"] {
             create_dir_durably(&root.join(sub)).map_err(|err| {
                 Error::new(
@@ -46,7 +54,9 @@ impl MaildirSink {
                 )
             })?;
         }
-        remove_stale_tmp_files(&root.join("tmp"));
+        if was_maildir {
+            remove_stale_tmp_files(&root.join("tmp"));
+        }
         Ok(MaildirSink {
             root: root.to_owned(),
             host: maildir_hostname(),
@@ -54,14 +64,16 @@ impl MaildirSink {
     }
 
     /// A name unique on this host: time, pid, a per-process counter and
-    /// the host name, as the Maildir spec describes.
+    /// the host name, as the Maildir spec describes, with a mark that tells
+    /// mailfetch's own files from other deliverers' (see
+    /// [`remove_crash_leftovers`](Self::remove_crash_leftovers)).
     fn unique_name(&self) -> String {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         format!(
-            "{}.M{}P{}Q{}.{}",
+            "{}.M{}P{}Q{}{OWN_MARK}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
@@ -69,6 +81,78 @@ impl MaildirSink {
             self.host
         )
     }
+
+    /// Removes from `tmp/` what a mailfetch that was killed (or lost
+    /// power) left there: files with mailfetch's own names, of a process
+    /// that is gone, that no journal in `state_dir` still names (those are
+    /// recovery's to finish). Their messages are still on the server. Each
+    /// kill would otherwise leave a whole batch behind for 36 hours, and a
+    /// cron job that crashes at every poll would fill the disk.
+    pub fn remove_crash_leftovers(&self, state_dir: &Path) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let leftovers: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|entry| left_by_a_dead_mailfetch(&entry.file_name().to_string_lossy()))
+            .map(|entry| entry.path())
+            .collect();
+        if leftovers.is_empty() {
+            return;
+        }
+        // Only now, after a crash, is it worth reading every journal.
+        let journaled: HashSet<OsString> = match state::pending_intents_in(state_dir) {
+            Ok(intents) => intents
+                .iter()
+                .filter_map(|word| match Intent::decode(word)? {
+                    Intent::Maildir { tmp_path, .. } => tmp_path.file_name().map(OsStr::to_owned),
+                })
+                .collect(),
+            Err(err) => {
+                tracing::warn!(
+                    "not cleaning up {}: cannot read the state files: {err}",
+                    self.root.join("tmp").display()
+                );
+                return;
+            }
+        };
+        let mut removed = 0;
+        for path in leftovers {
+            if path
+                .file_name()
+                .is_some_and(|name| journaled.contains(name))
+            {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} incomplete messages an interrupted run left in {}",
+                self.root.join("tmp").display()
+            );
+        }
+    }
+}
+
+/// What sets mailfetch's file names apart from other deliverers' in the
+/// unique part of a Maildir name.
+const OWN_MARK: &str = "_mailfetch";
+
+/// Whether `name` is one of mailfetch's Maildir names, of a process that
+/// no longer exists.
+fn left_by_a_dead_mailfetch(name: &str) -> bool {
+    let Some(unique) = name.split('.').nth(1) else {
+        return false;
+    };
+    let pid = unique
+        .strip_suffix(OWN_MARK)
+        .and_then(|rest| rest.split_once('P'))
+        .and_then(|(_, rest)| rest.split_once('Q'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok());
+    pid.is_some_and(super::process_is_gone)
 }
 
 /// How old a file in `tmp/` must be before anyone may delete it, per the
@@ -524,6 +608,84 @@ mod tests {
         MaildirSink::open(dir.path()).unwrap();
         assert!(!stale.exists());
         assert!(fresh.exists());
+    }
+
+    /// `maildir:~` where ~ has a tmp/ of its own: nothing of the user's is
+    /// removed, however old.
+    #[test]
+    fn stale_files_stay_in_a_directory_that_was_not_a_maildir() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        let users = dir.path().join("tmp/notes.txt");
+        fs::write(&users, "x").unwrap();
+        let old = SystemTime::now() - STALE_TMP - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&users)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        MaildirSink::open(dir.path()).unwrap();
+        assert!(users.exists());
+    }
+
+    /// A pid that no process has (one that just exited).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn crash_leftovers_are_removed_unless_journaled_alive_or_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state_dir) = (dir.path().join("Maildir"), dir.path().join("state"));
+        let sink = MaildirSink::open(&root).unwrap();
+        let dead = dead_pid();
+        let name = |pid: u32, n: u32| format!("1700000000.M1P{pid}Q{n}{OWN_MARK}.host");
+        let orphan = root.join("tmp").join(name(dead, 1));
+        let journaled = root.join("tmp").join(name(dead, 2));
+        let alive = root.join("tmp").join(name(std::process::id(), 3));
+        let foreign = root
+            .join("tmp")
+            .join(format!("1700000000.M1P{dead}Q4.host"));
+        for path in [&orphan, &journaled, &alive, &foreign] {
+            fs::write(path, "x").unwrap();
+        }
+        let intent = Intent::Maildir {
+            tmp_path: journaled.clone(),
+            new_path: root.join("new").join(name(dead, 2)),
+        };
+        fs::create_dir(&state_dir).unwrap();
+        let mut state = state::MailboxState::open(&state_dir, "key").unwrap();
+        state
+            .record_delivered(&[state::Entry {
+                intent: Some(intent.encode()),
+                ..state::Entry::new("1")
+            }])
+            .unwrap();
+
+        sink.remove_crash_leftovers(&state_dir);
+        assert!(!orphan.exists());
+        assert!(journaled.exists() && alive.exists() && foreign.exists());
+    }
+
+    #[tokio::test]
+    async fn own_names_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = MaildirSink::open(dir.path()).unwrap();
+        let writer = sink.begin().await.unwrap();
+        let name = writer.name.clone();
+        sink.abort(writer);
+        assert!(name.contains(OWN_MARK), "{name}");
+        // Ours, but this process is alive.
+        assert!(!left_by_a_dead_mailfetch(&name));
+        let dead = name.replace(
+            &format!("P{}Q", std::process::id()),
+            &format!("P{}Q", dead_pid()),
+        );
+        assert!(left_by_a_dead_mailfetch(&dead), "{dead}");
     }
 
     #[test]

@@ -391,10 +391,7 @@ fn remove_orphans_once(dir: &Path) {
         let Some(pid) = orphan_pid(&name.to_string_lossy()) else {
             continue;
         };
-        // SAFETY: signal 0 only checks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
+        if super::process_is_gone(pid) {
             debug!("removing orphaned spool file {}", entry.path().display());
             let _ = fs::remove_file(entry.path());
         }

@@ -20,6 +20,15 @@ use std::io;
 use crate::error::Error;
 use intent::Intent;
 
+/// Whether no process `pid` exists: files named after a process that is
+/// gone were left by a crash.
+pub(crate) fn process_is_gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks whether the process exists.
+    pid > 0
+        && unsafe { libc::kill(pid, 0) } == -1
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
 /// Streams one message into a sink.
 pub trait MessageWriter: Send + 'static {
     fn write(&mut self, chunk: &[u8]) -> impl Future<Output = io::Result<()>> + Send;

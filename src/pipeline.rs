@@ -515,7 +515,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
         let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
         state.retain(&present).map_err(state_error)?;
     }
-    let (old, mut new) = sort_out(listed, &state, account.fetch, &report.mailbox);
+    let (mut old, mut new) = sort_out(listed, &state, account.fetch, &report.mailbox);
     report.new = new.len();
     source.describe(&mut new).await?;
     if let Some(max_size) = account.max_size {
@@ -540,6 +540,17 @@ async fn poll_mailbox<S: Source, K: Sink>(
         report.deferred = new.len() - limit;
         new.truncate(limit);
     }
+    let (retries, finished) = partial_retries(&mut new, &state, &account.to);
+    if !finished.is_empty() {
+        // Every recipient has them already (the others were taken out of
+        // `to` since): delivered.
+        let entries: Vec<Entry> = finished
+            .iter()
+            .filter_map(|message| Some(Entry::new(message.uid.clone()?)))
+            .collect();
+        state.record_delivered(&entries).map_err(state_error)?;
+        old.extend(finished);
+    }
 
     let trace = Trace {
         server: &account.host,
@@ -561,6 +572,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
         source,
         sink,
         &new,
+        &retries,
         header.as_deref(),
         &mut commits,
         &mut rejections,
@@ -670,6 +682,50 @@ fn sort_out(
         new.retain(|message| !message.seen);
     }
     (old, new)
+}
+
+/// A message that reached some of its recipients at an earlier poll (an
+/// LMTP server or an MDA took it for some only), to be sent to the others.
+#[derive(Debug)]
+struct Retry {
+    /// The recipients that have it.
+    reached: Vec<String>,
+    /// The recipients of today's `to` that do not.
+    remaining: Vec<String>,
+}
+
+/// Finds the messages of `new` that reached some recipients before: those
+/// that still lack some get a [`Retry`] (by number); those that all of
+/// `recipients` have are taken out of `new` and returned.
+fn partial_retries(
+    new: &mut Vec<Listed>,
+    state: &MailboxState,
+    recipients: &[String],
+) -> (HashMap<u32, Retry>, Vec<Listed>) {
+    let mut retries = HashMap::new();
+    let mut finished = Vec::new();
+    new.retain(|message| {
+        let reached = message
+            .uid
+            .as_deref()
+            .map_or(&[][..], |uid| state.delivered_to(uid));
+        if reached.is_empty() {
+            return true;
+        }
+        let remaining: Vec<String> = recipients
+            .iter()
+            .filter(|recipient| !reached.contains(recipient))
+            .cloned()
+            .collect();
+        if remaining.is_empty() {
+            finished.push(message.clone());
+            return false;
+        }
+        let reached = reached.to_vec();
+        retries.insert(message.number, Retry { reached, remaining });
+        true
+    });
+    (retries, finished)
 }
 
 /// Applies `on_reject` to the messages the destination refused for good.
@@ -846,18 +902,25 @@ fn recover(state: &mut MailboxState) -> Result<(), Error> {
 
 /// Streams `messages` into the sink, handing full batches to `commits`.
 /// Whatever is complete when it stops, by error or not, is committed.
+#[allow(clippy::too_many_arguments)]
 async fn retrieve<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     messages: &[Listed],
+    retries: &HashMap<u32, Retry>,
     header: Option<&str>,
     commits: &mut CommitQueue<K::Committer>,
     rejections: &mut Vec<(Listed, Rejection)>,
     report: &mut Report,
 ) -> Result<(), Error> {
-    source.request(messages);
+    let (again, fresh): (Vec<Listed>, Vec<Listed>) = messages
+        .iter()
+        .cloned()
+        .partition(|message| retries.contains_key(&message.number));
+    source.request(&fresh);
     let mut tally = Tally {
         by_number: messages.iter().map(|m| (m.number, m)).collect(),
+        retries,
         // A sink whose acceptance is final has nothing to batch: each
         // message is journaled as soon as it is taken.
         batch_limit: if <K::Committer as Committer>::DEFERS_DURABILITY {
@@ -870,23 +933,14 @@ async fn retrieve<S: Source, K: Sink>(
         rejections,
         report,
     };
-    let result = match sink.fork() {
+    let mut result = match sink.fork() {
         Some(first) => {
-            retrieve_in_parallel(source, first, sink, messages.len(), header, &mut tally).await
+            retrieve_in_parallel(source, first, sink, fresh.len(), header, &mut tally).await
         }
         None => {
             let mut result = Ok(());
-            for _ in messages {
-                let step = async {
-                    stop_point()?;
-                    let (number, streamed) = stream_one(source, sink, header).await?;
-                    let fetched = match streamed {
-                        Some(writer) => answer(number, sink.finish(writer).await?),
-                        None => Fetched::Refused,
-                    };
-                    tally.record(number, fetched, sink).await
-                };
-                if let Err(err) = step.await {
+            for _ in &fresh {
+                if let Err(err) = deliver_next(source, sink, None, header, &mut tally).await {
                     result = Err(err);
                     break;
                 }
@@ -894,6 +948,15 @@ async fn retrieve<S: Source, K: Sink>(
             result
         }
     };
+    // One at a time, so that each is known to be the one streaming.
+    for message in &again {
+        if result.is_err() {
+            break;
+        }
+        source.request(std::slice::from_ref(message));
+        let remaining = &retries[&message.number].remaining;
+        result = deliver_next(source, sink, Some(remaining), header, &mut tally).await;
+    }
     tally.commits.submit(std::mem::take(&mut tally.batch)).await;
     result
 }
@@ -940,7 +1003,7 @@ async fn retrieve_in_parallel<S: Source, K: Sink>(
                 }
             },
         };
-        match stream_one(source, &mut lane, header).await {
+        match stream_one(source, &mut lane, None, header).await {
             Ok((number, Some(writer))) => {
                 waiting.spawn(async move {
                     let answer = lane.finish(writer).await;
@@ -1016,6 +1079,7 @@ fn stop_point() -> Result<(), Error> {
 /// refusals for the report.
 struct Tally<'a, C: Committer> {
     by_number: HashMap<u32, &'a Listed>,
+    retries: &'a HashMap<u32, Retry>,
     batch_limit: usize,
     batch: Batch<C::Staged>,
     commits: &'a mut CommitQueue<C>,
@@ -1030,6 +1094,13 @@ impl<C: Committer> Tally<'_, C> {
         fetched: Fetched<C::Staged>,
         sink: &K,
     ) -> Result<(), Error> {
+        let fetched = match fetched {
+            Fetched::Partly(delivered_to, failure) => {
+                self.record_partial(number, delivered_to).await;
+                *failure
+            }
+            fetched => fetched,
+        };
         match fetched {
             Fetched::Staged(staged) => {
                 let Some(message) = self.by_number.get(&number) else {
@@ -1054,8 +1125,25 @@ impl<C: Committer> Tally<'_, C> {
                     self.rejections.push(((*message).clone(), rejection));
                 }
             }
+            Fetched::Partly(..) => unreachable!("a partial delivery's failure is not partial"),
         }
         Ok(())
+    }
+
+    /// Journals at once which recipients have message `number` now, so
+    /// that no later poll sends it to them again.
+    async fn record_partial(&mut self, number: u32, delivered_to: Vec<String>) {
+        let Some(uid) = self.by_number.get(&number).and_then(|m| m.uid.clone()) else {
+            return;
+        };
+        let mut reached = self
+            .retries
+            .get(&number)
+            .map(|retry| retry.reached.clone())
+            .unwrap_or_default();
+        reached.extend(delivered_to);
+        self.batch.partials.push((uid, reached));
+        self.commits.submit(std::mem::take(&mut self.batch)).await;
     }
 }
 
@@ -1068,6 +1156,27 @@ enum Fetched<T> {
     Failed,
     /// The sink refused it for good.
     Rejected(Rejection),
+    /// These recipients took it; for the others, the inner outcome (a
+    /// failure) holds.
+    Partly(Vec<String>, Box<Fetched<T>>),
+}
+
+/// Streams the next requested message into the sink (for `recipients`
+/// only, if given), waits for the answer and records it.
+async fn deliver_next<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
+    recipients: Option<&[String]>,
+    header: Option<&str>,
+    tally: &mut Tally<'_, K::Committer>,
+) -> Result<(), Error> {
+    stop_point()?;
+    let (number, streamed) = stream_one(source, sink, recipients, header).await?;
+    let fetched = match streamed {
+        Some(writer) => answer(number, sink.finish(writer).await?),
+        None => Fetched::Refused,
+    };
+    tally.record(number, fetched, sink).await
 }
 
 /// Streams the next message into the sink; says which one it was, and
@@ -1076,9 +1185,13 @@ enum Fetched<T> {
 async fn stream_one<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
+    recipients: Option<&[String]>,
     header: Option<&str>,
 ) -> Result<(u32, Option<K::Writer>), Error> {
-    let mut writer = sink.begin().await?;
+    let mut writer = match recipients {
+        Some(recipients) => sink.begin_to(recipients).await?,
+        None => sink.begin().await?,
+    };
     if let Some(header) = header
         && let Err(err) = writer.write(header.as_bytes()).await
     {
@@ -1106,6 +1219,16 @@ async fn stream_one<S: Source, K: Sink>(
 /// Logs what the destination said about a message.
 fn answer<T>(number: u32, acceptance: Acceptance<T>) -> Fetched<T> {
     match acceptance {
+        Acceptance::Partial {
+            delivered_to,
+            failure,
+        } => {
+            tracing::info!(
+                "message {number} delivered to {} only; the others get it at a later poll",
+                delivered_to.join(", ")
+            );
+            Fetched::Partly(delivered_to, Box::new(answer(number, *failure)))
+        }
         Acceptance::Accepted(staged) => Fetched::Staged(staged),
         Acceptance::TemporaryFailure(reason) => {
             tracing::warn!(
@@ -1124,6 +1247,14 @@ fn answer<T>(number: u32, acceptance: Acceptance<T>) -> Fetched<T> {
 struct Batch<T> {
     messages: Vec<(Listed, T)>,
     bytes: u64,
+    /// Messages that reached some recipients: (id, all that have it).
+    partials: Vec<(String, Vec<String>)>,
+}
+
+impl<T> Batch<T> {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.partials.is_empty()
+    }
 }
 
 impl<T> Default for Batch<T> {
@@ -1131,6 +1262,7 @@ impl<T> Default for Batch<T> {
         Batch {
             messages: Vec::new(),
             bytes: 0,
+            partials: Vec::new(),
         }
     }
 }
@@ -1147,6 +1279,12 @@ impl<C: Committer> CommitJob<C> {
     fn commit(&mut self, batch: Batch<C::Staged>) -> Result<Vec<(u32, u64)>, Error> {
         let failed =
             |what: &str, err: std::io::Error| Error::new(Kind::Delivery, format!("{what}: {err}"));
+        for (uid, reached) in &batch.partials {
+            // Like an acceptance that is final: written, synced at the end.
+            self.state
+                .record_partial(uid, reached)
+                .map_err(|err| failed("cannot write the state file", err))?;
+        }
         let mut done = Vec::with_capacity(batch.messages.len());
         let mut entries = Vec::new();
         let mut staged = Vec::with_capacity(batch.messages.len());
@@ -1233,7 +1371,7 @@ impl<C: Committer> CommitQueue<C> {
     /// the server).
     async fn submit(&mut self, batch: Batch<C::Staged>) {
         self.wait().await;
-        if batch.messages.is_empty() {
+        if batch.is_empty() {
             return;
         }
         let Some(mut job) = self.idle.take() else {
@@ -1715,6 +1853,110 @@ mod tests {
             assert_eq!(sink.taken(), 1, "message 1 taken, message 2 tried");
             assert!(source.deleted.is_empty());
         }
+    }
+
+    /// An LMTP server (or an MDA run per recipient) that takes each message
+    /// for every recipient except those in `failing`, which it refuses for
+    /// now.
+    #[derive(Default, Clone)]
+    struct RecipientSink {
+        failing: Arc<Mutex<Vec<String>>>,
+        got: Arc<Mutex<Vec<String>>>,
+        current: Vec<String>,
+    }
+
+    impl Sink for RecipientSink {
+        type Writer = Buffer;
+        type Staged = crate::sink::Delivered;
+        type Committer = crate::sink::AlreadyDurable;
+
+        fn describe(&self) -> String {
+            "recipients".into()
+        }
+        async fn begin(&mut self) -> Result<Buffer, Error> {
+            self.current = vec!["a".into(), "b".into()];
+            Ok(Buffer(Vec::new()))
+        }
+        async fn begin_to(&mut self, recipients: &[String]) -> Result<Buffer, Error> {
+            self.current = recipients.to_vec();
+            Ok(Buffer(Vec::new()))
+        }
+        async fn finish(&mut self, writer: Buffer) -> Result<Acceptance<Self::Staged>, Error> {
+            let failing = self.failing.lock().unwrap().clone();
+            let (failed, took): (Vec<String>, Vec<String>) = self
+                .current
+                .iter()
+                .cloned()
+                .partition(|recipient| failing.contains(recipient));
+            self.got.lock().unwrap().extend(took.iter().cloned());
+            let size = writer.0.len() as u64;
+            Ok(match (took.is_empty(), failed.is_empty()) {
+                (_, true) => Acceptance::Accepted(crate::sink::Delivered { size }),
+                (true, false) => Acceptance::TemporaryFailure("452 4.2.2 over quota".into()),
+                (false, false) => Acceptance::Partial {
+                    delivered_to: took,
+                    failure: Box::new(Acceptance::TemporaryFailure("452 4.2.2 over quota".into())),
+                },
+            })
+        }
+        fn abort(&mut self, _writer: Buffer) {}
+        fn committer(&self) -> crate::sink::AlreadyDurable {
+            crate::sink::AlreadyDurable
+        }
+    }
+
+    /// Recipient a took the message, b could not: the message stays, and
+    /// later polls send it to b alone until b has it too.
+    #[tokio::test]
+    async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let account = account("to = [\"a\", \"b\"]\n");
+        let sink = RecipientSink::default();
+        *sink.failing.lock().unwrap() = vec!["b".into()];
+        let poll = async |sink: &RecipientSink| {
+            let mut source = MemorySource::new(&MESSAGES[..1]);
+            let mut report = Report::new("t".into(), "recipients", &account);
+            let state = StateOpening::start(dir.path(), "key".to_owned());
+            let mut sink = sink.clone();
+            poll_mailbox(&mut source, &mut sink, &account, state, &mut report)
+                .await
+                .unwrap();
+            (source.deleted, report)
+        };
+        for _ in 0..3 {
+            let (deleted, report) = poll(&sink).await;
+            assert!(deleted.is_empty());
+            assert_eq!(report.failed, 1);
+        }
+        assert_eq!(*sink.got.lock().unwrap(), ["a"], "a got it once");
+        sink.failing.lock().unwrap().clear();
+        let (deleted, report) = poll(&sink).await;
+        assert_eq!(deleted, [1]);
+        assert_eq!(report.delivered, 1);
+        assert_eq!(*sink.got.lock().unwrap(), ["a", "b"]);
+        let (deleted, _) = poll(&sink).await;
+        assert_eq!(deleted, [1], "delivered: only deleted again");
+        assert_eq!(sink.got.lock().unwrap().len(), 2);
+    }
+
+    /// A recipient taken out of `to` since: the others all have it, so it
+    /// is delivered without being sent again.
+    #[tokio::test]
+    async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MailboxState::open(dir.path(), "key").unwrap();
+        state.record_partial("uid-1", &["a".into()]).unwrap();
+        drop(state);
+        let account = account("to = [\"a\"]\n");
+        let mut source = MemorySource::new(&MESSAGES[..1]);
+        let mut sink = RecipientSink::default();
+        let mut report = Report::new("t".into(), "recipients", &account);
+        let state = StateOpening::start(dir.path(), "key".to_owned());
+        poll_mailbox(&mut source, &mut sink, &account, state, &mut report)
+            .await
+            .unwrap();
+        assert!(sink.got.lock().unwrap().is_empty());
+        assert_eq!(source.deleted, [1]);
     }
 
     /// A sink that forks gets several answers awaited at once, never more

@@ -190,6 +190,7 @@ async fn a_missing_folder_is_created_and_non_ascii_names_survive() {
             Acceptance::Accepted(_) => {}
             Acceptance::TemporaryFailure(reason) => panic!("temporary: {reason}"),
             Acceptance::PermanentFailure(rejection) => panic!("permanent: {}", rejection.reason),
+            Acceptance::Partial { .. } => panic!("partial"),
         }
     }
     sink.close().await;

@@ -225,6 +225,7 @@ async fn refusals_are_temporary_or_permanent_by_their_response_code() {
         verdicts.push(match deliver(&mut sink, MESSAGE).await.unwrap() {
             Acceptance::Accepted(_) => "accepted".to_owned(),
             Acceptance::TemporaryFailure(reason) => format!("temporary: {reason}"),
+            Acceptance::Partial { .. } => "partial: an IMAP folder has no recipients".to_owned(),
             Acceptance::PermanentFailure(rejection) => {
                 assert_eq!(rejection.sender.as_deref(), Some("alice@example.org"));
                 assert!(rejection.headers.ends_with(b"Subject: x\n\n"));

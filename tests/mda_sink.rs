@@ -269,9 +269,34 @@ async fn one_recipient_failing_temporarily_keeps_the_message() {
     );
     let mut sink = dir.sink(&format!("{script} %T"), &["alice", "bob"], LONG);
     match deliver(&mut sink, MESSAGE, 1024).await {
-        Acceptance::TemporaryFailure(reason) => assert!(reason.contains("for bob"), "{reason}"),
-        _ => panic!("not a temporary failure"),
+        // Alice has it: a retry goes to bob alone.
+        Acceptance::Partial {
+            delivered_to,
+            failure,
+        } => {
+            assert_eq!(delivered_to, ["alice"]);
+            match *failure {
+                Acceptance::TemporaryFailure(reason) => {
+                    assert!(reason.contains("for bob"), "{reason}")
+                }
+                _ => panic!("not a temporary failure"),
+            }
+        }
+        _ => panic!("not a partial delivery"),
     }
+    // The retry for bob alone runs the command for him only.
+    let ran = dir.path("ran");
+    dir.script(
+        "deliver",
+        &format!(r#"cat > /dev/null; echo "$1" >> {}; exit 0"#, ran.display()),
+    );
+    let mut writer = sink.begin_to(&["bob".to_owned()]).await.unwrap();
+    writer.write(MESSAGE).await.unwrap();
+    assert!(matches!(
+        sink.finish(writer).await.unwrap(),
+        Acceptance::Accepted(_)
+    ));
+    assert_eq!(fs::read_to_string(&ran).unwrap(), "bob\n");
 }
 
 #[tokio::test]

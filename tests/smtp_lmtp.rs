@@ -107,6 +107,7 @@ async fn an_unknown_recipient_refuses_the_message_for_everyone() {
         }
         Acceptance::TemporaryFailure(reason) => panic!("temporary: {reason}"),
         Acceptance::Accepted(_) => panic!("accepted"),
+        Acceptance::Partial { delivered_to, .. } => panic!("delivered to {delivered_to:?}"),
     }
     sink.close().await;
     assert_eq!(dovecot.message_count("alice"), 0);

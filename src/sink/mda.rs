@@ -198,7 +198,7 @@ fn shell_script_index(words: &[String]) -> Option<usize> {
 }
 
 /// What every run of the command needs to know.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Plan {
     words: Vec<String>,
     script: Option<usize>,
@@ -271,6 +271,31 @@ impl MdaSink {
             })
         });
         MdaSink { plan, spool_dir }
+    }
+
+    fn begin_with(&self, plan: Arc<Plan>) -> Result<MdaWriter, Error> {
+        let dest = if plan.runs().len() > 1 {
+            // Several runs need the message several times.
+            Dest::Spool(SpoolFile::create(&self.spool_dir, "mda").map_err(|err| {
+                Error::new(
+                    Kind::Delivery,
+                    format!(
+                        "cannot create a spool file in {}: {err}",
+                        self.spool_dir.display()
+                    ),
+                )
+            })?)
+        } else {
+            Dest::Waiting
+        };
+        Ok(MdaWriter {
+            plan,
+            capture: HeaderCapture::new(),
+            lf: ToLf::default(),
+            buffer: Vec::with_capacity(CHUNK + CHUNK / 8),
+            size: 0,
+            dest,
+        })
     }
 
     fn plan(&self) -> Result<Arc<Plan>, Error> {
@@ -680,31 +705,16 @@ impl Sink for MdaSink {
     }
 
     async fn begin(&mut self) -> Result<MdaWriter, Error> {
-        let plan = self.plan()?;
-        let dest = if plan.runs().len() > 1 {
-            // Several runs need the message several times.
-            Dest::Spool(SpoolFile::create(&self.spool_dir, "mda").map_err(|err| {
-                Error::new(
-                    Kind::Delivery,
-                    format!(
-                        "cannot create a spool file in {}: {err}",
-                        self.spool_dir.display()
-                    ),
-                )
-            })?)
-        } else {
-            Dest::Waiting
-        };
-        Ok(MdaWriter {
-            plan,
-            capture: HeaderCapture::new(),
-            lf: ToLf::default(),
-            buffer: Vec::with_capacity(CHUNK + CHUNK / 8),
-            size: 0,
-            dest,
-        })
+        self.begin_with(self.plan()?)
     }
 
+    async fn begin_to(&mut self, recipients: &[String]) -> Result<MdaWriter, Error> {
+        let plan = Plan {
+            recipients: recipients.to_vec(),
+            ..Plan::clone(&*self.plan()?)
+        };
+        self.begin_with(Arc::new(plan))
+    }
     async fn finish(&mut self, mut writer: MdaWriter) -> Result<Acceptance<Delivered>, Error> {
         let before = writer.buffer.len();
         writer.lf.end(&mut writer.buffer);
@@ -763,9 +773,9 @@ fn cannot_run(plan: &Plan, err: &io::Error) -> Error {
 }
 
 /// The verdict on a message from how each run ended: delivered if every
-/// run exited 0; else a temporary failure if any run failed temporarily
-/// (the message stays on the server, so runs that succeeded will get it
-/// again: a duplicate rather than a loss); else refused for good.
+/// run exited 0; else a temporary failure if any run failed temporarily,
+/// else refused for good; and when some runs succeeded, partly delivered
+/// to their recipients (so that a retry skips them).
 fn judge(
     plan: &Plan,
     outcomes: Vec<(String, Outcome)>,
@@ -774,6 +784,7 @@ fn judge(
     let several = outcomes.len() > 1;
     let mut temporary = Vec::new();
     let mut permanent = Vec::new();
+    let mut delivered_to = Vec::new();
     for (recipient, outcome) in outcomes {
         let who = if several {
             format!("MDA {:?} for {recipient}", plan.label)
@@ -792,6 +803,7 @@ fn judge(
                 if !stderr.is_empty() {
                     debug!("{who} said: {stderr}");
                 }
+                delivered_to.push(recipient);
             }
             Outcome::Exited(status, stderr) if status.code() == Some(EX_TEMPFAIL) => {
                 let text = with_stderr(
@@ -824,20 +836,28 @@ fn judge(
             }
         }
     }
-    if !temporary.is_empty() {
-        return Acceptance::TemporaryFailure(temporary.join("; "));
-    }
-    if !permanent.is_empty() {
-        return Acceptance::PermanentFailure(Rejection {
+    let failure = if !temporary.is_empty() {
+        Acceptance::TemporaryFailure(temporary.join("; "))
+    } else if !permanent.is_empty() {
+        Acceptance::PermanentFailure(Rejection {
             reason: permanent.join("; "),
             sender: match writer.capture.return_path() {
                 Some(Sender::Address(address)) => Some(address),
                 _ => None,
             },
             headers: writer.capture.headers().to_vec(),
-        });
+        })
+    } else {
+        return Acceptance::Accepted(Delivered { size: writer.size });
+    };
+    if several && !delivered_to.is_empty() {
+        Acceptance::Partial {
+            delivered_to,
+            failure: Box::new(failure),
+        }
+    } else {
+        failure
     }
-    Acceptance::Accepted(Delivered { size: writer.size })
 }
 
 #[cfg(test)]

@@ -42,6 +42,13 @@ pub enum Acceptance<S> {
     TemporaryFailure(String),
     /// Refused for good.
     PermanentFailure(Rejection),
+    /// Taken for some recipients only (an LMTP server's replies, an MDA
+    /// run per recipient): `delivered_to` have the message now; for the
+    /// others, `failure` (a temporary or permanent failure) holds.
+    Partial {
+        delivered_to: Vec<String>,
+        failure: Box<Acceptance<S>>,
+    },
 }
 
 /// Why a sink refused a message for good, with what a bounce needs.
@@ -77,6 +84,18 @@ pub trait Sink: Send + 'static {
 
     /// Starts a new message.
     fn begin(&mut self) -> impl Future<Output = Result<Self::Writer, Error>> + Send;
+
+    /// Starts a new message for `recipients` instead of the configured ones:
+    /// a message that reached some recipients before goes only to the
+    /// others. Sinks without recipients (a Maildir, an IMAP folder) never
+    /// answer [`Acceptance::Partial`], so they are never asked.
+    fn begin_to(
+        &mut self,
+        recipients: &[String],
+    ) -> impl Future<Output = Result<Self::Writer, Error>> + Send {
+        let _ = recipients;
+        self.begin()
+    }
 
     /// Ends a message whose bytes have all been written.
     fn finish(

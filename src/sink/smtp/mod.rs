@@ -20,9 +20,9 @@
 //! * every reply 2xx: `Accepted`.
 //! * a 4xx anywhere (MAIL, any RCPT, DATA, end of data; for LMTP any
 //!   recipient's reply after the data): `TemporaryFailure`, the message
-//!   stays on the source server. For LMTP, recipients that already said 2xx
-//!   got it and will get it again at the next poll: a duplicate is the
-//!   price of never losing it for the others.
+//!   stays on the source server. For LMTP, when some recipients said 2xx
+//!   to the data and others did not, the answer is `Partial`: the pipeline
+//!   journals who has it, and the next attempt goes to the others only.
 //! * a 5xx (and no 4xx): `PermanentFailure`. If any RCPT is refused the
 //!   whole message is refused (RSET), so nothing is ever half-delivered.
 //! * the message exceeds the SIZE the server announced: `PermanentFailure`
@@ -50,7 +50,7 @@ use std::io;
 use std::sync::Arc;
 
 use self::codec::DataEncoder;
-use self::session::{Envelope, Refusal, Session};
+use self::session::{DataReplies, Envelope, Refusal, Session};
 use super::envelope::{HeaderCapture, Sender};
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
 use crate::config::{EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, Secret};
@@ -178,6 +178,9 @@ enum State {
 
 pub struct SmtpWriter {
     settings: Arc<Settings>,
+    /// This message's recipients: the configured ones, or those of them
+    /// that do not have it yet.
+    recipients: Vec<String>,
     session: Option<Session>,
     state: State,
     capture: HeaderCapture,
@@ -204,7 +207,7 @@ impl SmtpWriter {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let recipients = &self.settings.recipients;
+        let recipients = &self.recipients;
         let non_ascii_envelope = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         let non_ascii_headers = !self.capture.headers().is_ascii();
         let offered = session.capabilities.smtputf8;
@@ -373,7 +376,11 @@ impl Sink for SmtpSink {
     }
 
     async fn begin(&mut self) -> Result<SmtpWriter, Error> {
-        let recipients = &self.settings.recipients;
+        let recipients = self.settings.recipients.clone();
+        self.begin_to(&recipients).await
+    }
+
+    async fn begin_to(&mut self, recipients: &[String]) -> Result<SmtpWriter, Error> {
         if recipients.is_empty() || !recipients.iter().all(|r| codec::is_safe_path(r)) {
             return Err(Error::new(
                 Kind::Config,
@@ -386,6 +393,7 @@ impl Sink for SmtpSink {
         let session = self.ready_session().await?;
         Ok(SmtpWriter {
             settings: self.settings.clone(),
+            recipients: recipients.to_vec(),
             session: Some(session),
             state: State::Headers,
             capture: HeaderCapture::new(),
@@ -417,8 +425,23 @@ impl Sink for SmtpSink {
                     _ => {
                         let session = writer.session.as_mut().expect("flushed without failing");
                         match session.data_replies(recipients).await {
-                            Ok(None) => Ok(Acceptance::Accepted(Delivered { size: writer.size })),
-                            Ok(Some(refusal)) => Ok(writer.refused(refusal)),
+                            Ok(DataReplies { refusal: None, .. }) => {
+                                Ok(Acceptance::Accepted(Delivered { size: writer.size }))
+                            }
+                            Ok(DataReplies {
+                                refusal: Some(refusal),
+                                accepted,
+                            }) if !accepted.is_empty() => Ok(Acceptance::Partial {
+                                delivered_to: accepted
+                                    .iter()
+                                    .map(|&index| writer.recipients[index].clone())
+                                    .collect(),
+                                failure: Box::new(writer.refused(refusal)),
+                            }),
+                            Ok(DataReplies {
+                                refusal: Some(refusal),
+                                ..
+                            }) => Ok(writer.refused(refusal)),
                             Err(err) => {
                                 writer.session = None;
                                 Err(err)
@@ -502,10 +525,11 @@ mod bounce_send {
                 encoder.finish(&mut out);
                 match session.conn.write_all(&out).await {
                     Ok(()) => match session.data_replies(recipients).await {
-                        Ok(None) => Ok(()),
-                        Ok(Some(Refusal::Temporary(reason) | Refusal::Permanent(reason))) => {
-                            Err(fail(format!("the bounce was refused: {reason}")))
-                        }
+                        Ok(DataReplies { refusal: None, .. }) => Ok(()),
+                        Ok(DataReplies {
+                            refusal: Some(Refusal::Temporary(reason) | Refusal::Permanent(reason)),
+                            ..
+                        }) => Err(fail(format!("the bounce was refused: {reason}"))),
                         Err(err) => Err(fail(err.message)),
                     },
                     Err(err) => Err(fail(err.message)),

@@ -339,19 +339,39 @@ impl Session {
     }
 
     /// Reads the reply (SMTP) or the replies, one per recipient (LMTP), to
-    /// the end of data. `Ok(None)`: every one is 2xx.
-    pub async fn data_replies(&mut self, recipients: usize) -> Result<Option<Refusal>, Error> {
-        let count = match self.protocol {
-            MtaProtocol::Smtp => 1,
-            MtaProtocol::Lmtp => recipients.max(1),
-        };
-        let mut refusal = None;
-        for _ in 0..count {
-            let reply = self.conn.read_reply().await?;
-            note(&mut refusal, "end of data", &reply);
+    /// the end of data.
+    pub async fn data_replies(&mut self, recipients: usize) -> Result<DataReplies, Error> {
+        let mut replies = DataReplies::default();
+        match self.protocol {
+            MtaProtocol::Smtp => {
+                let reply = self.conn.read_reply().await?;
+                note(&mut replies.refusal, "end of data", &reply);
+                if reply.is_success() {
+                    replies.accepted.extend(0..recipients);
+                }
+            }
+            MtaProtocol::Lmtp => {
+                for index in 0..recipients.max(1) {
+                    let reply = self.conn.read_reply().await?;
+                    note(&mut replies.refusal, "end of data", &reply);
+                    if reply.is_success() {
+                        replies.accepted.push(index);
+                    }
+                }
+            }
         }
-        Ok(refusal)
+        Ok(replies)
     }
+}
+
+/// What the server said to the end of data.
+#[derive(Debug, Default)]
+pub struct DataReplies {
+    /// `None`: every reply is 2xx.
+    pub refusal: Option<Refusal>,
+    /// The recipients (by their place in RCPT order) that took the message:
+    /// all or none for SMTP, each its own for LMTP.
+    pub accepted: Vec<usize>,
 }
 
 /// Records a non-2xx reply into the transaction's refusal; temporary wins.

@@ -1841,6 +1841,16 @@ fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
 /// IPv6 host in brackets.
 fn parse_authority(authority: &str) -> Result<(Option<String>, String, Option<u16>), String> {
     let (user, host_port) = match authority.rsplit_once('@') {
+        // A `:` in the user part starts a password (a `:` in a user name is
+        // written `%3A`). Neither it nor the URL is repeated here: the error
+        // would show the password it is warning about.
+        Some((user, _)) if user.contains(':') => {
+            let problem = "the URL holds a password (USER:PASSWORD@); URLs are shown in \
+                           summaries and logs, so keep only the user name in it and set the \
+                           password with password, password_command or password_file in \
+                           [account.delivery]";
+            return Err(problem.to_owned());
+        }
         Some((user, rest)) => (Some(percent_decode(user)?), rest),
         None => (None, authority),
     };
@@ -3392,6 +3402,32 @@ deliver = "maildir:~/Mail/home"
             "deliver",
             "two hex digits",
         );
+    }
+
+    #[test]
+    fn a_password_in_a_delivery_url_is_refused_without_showing_it() {
+        for url in [
+            "imaps://bob:hunter2@imap.example.org/",
+            "imap://bob:hunter2@imap.example.org:143/Archive",
+            "imaps://bob:hun@ter2@imap.example.org/",
+            "smtp://bob:hunter2@mail.example.org",
+            "smtps://bob:hunter2@[::1]:465",
+            "lmtp://bob:hunter2@localhost",
+        ] {
+            let text = deliver_with(url, "");
+            assert_config_error(&text, 6, "deliver", "holds a password");
+            let err = parse_test(&text).unwrap_err();
+            assert!(!err.message.contains("hunter2"), "{err}");
+            assert!(!err.message.contains("ter2"), "{err}");
+        }
+        // A `:` that is part of the user name is written `%3A`.
+        let DeliverTarget::Imap(imap) = target(
+            "imaps://bob%3Ax@imap.example.org/",
+            "[account.delivery]\npassword_command = \"pass x\"\n",
+        ) else {
+            panic!("not IMAP")
+        };
+        assert_eq!(imap.server.username.as_deref(), Some("bob:x"));
     }
 
     #[test]

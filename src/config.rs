@@ -696,11 +696,45 @@ impl Parser<'_> {
             }
             accounts.push(account);
         }
+        self.check_mailboxes_are_distinct(&raw.account, &accounts)?;
         Ok(Config {
             path: self.path.to_owned(),
             general,
             accounts,
         })
+    }
+
+    /// Refuses two accounts that fetch the same mailbox: both would deliver
+    /// every message in it, and they would share one state file.
+    fn check_mailboxes_are_distinct(
+        &self,
+        raw: &[Spanned<RawAccount>],
+        accounts: &[Account],
+    ) -> Result<(), Error> {
+        for (later, account) in accounts.iter().enumerate() {
+            for (earlier, other) in accounts[..later].iter().enumerate() {
+                let Some(mailbox) = shared_mailbox(other, account) else {
+                    continue;
+                };
+                let key = match account.protocol {
+                    Protocol::Imap => "folders",
+                    Protocol::Pop3 => "host",
+                };
+                return Err(self.error(
+                    raw[later].span(),
+                    key,
+                    format!(
+                        "account `{}` fetches the same mailbox as account `{}` at line {} \
+                         ({mailbox}); both would deliver every message in it, so keep only \
+                         one of them",
+                        account.name,
+                        other.name,
+                        self.line(raw[earlier].span().start)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn general(&self, raw: &RawGeneral) -> Result<General, Error> {
@@ -1815,6 +1849,34 @@ fn same_folder(a: &str, b: &str) -> bool {
     a == b || (a.eq_ignore_ascii_case(INBOX) && b.eq_ignore_ascii_case(INBOX))
 }
 
+/// The mailbox `a` and `b` both fetch, described, if they share one: the
+/// same user on the same server (host names compared case-insensitively)
+/// with the same protocol, and for IMAP a folder in common.
+fn shared_mailbox(a: &Account, b: &Account) -> Option<String> {
+    let same_login = a.protocol == b.protocol
+        && a.username == b.username
+        && a.host.eq_ignore_ascii_case(&b.host)
+        && a.port == b.port;
+    if !same_login {
+        return None;
+    }
+    let login = format!(
+        "{} {}@{}:{}",
+        keyword_name(a.protocol),
+        a.username,
+        a.host,
+        a.port
+    );
+    match a.protocol {
+        Protocol::Pop3 => Some(login),
+        Protocol::Imap => a
+            .folders
+            .iter()
+            .find(|folder| b.folders.iter().any(|other| same_folder(folder, other)))
+            .map(|folder| format!("{login}, folder {}", toml_string(folder))),
+    }
+}
+
 /// `folders`: a non-empty list of distinct folder names.
 fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
     let list = value
@@ -2719,6 +2781,52 @@ deliver = "maildir:~/Mail/home"
     }
 
     #[test]
+    fn two_accounts_on_one_mailbox_name_both_lines() {
+        let work = |account: String| account.replace("\"home\"", "\"work\"");
+        let pop3 = format!("{}\n{}", account_with(""), work(account_with("")));
+        assert_config_error(
+            &pop3,
+            8,
+            "host",
+            "account `work` fetches the same mailbox as account `home` at line 1 \
+             (pop3 alice@pop.example.com:995)",
+        );
+        let shouting = format!(
+            "{}\n{}",
+            account_with(""),
+            work(account_with("")).replace("pop.example.com", "POP.Example.COM")
+        );
+        assert_config_error(&shouting, 8, "host", "same mailbox");
+
+        let imap = |folders: &str| imap_account_with(&format!("folders = {folders}\n"));
+        let shared = format!(
+            "{}\n{}",
+            imap("[\"INBOX\", \"Lists\"]"),
+            work(imap("[\"Archive\", \"inbox\"]"))
+        );
+        assert_config_error(
+            &shared,
+            9,
+            "folders",
+            "as account `home` at line 1 (imap alice@imap.example.com:993, folder \"INBOX\")",
+        );
+
+        // Another folder, user, port or protocol is another mailbox.
+        parse_ok(&format!(
+            "{}\n{}",
+            imap("[\"INBOX\"]"),
+            work(imap("[\"Lists\"]"))
+        ));
+        for other in [
+            work(account_with("")).replace("\"alice\"", "\"bob\""),
+            work(account_with("port = 1995\n")),
+            work(imap_account_with("")).replace("imap.example.com", "pop.example.com"),
+        ] {
+            parse_ok(&format!("{}\n{other}", account_with("")));
+        }
+    }
+
+    #[test]
     fn zero_accounts() {
         assert_config_error(
             "[general]\nstate_dir = \"/x\"\n",
@@ -3173,7 +3281,8 @@ deliver = "maildir:~/Mail/home"
                  move_to = \"Old\"\n"
             ),
             imap_account_with("keep = true\nmark_seen = true\nmax_size = 1500\n")
-                .replace("\"home\"", "\"work\""),
+                .replace("\"home\"", "\"work\"")
+                .replace("\"alice\"", "\"bob\""),
             account_with("max_size = \"2gb\"\n").replace("\"home\"", "\"pop\""),
         );
         let shown = parse_ok(&text).to_string();
@@ -3549,6 +3658,7 @@ deliver = "maildir:~/Mail/home"
             )),
             account_with("password_command = \"pass show \\\"mail\\\"\"\ntimeout = \"1500ms\"\n")
                 .replace("\"home\"", "\"work\"")
+                .replace("\"alice\"", "\"bob\"")
                 .replace("~/Mail/home", "/srv/$$weird/~/\\u00e9"),
         );
         let shown = parse_ok(&text).to_string();

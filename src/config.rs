@@ -444,7 +444,9 @@ impl PasswordSource {
     ///
     /// * `Command` runs `sh -c COMMAND` with stdin closed. Its stdout minus
     ///   one trailing newline is the secret. A failing command is reported
-    ///   with its stderr, never its stdout, which may hold the secret.
+    ///   with its stderr, never its stdout, which may hold the secret. One
+    ///   that runs for more than a minute is killed, with everything it
+    ///   started.
     /// * `File` reads the file's first line, and refuses (with
     ///   [`Kind::Permissions`]) a file that group or others may access.
     ///
@@ -456,32 +458,66 @@ impl PasswordSource {
             PasswordSource::None => Ok(None),
             PasswordSource::Inline(secret) => Ok(Some(secret.clone())),
             PasswordSource::Command(command) => {
-                run_password_command(account, command).await.map(Some)
+                run_password_command(account, command, PASSWORD_COMMAND_TIMEOUT)
+                    .await
+                    .map(Some)
             }
             PasswordSource::File(path) => read_password_file(account, path).await.map(Some),
         }
     }
 }
 
+/// How long a `password_command` may run. Not the account's `timeout`,
+/// which is sized for a server's answers (and may be a few seconds): the
+/// command may wait for a human to unlock a key at a pinentry prompt, and a
+/// minute is plenty for that, while a command that hangs (a pinentry
+/// nobody sees, in daemon mode) holds up its account for no longer.
+const PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs a `password_command` and returns its output as the secret.
-async fn run_password_command(account: &str, command: &str) -> Result<Secret, Error> {
+async fn run_password_command(
+    account: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<Secret, Error> {
     let failure = |problem: String| {
         Error::new(
             Kind::Config,
             format!("account `{account}`: password_command `{command}`: {problem}"),
         )
     };
-    let output = tokio::process::Command::new("sh")
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // If we are cancelled (e.g. by a timeout), don't leave it behind.
+        // Its own process group, so that stopping it also stops what it
+        // started (gpg, a pinentry).
+        .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|err| failure(format!("could not be run: {err}")))?;
+    let group = child.id().map(|pid| pid as libc::pid_t);
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    // Declared after `output`, so dropped before it: on a timeout, or if
+    // this future is dropped (the poll was cancelled), the group is killed
+    // while its leader is not yet reaped and its id cannot have been reused.
+    let mut stopper = GroupStopper(group);
+    let output = match tokio::time::timeout(timeout, &mut output).await {
+        Ok(output) => {
+            stopper.0 = None;
+            output.map_err(|err| failure(format!("could not be run: {err}")))?
+        }
+        Err(_) => {
+            return Err(failure(format!(
+                "timed out after {}s and was stopped; if it waits for a passphrase, \
+                 unlock the key before mailfetch needs it (e.g. with gpg-agent)",
+                timeout.as_secs_f32()
+            )));
+        }
+    };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stderr = stderr.trim();
@@ -499,6 +535,20 @@ async fn run_password_command(account: &str, command: &str) -> Result<Secret, Er
         .unwrap_or(&stdout);
     check_secret(secret).map_err(|problem| failure(problem.to_owned()))?;
     Ok(Secret::new(secret.to_owned()))
+}
+
+/// SIGKILLs a process group when dropped, unless its id was taken away.
+struct GroupStopper(Option<libc::pid_t>);
+
+impl Drop for GroupStopper {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // SAFETY: plain syscall on a group of ours (see its use).
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Reads the first line of a `password_file` as the secret.
@@ -3823,6 +3873,82 @@ deliver = "maildir:~/Mail/home"
         // after it.
         let (_, after_command) = err.message.split_once("exit 3`").unwrap();
         assert!(!after_command.contains("leaked-secret"), "{err}");
+    }
+
+    /// Whether a process is still running (zombies count as dead).
+    fn alive(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a process is gone within a few seconds (a killed process
+    /// takes a moment to die).
+    fn stops(pid: u32) -> bool {
+        let started = std::time::Instant::now();
+        while alive(pid) {
+            if started.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// A password command that starts a process of its own (as `pass`
+    /// starts gpg), records its pid, prints a secret and never ends.
+    fn hanging_command(dir: &Path) -> (String, PathBuf) {
+        let pid_file = dir.join("pid");
+        let command = format!(
+            "sleep 60 & echo $! > '{}'; echo leaked-secret; wait",
+            pid_file.display()
+        );
+        (command, pid_file)
+    }
+
+    /// The pid the hanging command recorded, once it has.
+    fn recorded_pid(pid_file: &Path) -> u32 {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(pid_file)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no pid");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_password_command_times_out_and_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (command, pid_file) = hanging_command(dir.path());
+        let started = std::time::Instant::now();
+        let err = run_password_command("home", &command, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(err.kind, Kind::Config);
+        assert!(err.message.starts_with("account `home`: "), "{err}");
+        assert!(err.message.contains("timed out after 1s"), "{err}");
+        let (_, after_command) = err.message.split_once("; wait`").unwrap();
+        assert!(!after_command.contains("leaked-secret"), "{err}");
+        assert!(stops(recorded_pid(&pid_file)));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_password_command_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (command, pid_file) = hanging_command(dir.path());
+        let source = PasswordSource::Command(command);
+        let resolving = tokio::time::timeout(Duration::from_secs(2), source.resolve("home"));
+        assert!(resolving.await.is_err(), "the command cannot have finished");
+        assert!(stops(recorded_pid(&pid_file)));
     }
 
     #[tokio::test]

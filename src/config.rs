@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::env::{self, VarError};
 use std::fmt;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +37,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Kind};
 use crate::net::is_loopback_host;
+use crate::permissions::{check_directory_of, check_private, check_unwritable_by_others};
 use crate::sink::envelope::Sender;
 
 /// The whole, validated configuration.
@@ -391,24 +392,33 @@ pub fn default_path() -> Option<PathBuf> {
 /// Reads, checks and parses the configuration file at `path`.
 ///
 /// On top of what [`parse`] does, this refuses (with [`Kind::Permissions`])
-/// a file that contains an inline `password` while group or others may
-/// access it: a password in a world-readable file is not a secret.
+/// a file that someone else could change, or in a directory where someone
+/// else could replace it (the file tells mailfetch what to run), and a
+/// file that contains an inline password while group or others may access
+/// it: a password in a world-readable file is not a secret. It also checks
+/// what a run needs from this machine (see [`Parser::check_secrets`]), so
+/// that `--check-config` finds those problems too.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let cannot_read =
         |err: std::io::Error| Error::new(Kind::Config, format!("{}: {err}", path.display()));
     let mut file = File::open(path).map_err(cannot_read)?;
-    // The mode comes from the open file, not from a second lookup of the
-    // path, so it is the mode of exactly the text we parse.
-    let mode = file.metadata().map_err(cannot_read)?.permissions().mode();
+    // The metadata comes from the open file, not from a second lookup of
+    // the path, so it is that of exactly the text we parse.
+    let metadata = file.metadata().map_err(cannot_read)?;
+    check_unwritable_by_others(path, &metadata, "the configuration file", CONFIG_RISK)?;
+    check_directory_of(path, "the configuration file", CONFIG_RISK)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(cannot_read)?;
 
-    let config = parse(path, &text)?;
-    let has_inline_password = config
-        .accounts
-        .iter()
-        .any(|account| matches!(account.password, PasswordSource::Inline(_)));
-    if has_inline_password && mode & 0o077 != 0 {
+    let parser = Parser {
+        path,
+        text: &text,
+        env: &process_env,
+    };
+    let raw = parser.raw()?;
+    let config = parser.config_from(&raw)?;
+    let mode = metadata.permissions().mode();
+    if config.holds_a_password() && mode & 0o077 != 0 {
         return Err(Error::new(
             Kind::Permissions,
             format!(
@@ -420,13 +430,43 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             ),
         ));
     }
+    parser.check_secrets(&raw, &config)?;
     Ok(config)
+}
+
+/// What someone who can change the configuration could do.
+const CONFIG_RISK: &str = "could make mailfetch run commands as you";
+
+impl Config {
+    /// Whether the file holds a password itself, for an account or for the
+    /// server mail is delivered to.
+    fn holds_a_password(&self) -> bool {
+        self.accounts.iter().any(|account| {
+            let delivery_password = account.deliver.server().map(|server| &server.password);
+            [Some(&account.password), delivery_password]
+                .into_iter()
+                .flatten()
+                .any(|password| matches!(password, PasswordSource::Inline(_)))
+        })
+    }
+}
+
+impl DeliverTarget {
+    /// The server mail is delivered to, for targets that log in to one.
+    pub fn server(&self) -> Option<&DeliveryServer> {
+        match self {
+            DeliverTarget::Maildir(_) | DeliverTarget::Mda(_) => None,
+            DeliverTarget::Mta(target) => Some(&target.server),
+            DeliverTarget::Imap(target) => Some(&target.server),
+        }
+    }
 }
 
 /// Parses and validates configuration `text`, read from `path`.
 ///
 /// `path` is only used in error messages and kept in [`Config::path`]; the
-/// file is neither read nor has its permissions checked (see [`load`]). The
+/// file is neither read nor has its permissions checked, and accounts
+/// without a password pass (see [`load`]). The
 /// environment is consulted for path expansion and default directories, and
 /// a `ca_file` must exist.
 pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
@@ -564,22 +604,9 @@ async fn read_password_file(account: &str, path: &Path) -> Result<Secret, Error>
     };
     let io_failure = |err: std::io::Error| failure(Kind::Config, err.to_string());
     let mut file = tokio::fs::File::open(path).await.map_err(io_failure)?;
-    let mode = file
-        .metadata()
-        .await
-        .map_err(io_failure)?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(failure(
-            Kind::Permissions,
-            format!(
-                "group or others may access it (mode {:04o}); run `chmod 600 {}`",
-                mode & 0o7777,
-                path.display()
-            ),
-        ));
-    }
+    let metadata = file.metadata().await.map_err(io_failure)?;
+    check_private(path, &metadata, "the password file")
+        .map_err(|err| err.context(format!("account `{account}`: password_file")))?;
     let mut contents = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut file, &mut contents)
         .await
@@ -715,7 +742,15 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn config(&self) -> Result<Config, Error> {
-        let raw: RawFile = toml::from_str(self.text).map_err(|err| self.toml_error(&err))?;
+        self.config_from(&self.raw()?)
+    }
+
+    /// The text as serde reads it: syntax and unknown keys are checked.
+    fn raw(&self) -> Result<RawFile, Error> {
+        toml::from_str(self.text).map_err(|err| self.toml_error(&err))
+    }
+
+    fn config_from(&self, raw: &RawFile) -> Result<Config, Error> {
         let general = self.general(&raw.general)?;
         if raw.account.is_empty() {
             return Err(self.error(
@@ -785,6 +820,63 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What a run needs beyond a valid text, checked only by [`load`] (so
+    /// that tests can parse accounts that never log in): every account has
+    /// a password source, since every login method needs one (the password
+    /// itself, a response computed from it, or an OAuth2 token), and every
+    /// password file exists and is private.
+    fn check_secrets(&self, raw: &RawFile, config: &Config) -> Result<(), Error> {
+        for (raw_account, account) in raw.account.iter().zip(&config.accounts) {
+            let fields = raw_account.get_ref();
+            if account.password == PasswordSource::None {
+                return Err(self.error(
+                    raw_account.span(),
+                    "password",
+                    format!(
+                        "account `{}` logs in with auth = \"{}\", which needs a password \
+                         (or an OAuth2 token); set password, password_command or password_file",
+                        account.name,
+                        keyword_name(account.auth)
+                    ),
+                ));
+            }
+            self.check_password_file("password_file", &fields.password_file, &account.password)?;
+            if let (Some(delivery), Some(server)) = (&fields.delivery, account.deliver.server()) {
+                self.check_password_file(
+                    "delivery.password_file",
+                    &delivery.get_ref().password_file,
+                    &server.password,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `password_file` (at `key`) must exist and be private.
+    fn check_password_file(
+        &self,
+        key: &str,
+        value: &Option<RawValue>,
+        source: &PasswordSource,
+    ) -> Result<(), Error> {
+        let (Some(value), PasswordSource::File(path)) = (value, source) else {
+            return Ok(());
+        };
+        let problem = match fs::metadata(path) {
+            Ok(metadata) if metadata.is_file() => {
+                return check_private(path, &metadata, "the password file").map_err(|err| {
+                    Error::new(err.kind, self.located(value.span(), key, err.message))
+                });
+            }
+            Ok(_) => format!("{} is not a file", path.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                format!("{} does not exist", path.display())
+            }
+            Err(err) => format!("cannot read {}: {err}", path.display()),
+        };
+        Err(self.error(value.span(), key, problem))
     }
 
     fn general(&self, raw: &RawGeneral) -> Result<General, Error> {
@@ -1613,13 +1705,15 @@ impl Parser<'_> {
 
     /// An error about `key`, whose value (or section) is at `span`.
     fn error(&self, span: Range<usize>, key: &str, problem: impl fmt::Display) -> Error {
-        Error::new(
-            Kind::Config,
-            format!(
-                "{}:{}: key `{key}`: {problem}",
-                self.path.display(),
-                self.line(span.start)
-            ),
+        Error::new(Kind::Config, self.located(span, key, problem))
+    }
+
+    /// `FILE:LINE: key `KEY`: PROBLEM`.
+    fn located(&self, span: Range<usize>, key: &str, problem: impl fmt::Display) -> String {
+        format!(
+            "{}:{}: key `{key}`: {problem}",
+            self.path.display(),
+            self.line(span.start)
         )
     }
 
@@ -3831,8 +3925,139 @@ deliver = "maildir:~/Mail/home"
         let private = config_file(0o600, &text);
         assert!(load(private.path()).is_ok());
         // Without an inline password, the mode does not matter.
-        let no_password = config_file(0o644, SELF_CONTAINED);
+        let no_password = config_file(0o644, &with_password_command(SELF_CONTAINED));
         assert!(load(no_password.path()).is_ok());
+    }
+
+    /// `text` with a password command, which needs nothing private.
+    fn with_password_command(text: &str) -> String {
+        format!("{text}password_command = \"pass show mail\"\n")
+    }
+
+    /// The self-contained account delivering over SMTP, logging in to the
+    /// relay with `delivery_password` (lines 10 to 12).
+    fn relayed(delivery_password: &str) -> String {
+        format!(
+            "{}[account.delivery]\nusername = \"me\"\n{delivery_password}\n",
+            with_password_command(SELF_CONTAINED)
+                .replace("maildir:/var/mail/alice", "smtp://mail.example.org")
+        )
+    }
+
+    #[test]
+    fn an_inline_delivery_password_needs_a_private_file() {
+        let text = relayed("password = \"relay-secret\"");
+        let err = load(config_file(0o644, &text).path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(err.message.contains("chmod 600"), "{err}");
+        assert!(!err.message.contains("relay-secret"), "{err}");
+        load(config_file(0o600, &text).path()).unwrap();
+    }
+
+    #[test]
+    fn a_config_others_can_change_is_refused() {
+        let text = with_password_command(SELF_CONTAINED);
+        for mode in [0o664, 0o646, 0o620] {
+            let file = config_file(mode, &text);
+            let err = load(file.path()).unwrap_err();
+            assert_eq!(err.kind, Kind::Permissions, "{err}");
+            let name = file.path().display().to_string();
+            assert!(
+                err.message.starts_with(&format!(
+                    "{name}: the configuration file can be written by group or others"
+                )),
+                "{err}"
+            );
+            assert!(err.message.contains("run commands as you"), "{err}");
+            assert!(err.message.contains(&format!("chmod go-w {name}")), "{err}");
+        }
+
+        // SAFETY: geteuid cannot fail and has no side effects.
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = config_file(0o600, &text);
+            std::os::unix::fs::chown(foreign.path(), Some(4242), None).unwrap();
+            let err = load(foreign.path()).unwrap_err();
+            assert_eq!(err.kind, Kind::Permissions, "{err}");
+            assert!(err.message.contains("belongs to uid 4242"), "{err}");
+        }
+
+        // Whoever can write to its directory can replace the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fetchrc");
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(
+            err.message
+                .contains("the directory holding the configuration file can be written"),
+            "{err}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        load(&path).unwrap();
+    }
+
+    #[test]
+    fn load_requires_a_password_source_for_every_login() {
+        let file = config_file(0o600, SELF_CONTAINED);
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert!(
+            err.message.starts_with(&format!(
+                "{}:3: key `password`: account `home` logs in with auth = \"auto\", which \
+                 needs a password",
+                file.path().display()
+            )),
+            "{err}"
+        );
+        load(config_file(0o600, &with_password_command(SELF_CONTAINED)).path()).unwrap();
+    }
+
+    #[test]
+    fn load_requires_password_files_that_exist_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        let text = format!("{SELF_CONTAINED}password_file = \"{}\"\n", secret.display());
+        let file = config_file(0o600, &text);
+        let located = |key: &str| format!("{}:9: key `{key}`: ", file.path().display());
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert_eq!(
+            err.message,
+            format!(
+                "{}{} does not exist",
+                located("password_file"),
+                secret.display()
+            )
+        );
+
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(err.message.starts_with(&located("password_file")), "{err}");
+        assert!(err.message.contains("chmod 600"), "{err}");
+        assert!(!err.message.contains("s3cret"), "{err}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        load(file.path()).unwrap();
+
+        // The same for the delivery server's password file.
+        let missing = dir.path().join("relay-secret");
+        let file = config_file(
+            0o600,
+            &relayed(&format!("password_file = \"{}\"", missing.display())),
+        );
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert!(
+            err.message.starts_with(&format!(
+                "{}:12: key `delivery.password_file`: {} does not exist",
+                file.path().display(),
+                missing.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

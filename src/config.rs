@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::env::{self, VarError};
 use std::fmt;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +37,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Kind};
 use crate::net::is_loopback_host;
+use crate::permissions::{check_directory_of, check_private, check_unwritable_by_others};
 use crate::sink::envelope::Sender;
 
 /// The whole, validated configuration.
@@ -391,24 +392,33 @@ pub fn default_path() -> Option<PathBuf> {
 /// Reads, checks and parses the configuration file at `path`.
 ///
 /// On top of what [`parse`] does, this refuses (with [`Kind::Permissions`])
-/// a file that contains an inline `password` while group or others may
-/// access it: a password in a world-readable file is not a secret.
+/// a file that someone else could change, or in a directory where someone
+/// else could replace it (the file tells mailfetch what to run), and a
+/// file that contains an inline password while group or others may access
+/// it: a password in a world-readable file is not a secret. It also checks
+/// what a run needs from this machine (see [`Parser::check_secrets`]), so
+/// that `--check-config` finds those problems too.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let cannot_read =
         |err: std::io::Error| Error::new(Kind::Config, format!("{}: {err}", path.display()));
     let mut file = File::open(path).map_err(cannot_read)?;
-    // The mode comes from the open file, not from a second lookup of the
-    // path, so it is the mode of exactly the text we parse.
-    let mode = file.metadata().map_err(cannot_read)?.permissions().mode();
+    // The metadata comes from the open file, not from a second lookup of
+    // the path, so it is that of exactly the text we parse.
+    let metadata = file.metadata().map_err(cannot_read)?;
+    check_unwritable_by_others(path, &metadata, "the configuration file", CONFIG_RISK)?;
+    check_directory_of(path, "the configuration file", CONFIG_RISK)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(cannot_read)?;
 
-    let config = parse(path, &text)?;
-    let has_inline_password = config
-        .accounts
-        .iter()
-        .any(|account| matches!(account.password, PasswordSource::Inline(_)));
-    if has_inline_password && mode & 0o077 != 0 {
+    let parser = Parser {
+        path,
+        text: &text,
+        env: &process_env,
+    };
+    let raw = parser.raw()?;
+    let config = parser.config_from(&raw)?;
+    let mode = metadata.permissions().mode();
+    if config.holds_a_password() && mode & 0o077 != 0 {
         return Err(Error::new(
             Kind::Permissions,
             format!(
@@ -420,13 +430,43 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             ),
         ));
     }
+    parser.check_secrets(&raw, &config)?;
     Ok(config)
+}
+
+/// What someone who can change the configuration could do.
+const CONFIG_RISK: &str = "could make mailfetch run commands as you";
+
+impl Config {
+    /// Whether the file holds a password itself, for an account or for the
+    /// server mail is delivered to.
+    fn holds_a_password(&self) -> bool {
+        self.accounts.iter().any(|account| {
+            let delivery_password = account.deliver.server().map(|server| &server.password);
+            [Some(&account.password), delivery_password]
+                .into_iter()
+                .flatten()
+                .any(|password| matches!(password, PasswordSource::Inline(_)))
+        })
+    }
+}
+
+impl DeliverTarget {
+    /// The server mail is delivered to, for targets that log in to one.
+    pub fn server(&self) -> Option<&DeliveryServer> {
+        match self {
+            DeliverTarget::Maildir(_) | DeliverTarget::Mda(_) => None,
+            DeliverTarget::Mta(target) => Some(&target.server),
+            DeliverTarget::Imap(target) => Some(&target.server),
+        }
+    }
 }
 
 /// Parses and validates configuration `text`, read from `path`.
 ///
 /// `path` is only used in error messages and kept in [`Config::path`]; the
-/// file is neither read nor has its permissions checked (see [`load`]). The
+/// file is neither read nor has its permissions checked, and accounts
+/// without a password pass (see [`load`]). The
 /// environment is consulted for path expansion and default directories, and
 /// a `ca_file` must exist.
 pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
@@ -444,7 +484,9 @@ impl PasswordSource {
     ///
     /// * `Command` runs `sh -c COMMAND` with stdin closed. Its stdout minus
     ///   one trailing newline is the secret. A failing command is reported
-    ///   with its stderr, never its stdout, which may hold the secret.
+    ///   with its stderr, never its stdout, which may hold the secret. One
+    ///   that runs for more than a minute is killed, with everything it
+    ///   started.
     /// * `File` reads the file's first line, and refuses (with
     ///   [`Kind::Permissions`]) a file that group or others may access.
     ///
@@ -456,32 +498,66 @@ impl PasswordSource {
             PasswordSource::None => Ok(None),
             PasswordSource::Inline(secret) => Ok(Some(secret.clone())),
             PasswordSource::Command(command) => {
-                run_password_command(account, command).await.map(Some)
+                run_password_command(account, command, PASSWORD_COMMAND_TIMEOUT)
+                    .await
+                    .map(Some)
             }
             PasswordSource::File(path) => read_password_file(account, path).await.map(Some),
         }
     }
 }
 
+/// How long a `password_command` may run. Not the account's `timeout`,
+/// which is sized for a server's answers (and may be a few seconds): the
+/// command may wait for a human to unlock a key at a pinentry prompt, and a
+/// minute is plenty for that, while a command that hangs (a pinentry
+/// nobody sees, in daemon mode) holds up its account for no longer.
+const PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs a `password_command` and returns its output as the secret.
-async fn run_password_command(account: &str, command: &str) -> Result<Secret, Error> {
+async fn run_password_command(
+    account: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<Secret, Error> {
     let failure = |problem: String| {
         Error::new(
             Kind::Config,
             format!("account `{account}`: password_command `{command}`: {problem}"),
         )
     };
-    let output = tokio::process::Command::new("sh")
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // If we are cancelled (e.g. by a timeout), don't leave it behind.
+        // Its own process group, so that stopping it also stops what it
+        // started (gpg, a pinentry).
+        .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|err| failure(format!("could not be run: {err}")))?;
+    let group = child.id().map(|pid| pid as libc::pid_t);
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    // Declared after `output`, so dropped before it: on a timeout, or if
+    // this future is dropped (the poll was cancelled), the group is killed
+    // while its leader is not yet reaped and its id cannot have been reused.
+    let mut stopper = GroupStopper(group);
+    let output = match tokio::time::timeout(timeout, &mut output).await {
+        Ok(output) => {
+            stopper.0 = None;
+            output.map_err(|err| failure(format!("could not be run: {err}")))?
+        }
+        Err(_) => {
+            return Err(failure(format!(
+                "timed out after {}s and was stopped; if it waits for a passphrase, \
+                 unlock the key before mailfetch needs it (e.g. with gpg-agent)",
+                timeout.as_secs_f32()
+            )));
+        }
+    };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stderr = stderr.trim();
@@ -501,6 +577,20 @@ async fn run_password_command(account: &str, command: &str) -> Result<Secret, Er
     Ok(Secret::new(secret.to_owned()))
 }
 
+/// SIGKILLs a process group when dropped, unless its id was taken away.
+struct GroupStopper(Option<libc::pid_t>);
+
+impl Drop for GroupStopper {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // SAFETY: plain syscall on a group of ours (see its use).
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Reads the first line of a `password_file` as the secret.
 async fn read_password_file(account: &str, path: &Path) -> Result<Secret, Error> {
     let failure = |kind: Kind, problem: String| {
@@ -514,22 +604,9 @@ async fn read_password_file(account: &str, path: &Path) -> Result<Secret, Error>
     };
     let io_failure = |err: std::io::Error| failure(Kind::Config, err.to_string());
     let mut file = tokio::fs::File::open(path).await.map_err(io_failure)?;
-    let mode = file
-        .metadata()
-        .await
-        .map_err(io_failure)?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(failure(
-            Kind::Permissions,
-            format!(
-                "group or others may access it (mode {:04o}); run `chmod 600 {}`",
-                mode & 0o7777,
-                path.display()
-            ),
-        ));
-    }
+    let metadata = file.metadata().await.map_err(io_failure)?;
+    check_private(path, &metadata, "the password file")
+        .map_err(|err| err.context(format!("account `{account}`: password_file")))?;
     let mut contents = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut file, &mut contents)
         .await
@@ -665,7 +742,15 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn config(&self) -> Result<Config, Error> {
-        let raw: RawFile = toml::from_str(self.text).map_err(|err| self.toml_error(&err))?;
+        self.config_from(&self.raw()?)
+    }
+
+    /// The text as serde reads it: syntax and unknown keys are checked.
+    fn raw(&self) -> Result<RawFile, Error> {
+        toml::from_str(self.text).map_err(|err| self.toml_error(&err))
+    }
+
+    fn config_from(&self, raw: &RawFile) -> Result<Config, Error> {
         let general = self.general(&raw.general)?;
         if raw.account.is_empty() {
             return Err(self.error(
@@ -696,11 +781,102 @@ impl Parser<'_> {
             }
             accounts.push(account);
         }
+        self.check_mailboxes_are_distinct(&raw.account, &accounts)?;
         Ok(Config {
             path: self.path.to_owned(),
             general,
             accounts,
         })
+    }
+
+    /// Refuses two accounts that fetch the same mailbox: both would deliver
+    /// every message in it, and they would share one state file.
+    fn check_mailboxes_are_distinct(
+        &self,
+        raw: &[Spanned<RawAccount>],
+        accounts: &[Account],
+    ) -> Result<(), Error> {
+        for (later, account) in accounts.iter().enumerate() {
+            for (earlier, other) in accounts[..later].iter().enumerate() {
+                let Some(mailbox) = shared_mailbox(other, account) else {
+                    continue;
+                };
+                let key = match account.protocol {
+                    Protocol::Imap => "folders",
+                    Protocol::Pop3 => "host",
+                };
+                return Err(self.error(
+                    raw[later].span(),
+                    key,
+                    format!(
+                        "account `{}` fetches the same mailbox as account `{}` at line {} \
+                         ({mailbox}); both would deliver every message in it, so keep only \
+                         one of them",
+                        account.name,
+                        other.name,
+                        self.line(raw[earlier].span().start)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a run needs beyond a valid text, checked only by [`load`] (so
+    /// that tests can parse accounts that never log in): every account has
+    /// a password source, since every login method needs one (the password
+    /// itself, a response computed from it, or an OAuth2 token), and every
+    /// password file exists and is private.
+    fn check_secrets(&self, raw: &RawFile, config: &Config) -> Result<(), Error> {
+        for (raw_account, account) in raw.account.iter().zip(&config.accounts) {
+            let fields = raw_account.get_ref();
+            if account.password == PasswordSource::None {
+                return Err(self.error(
+                    raw_account.span(),
+                    "password",
+                    format!(
+                        "account `{}` logs in with auth = \"{}\", which needs a password \
+                         (or an OAuth2 token); set password, password_command or password_file",
+                        account.name,
+                        keyword_name(account.auth)
+                    ),
+                ));
+            }
+            self.check_password_file("password_file", &fields.password_file, &account.password)?;
+            if let (Some(delivery), Some(server)) = (&fields.delivery, account.deliver.server()) {
+                self.check_password_file(
+                    "delivery.password_file",
+                    &delivery.get_ref().password_file,
+                    &server.password,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `password_file` (at `key`) must exist and be private.
+    fn check_password_file(
+        &self,
+        key: &str,
+        value: &Option<RawValue>,
+        source: &PasswordSource,
+    ) -> Result<(), Error> {
+        let (Some(value), PasswordSource::File(path)) = (value, source) else {
+            return Ok(());
+        };
+        let problem = match fs::metadata(path) {
+            Ok(metadata) if metadata.is_file() => {
+                return check_private(path, &metadata, "the password file").map_err(|err| {
+                    Error::new(err.kind, self.located(value.span(), key, err.message))
+                });
+            }
+            Ok(_) => format!("{} is not a file", path.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                format!("{} does not exist", path.display())
+            }
+            Err(err) => format!("cannot read {}: {err}", path.display()),
+        };
+        Err(self.error(value.span(), key, problem))
     }
 
     fn general(&self, raw: &RawGeneral) -> Result<General, Error> {
@@ -1529,13 +1705,15 @@ impl Parser<'_> {
 
     /// An error about `key`, whose value (or section) is at `span`.
     fn error(&self, span: Range<usize>, key: &str, problem: impl fmt::Display) -> Error {
-        Error::new(
-            Kind::Config,
-            format!(
-                "{}:{}: key `{key}`: {problem}",
-                self.path.display(),
-                self.line(span.start)
-            ),
+        Error::new(Kind::Config, self.located(span, key, problem))
+    }
+
+    /// `FILE:LINE: key `KEY`: PROBLEM`.
+    fn located(&self, span: Range<usize>, key: &str, problem: impl fmt::Display) -> String {
+        format!(
+            "{}:{}: key `{key}`: {problem}",
+            self.path.display(),
+            self.line(span.start)
         )
     }
 
@@ -1815,6 +1993,34 @@ fn same_folder(a: &str, b: &str) -> bool {
     a == b || (a.eq_ignore_ascii_case(INBOX) && b.eq_ignore_ascii_case(INBOX))
 }
 
+/// The mailbox `a` and `b` both fetch, described, if they share one: the
+/// same user on the same server (host names compared case-insensitively)
+/// with the same protocol, and for IMAP a folder in common.
+fn shared_mailbox(a: &Account, b: &Account) -> Option<String> {
+    let same_login = a.protocol == b.protocol
+        && a.username == b.username
+        && a.host.eq_ignore_ascii_case(&b.host)
+        && a.port == b.port;
+    if !same_login {
+        return None;
+    }
+    let login = format!(
+        "{} {}@{}:{}",
+        keyword_name(a.protocol),
+        a.username,
+        a.host,
+        a.port
+    );
+    match a.protocol {
+        Protocol::Pop3 => Some(login),
+        Protocol::Imap => a
+            .folders
+            .iter()
+            .find(|folder| b.folders.iter().any(|other| same_folder(folder, other)))
+            .map(|folder| format!("{login}, folder {}", toml_string(folder))),
+    }
+}
+
 /// `folders`: a non-empty list of distinct folder names.
 fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
     let list = value
@@ -1841,6 +2047,16 @@ fn as_folders(value: &toml::Value) -> Result<Vec<String>, String> {
 /// IPv6 host in brackets.
 fn parse_authority(authority: &str) -> Result<(Option<String>, String, Option<u16>), String> {
     let (user, host_port) = match authority.rsplit_once('@') {
+        // A `:` in the user part starts a password (a `:` in a user name is
+        // written `%3A`). Neither it nor the URL is repeated here: the error
+        // would show the password it is warning about.
+        Some((user, _)) if user.contains(':') => {
+            let problem = "the URL holds a password (USER:PASSWORD@); URLs are shown in \
+                           summaries and logs, so keep only the user name in it and set the \
+                           password with password, password_command or password_file in \
+                           [account.delivery]";
+            return Err(problem.to_owned());
+        }
         Some((user, rest)) => (Some(percent_decode(user)?), rest),
         None => (None, authority),
     };
@@ -2709,6 +2925,52 @@ deliver = "maildir:~/Mail/home"
     }
 
     #[test]
+    fn two_accounts_on_one_mailbox_name_both_lines() {
+        let work = |account: String| account.replace("\"home\"", "\"work\"");
+        let pop3 = format!("{}\n{}", account_with(""), work(account_with("")));
+        assert_config_error(
+            &pop3,
+            8,
+            "host",
+            "account `work` fetches the same mailbox as account `home` at line 1 \
+             (pop3 alice@pop.example.com:995)",
+        );
+        let shouting = format!(
+            "{}\n{}",
+            account_with(""),
+            work(account_with("")).replace("pop.example.com", "POP.Example.COM")
+        );
+        assert_config_error(&shouting, 8, "host", "same mailbox");
+
+        let imap = |folders: &str| imap_account_with(&format!("folders = {folders}\n"));
+        let shared = format!(
+            "{}\n{}",
+            imap("[\"INBOX\", \"Lists\"]"),
+            work(imap("[\"Archive\", \"inbox\"]"))
+        );
+        assert_config_error(
+            &shared,
+            9,
+            "folders",
+            "as account `home` at line 1 (imap alice@imap.example.com:993, folder \"INBOX\")",
+        );
+
+        // Another folder, user, port or protocol is another mailbox.
+        parse_ok(&format!(
+            "{}\n{}",
+            imap("[\"INBOX\"]"),
+            work(imap("[\"Lists\"]"))
+        ));
+        for other in [
+            work(account_with("")).replace("\"alice\"", "\"bob\""),
+            work(account_with("port = 1995\n")),
+            work(imap_account_with("")).replace("imap.example.com", "pop.example.com"),
+        ] {
+            parse_ok(&format!("{}\n{other}", account_with("")));
+        }
+    }
+
+    #[test]
     fn zero_accounts() {
         assert_config_error(
             "[general]\nstate_dir = \"/x\"\n",
@@ -3163,7 +3425,8 @@ deliver = "maildir:~/Mail/home"
                  move_to = \"Old\"\n"
             ),
             imap_account_with("keep = true\nmark_seen = true\nmax_size = 1500\n")
-                .replace("\"home\"", "\"work\""),
+                .replace("\"home\"", "\"work\"")
+                .replace("\"alice\"", "\"bob\""),
             account_with("max_size = \"2gb\"\n").replace("\"home\"", "\"pop\""),
         );
         let shown = parse_ok(&text).to_string();
@@ -3395,6 +3658,32 @@ deliver = "maildir:~/Mail/home"
     }
 
     #[test]
+    fn a_password_in_a_delivery_url_is_refused_without_showing_it() {
+        for url in [
+            "imaps://bob:hunter2@imap.example.org/",
+            "imap://bob:hunter2@imap.example.org:143/Archive",
+            "imaps://bob:hun@ter2@imap.example.org/",
+            "smtp://bob:hunter2@mail.example.org",
+            "smtps://bob:hunter2@[::1]:465",
+            "lmtp://bob:hunter2@localhost",
+        ] {
+            let text = deliver_with(url, "");
+            assert_config_error(&text, 6, "deliver", "holds a password");
+            let err = parse_test(&text).unwrap_err();
+            assert!(!err.message.contains("hunter2"), "{err}");
+            assert!(!err.message.contains("ter2"), "{err}");
+        }
+        // A `:` that is part of the user name is written `%3A`.
+        let DeliverTarget::Imap(imap) = target(
+            "imaps://bob%3Ax@imap.example.org/",
+            "[account.delivery]\npassword_command = \"pass x\"\n",
+        ) else {
+            panic!("not IMAP")
+        };
+        assert_eq!(imap.server.username.as_deref(), Some("bob:x"));
+    }
+
+    #[test]
     fn envelope_keys() {
         let account = &parse_ok(&account_with("")).accounts[0];
         assert_eq!(account.to, [local_user()]);
@@ -3513,6 +3802,7 @@ deliver = "maildir:~/Mail/home"
             )),
             account_with("password_command = \"pass show \\\"mail\\\"\"\ntimeout = \"1500ms\"\n")
                 .replace("\"home\"", "\"work\"")
+                .replace("\"alice\"", "\"bob\"")
                 .replace("~/Mail/home", "/srv/$$weird/~/\\u00e9"),
         );
         let shown = parse_ok(&text).to_string();
@@ -3635,8 +3925,139 @@ deliver = "maildir:~/Mail/home"
         let private = config_file(0o600, &text);
         assert!(load(private.path()).is_ok());
         // Without an inline password, the mode does not matter.
-        let no_password = config_file(0o644, SELF_CONTAINED);
+        let no_password = config_file(0o644, &with_password_command(SELF_CONTAINED));
         assert!(load(no_password.path()).is_ok());
+    }
+
+    /// `text` with a password command, which needs nothing private.
+    fn with_password_command(text: &str) -> String {
+        format!("{text}password_command = \"pass show mail\"\n")
+    }
+
+    /// The self-contained account delivering over SMTP, logging in to the
+    /// relay with `delivery_password` (lines 10 to 12).
+    fn relayed(delivery_password: &str) -> String {
+        format!(
+            "{}[account.delivery]\nusername = \"me\"\n{delivery_password}\n",
+            with_password_command(SELF_CONTAINED)
+                .replace("maildir:/var/mail/alice", "smtp://mail.example.org")
+        )
+    }
+
+    #[test]
+    fn an_inline_delivery_password_needs_a_private_file() {
+        let text = relayed("password = \"relay-secret\"");
+        let err = load(config_file(0o644, &text).path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(err.message.contains("chmod 600"), "{err}");
+        assert!(!err.message.contains("relay-secret"), "{err}");
+        load(config_file(0o600, &text).path()).unwrap();
+    }
+
+    #[test]
+    fn a_config_others_can_change_is_refused() {
+        let text = with_password_command(SELF_CONTAINED);
+        for mode in [0o664, 0o646, 0o620] {
+            let file = config_file(mode, &text);
+            let err = load(file.path()).unwrap_err();
+            assert_eq!(err.kind, Kind::Permissions, "{err}");
+            let name = file.path().display().to_string();
+            assert!(
+                err.message.starts_with(&format!(
+                    "{name}: the configuration file can be written by group or others"
+                )),
+                "{err}"
+            );
+            assert!(err.message.contains("run commands as you"), "{err}");
+            assert!(err.message.contains(&format!("chmod go-w {name}")), "{err}");
+        }
+
+        // SAFETY: geteuid cannot fail and has no side effects.
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = config_file(0o600, &text);
+            std::os::unix::fs::chown(foreign.path(), Some(4242), None).unwrap();
+            let err = load(foreign.path()).unwrap_err();
+            assert_eq!(err.kind, Kind::Permissions, "{err}");
+            assert!(err.message.contains("belongs to uid 4242"), "{err}");
+        }
+
+        // Whoever can write to its directory can replace the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fetchrc");
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = load(&path).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(
+            err.message
+                .contains("the directory holding the configuration file can be written"),
+            "{err}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        load(&path).unwrap();
+    }
+
+    #[test]
+    fn load_requires_a_password_source_for_every_login() {
+        let file = config_file(0o600, SELF_CONTAINED);
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert!(
+            err.message.starts_with(&format!(
+                "{}:3: key `password`: account `home` logs in with auth = \"auto\", which \
+                 needs a password",
+                file.path().display()
+            )),
+            "{err}"
+        );
+        load(config_file(0o600, &with_password_command(SELF_CONTAINED)).path()).unwrap();
+    }
+
+    #[test]
+    fn load_requires_password_files_that_exist_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        let text = format!("{SELF_CONTAINED}password_file = \"{}\"\n", secret.display());
+        let file = config_file(0o600, &text);
+        let located = |key: &str| format!("{}:9: key `{key}`: ", file.path().display());
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert_eq!(
+            err.message,
+            format!(
+                "{}{} does not exist",
+                located("password_file"),
+                secret.display()
+            )
+        );
+
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Permissions, "{err}");
+        assert!(err.message.starts_with(&located("password_file")), "{err}");
+        assert!(err.message.contains("chmod 600"), "{err}");
+        assert!(!err.message.contains("s3cret"), "{err}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        load(file.path()).unwrap();
+
+        // The same for the delivery server's password file.
+        let missing = dir.path().join("relay-secret");
+        let file = config_file(
+            0o600,
+            &relayed(&format!("password_file = \"{}\"", missing.display())),
+        );
+        let err = load(file.path()).unwrap_err();
+        assert_eq!(err.kind, Kind::Config, "{err}");
+        assert!(
+            err.message.starts_with(&format!(
+                "{}:12: key `delivery.password_file`: {} does not exist",
+                file.path().display(),
+                missing.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]
@@ -3677,6 +4098,82 @@ deliver = "maildir:~/Mail/home"
         // after it.
         let (_, after_command) = err.message.split_once("exit 3`").unwrap();
         assert!(!after_command.contains("leaked-secret"), "{err}");
+    }
+
+    /// Whether a process is still running (zombies count as dead).
+    fn alive(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a process is gone within a few seconds (a killed process
+    /// takes a moment to die).
+    fn stops(pid: u32) -> bool {
+        let started = std::time::Instant::now();
+        while alive(pid) {
+            if started.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// A password command that starts a process of its own (as `pass`
+    /// starts gpg), records its pid, prints a secret and never ends.
+    fn hanging_command(dir: &Path) -> (String, PathBuf) {
+        let pid_file = dir.join("pid");
+        let command = format!(
+            "sleep 60 & echo $! > '{}'; echo leaked-secret; wait",
+            pid_file.display()
+        );
+        (command, pid_file)
+    }
+
+    /// The pid the hanging command recorded, once it has.
+    fn recorded_pid(pid_file: &Path) -> u32 {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(pid_file)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no pid");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_password_command_times_out_and_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (command, pid_file) = hanging_command(dir.path());
+        let started = std::time::Instant::now();
+        let err = run_password_command("home", &command, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(err.kind, Kind::Config);
+        assert!(err.message.starts_with("account `home`: "), "{err}");
+        assert!(err.message.contains("timed out after 1s"), "{err}");
+        let (_, after_command) = err.message.split_once("; wait`").unwrap();
+        assert!(!after_command.contains("leaked-secret"), "{err}");
+        assert!(stops(recorded_pid(&pid_file)));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_password_command_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (command, pid_file) = hanging_command(dir.path());
+        let source = PasswordSource::Command(command);
+        let resolving = tokio::time::timeout(Duration::from_secs(2), source.resolve("home"));
+        assert!(resolving.await.is_err(), "the command cannot have finished");
+        assert!(stops(recorded_pid(&pid_file)));
     }
 
     #[tokio::test]

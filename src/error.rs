@@ -16,7 +16,9 @@ pub enum Kind {
     Protocol = 4,
     /// The configuration file is malformed.
     Config = 5,
-    /// The configuration file (or a secret file) is readable by others.
+    /// A file mailfetch trusts is unsafe: the configuration or a secret
+    /// file is readable by others, or the configuration, a secret file or
+    /// the state directory can be changed by someone else.
     Permissions = 6,
     /// The server reported an error, or did not answer in time.
     Server = 7,

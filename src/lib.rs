@@ -18,6 +18,7 @@ pub mod imap;
 pub mod lock;
 pub mod net;
 pub mod notify;
+pub mod permissions;
 pub mod pipeline;
 pub mod received;
 pub mod scheduler;

@@ -56,7 +56,10 @@ EXIT CODES (as fetchmail's):
         server mail is delivered to)
     4   protocol error
     5   configuration error
-    6   configuration or secret file readable by others
+    6   a file mailfetch trusts is unsafe: the configuration or a password
+        file readable by others, or the configuration (or its directory), a
+        password file or the state directory writable by others or owned
+        by another user
     7   server error or timeout
     8   another mailfetch holds the lock on the state directory
     10  delivery failed: the destination refused a message (it stays on

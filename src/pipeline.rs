@@ -759,14 +759,16 @@ async fn settle_rejections(
                 report.discarded += 1;
             }
             OnReject::Bounce => {
-                let Some(sender) = &rejection.sender else {
-                    tracing::warn!(
-                        "{}: message {} has no sender to bounce to (null or missing Return-Path); \
-                         it is left on the server",
-                        report.mailbox,
-                        message.number
-                    );
-                    continue;
+                let sender = match rejection.bounce_recipient() {
+                    Ok(sender) => sender,
+                    Err(why) => {
+                        tracing::warn!(
+                            "{}: message {} is not bounced: {why}; it is left on the server",
+                            report.mailbox,
+                            message.number
+                        );
+                        continue;
+                    }
                 };
                 if let Err(err) = bounce(account, sender, &rejection).await {
                     tracing::error!(

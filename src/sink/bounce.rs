@@ -161,17 +161,27 @@ fn one_line(text: &str, max: usize) -> String {
         .to_owned()
 }
 
-/// The header block with CRLF line ends and no trailing blank line.
+/// The header block with CRLF line ends and no trailing blank line. A bare
+/// CR ends a line too, as in the DATA stream (see
+/// [`DataEncoder`](super::smtp::codec::DataEncoder)), so the quoted headers
+/// hold no line end that receivers could read differently.
 fn normalize_headers(headers: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.len() + 64);
-    for line in headers.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            // The blank line that ended the block (or the end of the data).
+    let mut rest = headers;
+    while !rest.is_empty() {
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        if end == 0 {
+            // The blank line that ended the block.
             break;
         }
-        out.extend_from_slice(line);
+        out.extend_from_slice(&rest[..end]);
         out.extend_from_slice(b"\r\n");
+        let line_end = if rest[end..].starts_with(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = rest.get(end + line_end..).unwrap_or_default();
     }
     out
 }
@@ -297,6 +307,24 @@ mod tests {
         }
         let quoted = String::from_utf8_lossy(part(2).contents());
         assert!(quoted.contains("Subject: hello\r\nMessage-ID: <m1@example.net>"));
+    }
+
+    #[test]
+    fn quoted_headers_have_no_bare_cr() {
+        let mut rejection = rejection();
+        rejection.headers =
+            b"Subject: a\r.\r\nX-Smuggled: b\rFrom: c\nTo: d\r\n\r\nbody\r\n".to_vec();
+        let bytes = compose(&rejection, &["me@x".to_owned()], "h", SystemTime::now());
+        let bare_cr = bytes
+            .iter()
+            .enumerate()
+            .any(|(at, &byte)| byte == b'\r' && bytes.get(at + 1) != Some(&b'\n'));
+        assert!(!bare_cr, "{}", String::from_utf8_lossy(&bytes));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("\r\n\r\nSubject: a\r\n.\r\nX-Smuggled: b\r\nFrom: c\r\nTo: d\r\n\r\n--"),
+            "{text}"
+        );
     }
 
     #[test]

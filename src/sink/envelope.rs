@@ -68,11 +68,33 @@ impl HeaderCapture {
 
     /// The unfolded value of the first header field called `name`.
     fn first_field(&self, name: &[u8]) -> Option<Vec<u8>> {
-        let mut lines = self
-            .headers
-            .split(|&byte| byte == b'\n')
-            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-            .peekable();
+        field_values(&self.headers, name).next()
+    }
+
+    /// When the message arrived, as best its headers tell: the date of the
+    /// newest (topmost) Received header that has one, else the Date header.
+    pub fn arrival_date(&self) -> Option<mail_parser::DateTime> {
+        let message = MessageParser::new().parse_headers(&self.headers)?;
+        message
+            .headers()
+            .iter()
+            .find_map(|header| match (&header.name, &header.value) {
+                (HeaderName::Received, HeaderValue::Received(received)) => received.date,
+                _ => None,
+            })
+            .or_else(|| message.date().cloned())
+    }
+}
+
+/// The unfolded values of the fields called `name` (lower case) in the
+/// header block `headers`, in order.
+fn field_values<'a>(headers: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let mut lines = headers
+        .split(|&byte| byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .peekable();
+    std::iter::from_fn(move || {
         while let Some(line) = lines.next() {
             let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
@@ -89,21 +111,32 @@ impl HeaderCapture {
             return Some(value);
         }
         None
-    }
+    })
+}
 
-    /// When the message arrived, as best its headers tell: the date of the
-    /// newest (topmost) Received header that has one, else the Date header.
-    pub fn arrival_date(&self) -> Option<mail_parser::DateTime> {
-        let message = MessageParser::new().parse_headers(&self.headers)?;
-        message
-            .headers()
-            .iter()
-            .find_map(|header| match (&header.name, &header.value) {
-                (HeaderName::Received, HeaderValue::Received(received)) => received.date,
-                _ => None,
-            })
-            .or_else(|| message.date().cloned())
+/// Why a message must not be answered automatically, if it must not
+/// (RFC 3834): it says it was itself sent by a program (`Auto-Submitted`
+/// other than `no`), or in bulk or to a list (`Precedence: bulk`, `junk`
+/// or `list`). Spam with forged senders often says so too.
+pub fn automatic_reply_forbidden(headers: &[u8]) -> Option<&'static str> {
+    let auto_submitted = field_values(headers, b"auto-submitted").any(|value| {
+        // `no`, possibly with a comment or parameters after it.
+        let keyword = value
+            .split(|&byte| matches!(byte, b';' | b'('))
+            .next()
+            .unwrap_or_default();
+        !keyword.trim_ascii().eq_ignore_ascii_case(b"no")
+    });
+    if auto_submitted {
+        return Some("it is marked as sent automatically (Auto-Submitted)");
     }
+    let bulk = field_values(headers, b"precedence").any(|value| {
+        let keyword = value.trim_ascii();
+        [&b"bulk"[..], b"junk", b"list"]
+            .iter()
+            .any(|bulk| keyword.eq_ignore_ascii_case(bulk))
+    });
+    bulk.then_some("it was sent in bulk or to a list (Precedence)")
 }
 
 /// Where the blank line ending a header block ends, in `data`.
@@ -247,6 +280,40 @@ mod tests {
             sender("return-path:\r\n <folded@example.org>\r\n\r\n"),
             Some(Sender::Address("folded@example.org".into()))
         );
+    }
+
+    #[test]
+    fn automatic_and_bulk_mail_must_not_be_answered() {
+        for headers in [
+            "Auto-Submitted: auto-generated\r\n\r\n",
+            "auto-submitted: Auto-Replied (vacation)\r\n\r\n",
+            "Auto-Submitted: auto-notified; owner-email=\"a@b\"\r\n\r\n",
+            "Auto-Submitted:\r\n auto-generated\r\n\r\n",
+            "Precedence: bulk\r\n\r\n",
+            "Precedence: JUNK\r\n\r\n",
+            "Subject: x\nPrecedence:  list \n\n",
+            "Auto-Submitted: no\r\nAuto-Submitted: auto-generated\r\n\r\n",
+        ] {
+            assert!(
+                automatic_reply_forbidden(headers.as_bytes()).is_some(),
+                "{headers:?}"
+            );
+        }
+        for headers in [
+            "From: a@b\r\nSubject: hello\r\n\r\n",
+            "Auto-Submitted: no\r\n\r\n",
+            "Auto-Submitted: No (a human wrote this)\r\n\r\n",
+            "Precedence: first-class\r\n\r\n",
+            "X-Precedence: bulk\r\n\r\n",
+            // Only the header block counts.
+            "Subject: x\r\n\r\nPrecedence: bulk\r\n",
+        ] {
+            assert_eq!(
+                automatic_reply_forbidden(headers.as_bytes()),
+                None,
+                "{headers:?}"
+            );
+        }
     }
 
     #[test]

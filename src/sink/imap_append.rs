@@ -14,6 +14,8 @@
 //! * The message keeps its date: INTERNALDATE is the newest Received date
 //!   (or the Date header) of the message.
 //! * `NO [TRYCREATE]` creates the folder and tries once more.
+//! * `BAD` is a temporary failure, never a refusal: it says the server did
+//!   not understand the command, not that it will not take the message.
 //! * One session serves the whole poll; it is opened at the first message,
 //!   so a poll without new mail never connects, and closed with LOGOUT.
 //! * An OK is final: the server has the message, so the source may delete
@@ -405,6 +407,17 @@ impl Sink for ImapAppendSink {
             Status::No if TEMPORARY_CODES.contains(&code_name) => Ok(Acceptance::TemporaryFailure(
                 format!("{host}: APPEND refused for now: {text}"),
             )),
+            // BAD says the server could not parse the command: a client or
+            // server quirk, not a verdict on the message, which a refusal
+            // (and `on_reject = "delete"`) would lose. The message stays on
+            // the source, and as what the server made of the rest of the
+            // command is unknown, the next message gets a new session.
+            Status::Bad => {
+                self.session = None;
+                Ok(Acceptance::TemporaryFailure(format!(
+                    "{host}: APPEND answered BAD (the server did not understand the command): {text}"
+                )))
+            }
             Status::No if CONFIGURATION_CODES.contains(&code_name) => Err(Error::new(
                 Kind::Delivery,
                 format!(

@@ -64,6 +64,24 @@ pub struct Rejection {
     pub headers: Vec<u8>,
 }
 
+impl Rejection {
+    /// Where a bounce of the message may go: its envelope sender, unless it
+    /// has none (the null sender never gets a bounce, RFC 5321 §6.1) or the
+    /// message was sent automatically or in bulk. Bouncing those, mostly
+    /// spam with forged senders, through the user's own relay would be
+    /// backscatter. `Err` says why there is no bounce.
+    pub fn bounce_recipient(&self) -> Result<&str, &'static str> {
+        let sender = self
+            .sender
+            .as_deref()
+            .ok_or("it has no sender to bounce to (null or missing Return-Path)")?;
+        match envelope::automatic_reply_forbidden(&self.headers) {
+            Some(reason) => Err(reason),
+            None => Ok(sender),
+        }
+    }
+}
+
 /// A message a sink has accepted but that may not be durable yet.
 pub trait Staged: Send + 'static {
     /// Size of the delivered message in octets.
@@ -188,4 +206,40 @@ pub trait Committer: Send + 'static {
 
     /// Throws away staged messages that will not be published.
     fn discard(&mut self, batch: Vec<Self::Staged>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(sender: Option<&str>, headers: &str) -> Rejection {
+        Rejection {
+            reason: "550 5.1.1 unknown user".to_owned(),
+            sender: sender.map(str::to_owned),
+            headers: headers.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_mail_from_a_person_with_a_sender_is_bounced() {
+        let plain = "From: a@example.org\r\nSubject: hi\r\n\r\n";
+        assert_eq!(
+            rejection(Some("a@example.org"), plain).bounce_recipient(),
+            Ok("a@example.org")
+        );
+        let err = rejection(None, plain).bounce_recipient().unwrap_err();
+        assert!(err.contains("no sender"), "{err}");
+        for (headers, why) in [
+            ("Auto-Submitted: auto-replied\r\n\r\n", "Auto-Submitted"),
+            (
+                "Precedence: bulk\r\nFrom: a@example.org\r\n\r\n",
+                "Precedence",
+            ),
+        ] {
+            let err = rejection(Some("a@example.org"), headers)
+                .bounce_recipient()
+                .unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
 }

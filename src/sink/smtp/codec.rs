@@ -225,18 +225,23 @@ pub fn rcpt_to(recipient: &str) -> Vec<u8> {
 }
 
 /// Turns a message in network or Unix form into the DATA stream: every
-/// bare LF becomes CRLF, a dot at the start of a line is doubled, and
-/// [`finish`](DataEncoder::finish) ends the last line and adds the `.`
-/// terminator. State carries across calls, so chunks may split a line, a
-/// CRLF or a leading dot anywhere; memory is the caller's output buffer.
+/// line end (CRLF, a bare LF or a bare CR) becomes CRLF, a dot at the start
+/// of a line is doubled, and [`finish`](DataEncoder::finish) ends the last
+/// line and adds the `.` terminator. State carries across calls, so chunks
+/// may split a line, a CRLF or a leading dot anywhere; memory is the
+/// caller's output buffer.
 ///
-/// A bare CR (not before LF) passes unchanged: it is not a line end, and
-/// rewriting it would change the message.
+/// A bare CR is a line end too, because receivers disagree about it: one
+/// that reads `\r.\r\n` as the end of the data while the relay did not
+/// would take what follows as new SMTP commands (SMTP smuggling). Turning it
+/// into CRLF (rather than dropping it) makes every receiver see the lines a
+/// lenient one would have seen, and leaves none of the text glued together.
 #[derive(Debug, Clone)]
 pub struct DataEncoder {
     /// The next byte starts a line.
     at_line_start: bool,
-    /// The last byte was a CR.
+    /// The last byte was a CR, already written out as CRLF: an LF right
+    /// after it belongs to the same line end.
     after_cr: bool,
 }
 
@@ -258,25 +263,25 @@ impl DataEncoder {
     pub fn encode(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + 16);
         while let Some(&first) = input.first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                input = &input[1..];
+                continue;
+            }
             if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            // The hot path: copy up to (not including) the next LF at once.
-            let end = memchr::memchr(b'\n', input).unwrap_or(input.len());
+            // The hot path: copy up to (not including) the next line end at once.
+            let end = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
             if end > 0 {
                 out.extend_from_slice(&input[..end]);
-                self.after_cr = input[end - 1] == b'\r';
                 self.at_line_start = false;
             }
             if end == input.len() {
                 return;
             }
-            if !self.after_cr {
-                out.push(b'\r');
-            }
-            out.push(b'\n');
-            self.after_cr = false;
+            out.extend_from_slice(b"\r\n");
             self.at_line_start = true;
+            self.after_cr = input[end] == b'\r';
             input = &input[end + 1..];
         }
     }
@@ -285,10 +290,7 @@ impl DataEncoder {
     /// the `.` line.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.at_line_start {
-            if !self.after_cr {
-                out.push(b'\r');
-            }
-            out.push(b'\n');
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
         *self = DataEncoder::default();
@@ -449,7 +451,7 @@ mod tests {
             (b"x\n.\n..y\r\n", b"x\r\n..\r\n...y\r\n.\r\n"),
             (b"no final newline", b"no final newline\r\n.\r\n"),
             (b"ends in CR\r", b"ends in CR\r\n.\r\n"),
-            (b"bare\rCR\r\n", b"bare\rCR\r\n.\r\n"),
+            (b"bare\rCR\r\n", b"bare\r\nCR\r\n.\r\n"),
             (b"", b".\r\n"),
             (b"\n\n", b"\r\n\r\n.\r\n"),
             (b"a.b\n .c\n", b"a.b\r\n .c\r\n.\r\n"),
@@ -457,6 +459,35 @@ mod tests {
         ];
         for (input, expected) in cases {
             for chunk in 1..=input.len().max(1) {
+                assert_eq!(
+                    encode_chunked(input, chunk),
+                    *expected,
+                    "{:?} in chunks of {chunk}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_ends_a_line_so_no_receiver_can_see_an_early_end_of_data() {
+        let cases: &[(&[u8], &[u8])] = &[
+            // The smuggling probe: a relay that took `\r.\r\n` as plain
+            // text would pass it on to a receiver that ends the data there.
+            (
+                b"a\r.\r\nMAIL FROM:<x@y>\r\n",
+                b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n",
+            ),
+            (b"a\r\n.\rRSET\r\n", b"a\r\n..\r\nRSET\r\n.\r\n"),
+            (b"a\n.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b".\r.", b"..\r\n..\r\n.\r\n"),
+            (b"\r", b"\r\n.\r\n"),
+            (b"\r\r\n", b"\r\n\r\n.\r\n"),
+            (b"x\n\r.\r\n", b"x\r\n\r\n..\r\n.\r\n"),
+            (b"\n\r", b"\r\n\r\n.\r\n"),
+        ];
+        for (input, expected) in cases {
+            for chunk in 1..=input.len() {
                 assert_eq!(
                     encode_chunked(input, chunk),
                     *expected,

@@ -266,7 +266,7 @@ async fn a_bad_answer_to_append_is_a_temporary_failure_and_the_next_message_reco
                     "{reason}"
                 )
             }
-            Acceptance::Accepted(_) => panic!("accepted"),
+            Acceptance::Accepted(_) | Acceptance::Partial { .. } => panic!("accepted"),
             Acceptance::PermanentFailure(rejection) => panic!("refused: {}", rejection.reason),
         }
         assert!(matches!(

@@ -449,9 +449,13 @@ impl Worker {
                     return SessionEnd::Failed(err);
                 }
                 schedule.after(Outcome::Success, 0.0);
-                if report.deferred > 0 && !self.is_stopped() {
-                    // max_per_poll left some for the next poll: no need to
-                    // wait for new mail to take them.
+                // max_per_poll left some for the next poll: no need to wait
+                // for new mail to take them, as long as this poll got
+                // somewhere. One whose messages all failed (a destination
+                // that says 4xx) would only fail again at once, forever:
+                // it waits, like any poll, for new mail or the renewal.
+                let progressed = report.delivered + report.bounced + report.discarded > 0;
+                if report.deferred > 0 && progressed && !self.is_stopped() {
                     continue;
                 }
             }

@@ -614,3 +614,56 @@ fn idle_with_max_per_poll_takes_the_rest_without_waiting() {
     let _daemon = Daemon::start(&scratch, &[]);
     wait_delivered(&maildir, 5, Duration::from_secs(10));
 }
+
+/// IDLE with max_per_poll, and a destination that fails every message for
+/// now (MDA exit 75): the daemon must not poll again at once, forever, to
+/// fail the same messages again.
+#[test]
+fn idle_with_max_per_poll_does_not_spin_when_nothing_can_be_delivered() {
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
+    dovecot.add_user("alice", PASSWORD);
+    for n in 0..3 {
+        dovecot.save("alice", "INBOX", &sample_message(n));
+    }
+    let scratch = Scratch::new();
+    let runs = scratch.path().join("runs");
+    let mda = scratch.path().join("mda");
+    fs::write(
+        &mda,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho run >> {}\nexit 75\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&mda, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let account = imap_account(
+        &dovecot,
+        "work",
+        "alice",
+        &scratch.maildir(),
+        "idle = true\ninterval = \"1h\"\nkeep = true\nmax_per_poll = 1",
+    )
+    .replace(
+        &format!("maildir:{}", scratch.maildir().display()),
+        &format!("mda:{}", mda.display()),
+    );
+    scratch.write_config(&account);
+    let mut daemon = Daemon::start(&scratch, &[]);
+    daemon.wait_for("IDLE connection(s)", 1, Duration::from_secs(20));
+    thread::sleep(Duration::from_secs(2));
+    let attempts = fs::read_to_string(&runs)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        (1..=2).contains(&attempts),
+        "{attempts} attempts in 2 s; log:\n{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, 0);
+    assert_eq!(dovecot.message_count("alice"), 3);
+}

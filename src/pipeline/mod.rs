@@ -238,7 +238,7 @@ impl StateOpening {
     async fn finish(self) -> Result<MailboxState, Error> {
         self.0
             .await
-            .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))?
+            .map_err(|err| Error::new(Kind::Local, format!("reading the state file: {err}")))?
     }
 }
 
@@ -260,10 +260,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     report: &mut Report,
 ) -> Result<(), Error> {
     let state_error = |err: std::io::Error| {
-        Error::new(
-            Kind::Delivery,
-            format!("cannot update the state file: {err}"),
-        )
+        Error::new(Kind::Local, format!("cannot update the state file: {err}"))
     };
     let listing = source.list(account.fetch == FetchMode::Unseen).await;
     let mut state = state.finish().await?;

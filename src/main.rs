@@ -195,7 +195,12 @@ fn main() -> ExitCode {
         .with_target(false);
     if args.json {
         // Log shippers want the time; journald adds its own to text lines.
-        logs.json().with_current_span(false).init();
+        // Each line carries the spans of the poll it belongs to, with
+        // their fields (account, folder), under "spans".
+        logs.json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal())
             .without_time()

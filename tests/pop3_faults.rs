@@ -823,3 +823,29 @@ fn a_corrupt_state_file_exits_23_and_touches_nothing() {
     assert!(case.delivered().is_empty());
     assert!(server.deleted().is_empty());
 }
+
+/// With several polls at once, every line must say which mailbox it is
+/// about: what a poll logs carries its account, in text and in JSON.
+#[test]
+fn log_lines_of_a_poll_name_its_account() {
+    let server = FakePop3::start(messages(2), Script::default().fault(Fault::RetrErr(1)));
+    let case = Case::new(&server);
+    let text = case.run();
+    let line = text
+        .stderr
+        .lines()
+        .find(|l| l.contains("server refused message 1"))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(line.contains("poll{account=fake}"), "{line}");
+
+    let json = case.run_with(&["--log-format", "json"]);
+    let line = json
+        .stderr
+        .lines()
+        .find(|l| l.contains("server refused message 1"))
+        .unwrap_or_else(|| panic!("{json:?}"));
+    assert!(
+        line.contains(r#""spans":[{"account":"fake","name":"poll"}]"#),
+        "{line}"
+    );
+}

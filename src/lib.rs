@@ -12,6 +12,7 @@
 //!   reads the user's configuration.
 
 pub mod auth;
+pub mod cmdline;
 pub mod config;
 pub mod error;
 pub mod imap;

@@ -44,9 +44,8 @@ impl Parser<'_> {
                         "`mda:` needs a command, e.g. \"mda:/usr/bin/procmail -d %T\"".to_owned(),
                     ));
                 }
-                crate::sink::mda::parse_command(command).map_err(fail)?;
                 DeliverTarget::Mda(MdaTarget {
-                    command: command.to_owned(),
+                    command: command.parse().map_err(fail)?,
                     timeout: self
                         .optional("delivery.timeout", &raw.timeout, as_timeout)?
                         .unwrap_or(DEFAULT_MDA_TIMEOUT),

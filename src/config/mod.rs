@@ -40,6 +40,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cmdline::CommandLine;
 use crate::error::{Error, Kind};
 use crate::permissions::{check_directory_of, check_unwritable_by_others};
 use crate::sink::envelope::Sender;
@@ -248,10 +249,11 @@ impl DeliveryServer {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MdaTarget {
-    /// The command line as written after `mda:`. Split into words (with
-    /// single and double quotes) and run without a shell; `%T` and `%F` are
-    /// replaced inside words by the recipient and the envelope sender.
-    pub command: String,
+    /// The command line written after `mda:`, split into words (with
+    /// single and double quotes) when the file is read, and run without a
+    /// shell; `%T` and `%F` are replaced inside words by the recipient and
+    /// the envelope sender.
+    pub command: CommandLine,
     /// How long the command may run per message (`timeout` in
     /// `[account.delivery]`, default 10 minutes).
     pub timeout: Duration,

@@ -13,6 +13,7 @@ pub mod intent;
 pub mod maildir;
 pub mod mda;
 pub mod smtp;
+pub mod spool;
 
 use std::future::Future;
 use std::io;

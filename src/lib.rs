@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cmdline;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod imap;
 pub mod lock;
 pub mod net;

@@ -188,7 +188,7 @@ impl Parser<'_> {
             None => None,
         };
         let fingerprint = self.optional("delivery.fingerprint", &raw.fingerprint, |value| {
-            as_str(value).and_then(parse_fingerprint)
+            as_str(value)?.parse::<Fingerprint>()
         })?;
         let username = self
             .optional("delivery.username", &raw.username, |value| {

@@ -103,28 +103,16 @@ fn write_tls(
     f: &mut fmt::Formatter<'_>,
     tls: TlsMode,
     ca_file: &Option<PathBuf>,
-    fingerprint: &Option<[u8; 32]>,
+    fingerprint: &Option<Fingerprint>,
 ) -> fmt::Result {
     writeln!(f, "tls = \"{}\"", keyword_name(tls))?;
     if let Some(ca_file) = ca_file {
         writeln!(f, "ca_file = {}", toml_path(ca_file))?;
     }
     if let Some(fingerprint) = fingerprint {
-        writeln!(
-            f,
-            "fingerprint = \"sha256:{}\"",
-            hex_fingerprint(fingerprint)
-        )?;
+        writeln!(f, "fingerprint = \"{fingerprint}\"")?;
     }
     Ok(())
-}
-
-fn hex_fingerprint(fingerprint: &[u8; 32]) -> String {
-    let hex: Vec<String> = fingerprint
-        .iter()
-        .map(|byte| format!("{byte:02X}"))
-        .collect();
-    hex.join(":")
 }
 
 /// The password source, never the password itself.

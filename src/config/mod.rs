@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use crate::cmdline::CommandLine;
 use crate::error::{Error, Kind};
+pub use crate::fingerprint::Fingerprint;
 use crate::permissions::{check_directory_of, check_unwritable_by_others};
 use crate::sink::envelope::Sender;
 
@@ -219,7 +220,7 @@ pub struct DeliveryServer {
     /// socket or an MTA on this machine; `StartTls` otherwise.
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    pub fingerprint: Option<[u8; 32]>,
+    pub fingerprint: Option<Fingerprint>,
     /// `None`: no login (SMTP/LMTP); required for IMAP (from the URL or
     /// the table).
     pub username: Option<String>,
@@ -301,7 +302,7 @@ pub struct Account {
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the server's end-entity certificate (DER).
-    pub fingerprint: Option<[u8; 32]>,
+    pub fingerprint: Option<Fingerprint>,
     pub username: String,
     pub password: PasswordSource,
     pub auth: AuthMethod,

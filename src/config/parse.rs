@@ -134,7 +134,7 @@ impl Parser<'_> {
             None => None,
         };
         let fingerprint = self.optional("fingerprint", &raw.fingerprint, |value| {
-            as_str(value).and_then(parse_fingerprint)
+            as_str(value)?.parse::<Fingerprint>()
         })?;
         let username =
             self.convert("username", &required("username", &raw.username)?, |value| {

@@ -9,7 +9,7 @@ use super::display::format_size;
 use super::parse::{Parser, parse_unknown_field_message};
 use super::raw::RawFile;
 use super::secrets::run_password_command;
-use super::values::{keyword_name, parse_fingerprint, parse_size};
+use super::values::{keyword_name, parse_size};
 use super::*;
 use crate::error::{Error, Kind};
 use crate::net::is_loopback_host;
@@ -75,9 +75,9 @@ fn assert_config_error(text: &str, line: usize, key: &str, fragment: &str) {
 const PIN_HEX: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:\
                            AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
 
-fn pin_bytes() -> [u8; 32] {
+fn pin_bytes() -> Fingerprint {
     let pattern = [0xAB, 0xCD, 0xEF, 0x01, 0x23, 0x45, 0x67, 0x89];
-    std::array::from_fn(|i| pattern[i % pattern.len()])
+    Fingerprint::from(std::array::from_fn(|i| pattern[i % pattern.len()]))
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn fingerprint_spellings() {
         compact.clone(),
         compact.to_lowercase(),
     ] {
-        assert_eq!(parse_fingerprint(&written), Ok(pin_bytes()), "{written}");
+        assert_eq!(written.parse::<Fingerprint>(), Ok(pin_bytes()), "{written}");
     }
     for written in [
         "",
@@ -229,7 +229,7 @@ fn fingerprint_spellings() {
         &compact.replace('A', "G"),
         "sha1:AB:CD",
     ] {
-        assert!(parse_fingerprint(written).is_err(), "{written}");
+        assert!(written.parse::<Fingerprint>().is_err(), "{written}");
     }
 }
 

@@ -397,29 +397,6 @@ pub(super) fn keyword_name<T: Keyword>(value: T) -> &'static str {
         .map_or("?", |&(word, _)| word)
 }
 
-/// Parses `sha256:AB:CD:…`: 32 bytes in hex, colons and prefix optional,
-/// any case.
-pub(super) fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
-    let prefix = "sha256:";
-    let hex_part = match text.get(..prefix.len()) {
-        Some(start) if start.eq_ignore_ascii_case(prefix) => &text[prefix.len()..],
-        _ => text,
-    };
-    let hex: Vec<u8> = hex_part.bytes().filter(|&byte| byte != b':').collect();
-    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return Err(
-            "expected a SHA-256 fingerprint: 32 bytes as 64 hex digits, optionally \
-             separated by colons and prefixed with \"sha256:\""
-                .to_owned(),
-        );
-    }
-    let mut fingerprint = [0; 32];
-    for (byte, pair) in fingerprint.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
-    }
-    Ok(fingerprint)
-}
-
 /// The value of an ASCII hex digit (already checked to be one).
 fn hex_value(digit: u8) -> u8 {
     match digit {

@@ -4,10 +4,10 @@
 //! Loading happens in two layers:
 //!
 //! 1. Serde deserializes the text into *raw* structs that deny unknown keys
-//!    and hold every value as an optional [`Spanned`] [`toml::Value`]. So
+//!    and hold every value as an optional [`Spanned`](toml::Spanned) [`toml::Value`]. So
 //!    this step only fails on TOML syntax errors and unknown keys, and the
 //!    byte span of every value survives.
-//! 2. A [`Parser`] then checks types, fills in defaults and validates, one
+//! 2. A `Parser` then checks types, fills in defaults and validates, one
 //!    key at a time. Because it always knows which key it is looking at and
 //!    where that key's value is, every error can say
 //!    `FILE:LINE: key `KEY`: what is wrong`.
@@ -20,9 +20,32 @@
 //! unexpected. A path that is still relative after expansion stays relative,
 //! i.e. it is used relative to the current directory (not to the directory
 //! of the configuration file).
+//!
+//! The module is cut by job: [`keys`] (the table of every key), `raw` (what
+//! serde reads), `parse` (the `Parser`: general and account sections),
+//! `deliver` (`deliver` and `[account.delivery]`, one scheme at a time),
+//! `rules` (checks that tie several keys together), `values` (value
+//! parsers), `secrets` (resolving passwords at run time) and `display` (the
+//! `--check-config` writer).
+//!
+//! # Adding a key
+//!
+//! 1. [`keys::KEYS`]: one line with its name, section, what it applies to
+//!    (a protocol or delivery destination restriction needs nothing else:
+//!    the checks read it from there) and one line of doc.
+//! 2. `raw.rs`: its name in its section's struct (a test fails until the
+//!    table and the raw structs agree).
+//! 3. This file: the field on the parsed type (`Account`, `General`,
+//!    `DeliveryServer`, …).
+//! 4. `parse.rs` (or `deliver.rs` for `[account.delivery]`): read it with a
+//!    converter from `values.rs`, and any rule it takes part in in
+//!    `rules.rs`.
+//! 5. `display.rs`: write it back for `--check-config`.
+//! 6. `fetchrc.example`: document it (a test fails otherwise).
 
 mod deliver;
 mod display;
+pub mod keys;
 mod parse;
 mod raw;
 mod rules;
@@ -396,7 +419,7 @@ pub fn default_path() -> Option<PathBuf> {
 /// else could replace it (the file tells mailfetch what to run), and a
 /// file that contains an inline password while group or others may access
 /// it: a password in a world-readable file is not a secret. It also checks
-/// what a run needs from this machine (see [`Parser::check_secrets`]), so
+/// what a run needs from this machine (see `Parser::check_secrets`), so
 /// that `--check-config` finds those problems too.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let cannot_read =
@@ -478,7 +501,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     .config()
 }
 
-/// Looks up an environment variable, the way [`Parser`] sees them.
+/// Looks up an environment variable, the way `Parser` sees them.
 type Env<'a> = &'a dyn Fn(&str) -> Result<String, VarError>;
 
 /// The real process environment.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::keys;
 use super::raw::{RawAccount, RawFile, RawGeneral, RawValue};
 use super::secrets::check_secret;
 use super::values::*;
@@ -180,28 +181,7 @@ impl Parser<'_> {
             .unwrap_or(DEFAULT_TIMEOUT);
         let max_size = self.optional("max_size", &raw.max_size, as_size)?;
         let max_per_poll = self.optional("max_per_poll", &raw.max_per_poll, as_count)?;
-        // The keys that only IMAP has.
-        for (key, field) in [
-            ("folders", &raw.folders),
-            ("fetch", &raw.fetch),
-            ("mark_seen", &raw.mark_seen),
-            ("move_to", &raw.move_to),
-            ("idle", &raw.idle),
-            ("idle_timeout", &raw.idle_timeout),
-        ] {
-            if let Some(value) = field
-                && protocol != Protocol::Imap
-            {
-                return Err(self.error(
-                    value.span(),
-                    key,
-                    format!(
-                        "only applies to protocol = \"imap\", not \"{}\"",
-                        keyword_name(protocol)
-                    ),
-                ));
-            }
-        }
+        self.check_protocol_keys(raw, protocol)?;
         let folders = self
             .optional("folders", &raw.folders, as_folders)?
             .unwrap_or_else(|| vec![INBOX.to_owned()]);
@@ -464,8 +444,13 @@ impl Parser<'_> {
         let Some(span) = err.span() else {
             return Error::new(Kind::Config, format!("{}: {message}", self.path.display()));
         };
-        if let Some((key, allowed)) = parse_unknown_field_message(message) {
-            return self.error(span, key, unknown_key_problem(key, &allowed));
+        if let Some((key, expected)) = parse_unknown_field_message(message) {
+            // Serde lists the fields of the table it was reading, which is
+            // how the section is known; the key table has the rest.
+            let section = keys::section_with(&expected).unwrap_or_else(|| {
+                panic!("serde's fields {expected:?} are not a section of the key table")
+            });
+            return self.error(span, key, keys::unknown_key_problem(key, section));
         }
         match key_on_line(self.text, span.start) {
             Some(key) => self.error(span, key, message),
@@ -498,42 +483,6 @@ pub(super) fn parse_unknown_field_message(message: &str) -> Option<(&str, Vec<&s
     // The allowed keys are the even-numbered pieces between backticks.
     let allowed = expected.split('`').skip(1).step_by(2).collect();
     Some((key, allowed))
-}
-
-fn unknown_key_problem(key: &str, allowed: &[&str]) -> String {
-    match closest_key(key, allowed) {
-        Some(suggestion) => format!("unknown key; did you mean `{suggestion}`?"),
-        None if allowed.is_empty() => "unknown key".to_owned(),
-        None => format!(
-            "unknown key; the keys allowed here are {}",
-            allowed.join(", ")
-        ),
-    }
-}
-
-/// The allowed key that `key` is most plausibly a misspelling of.
-fn closest_key<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
-    allowed
-        .iter()
-        .map(|&candidate| (edit_distance(key, candidate), candidate))
-        .filter(|&(distance, _)| distance <= 2 && distance < key.chars().count())
-        .min_by_key(|&(distance, _)| distance)
-        .map(|(_, candidate)| candidate)
-}
-
-/// The Levenshtein distance between `a` and `b`, in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, a_char) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, &b_char) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(a_char != b_char);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 /// The key assigned on the line holding byte `offset`, for errors serde

@@ -6,6 +6,31 @@ use toml::Spanned;
 /// A value as written in the file, with the byte range it occupies.
 pub(super) type RawValue = Spanned<toml::Value>;
 
+/// Declares the raw struct of a section whose keys the key table checks:
+/// one optional, spanned value per key (plus any sub-tables), and
+/// `written`, the keys present with their values in declaration order.
+macro_rules! raw_section {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident { $($key:ident,)* }
+        $(tables { $($table:ident: $table_type:ty,)* })?
+    ) => {
+        $(#[$meta])*
+        pub(super) struct $name {
+            $(pub(super) $key: Option<RawValue>,)*
+            $($(pub(super) $table: $table_type,)*)?
+        }
+
+        impl $name {
+            pub(super) fn written(&self) -> impl Iterator<Item = (&'static str, &RawValue)> {
+                [$((stringify!($key), self.$key.as_ref()),)*]
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key, value?)))
+            }
+        }
+    };
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
@@ -23,54 +48,60 @@ pub(super) struct RawGeneral {
     pub(super) max_connections: Option<RawValue>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an [[account]] table")]
-pub(super) struct RawAccount {
-    pub(super) name: Option<RawValue>,
-    pub(super) protocol: Option<RawValue>,
-    pub(super) host: Option<RawValue>,
-    pub(super) port: Option<RawValue>,
-    pub(super) tls: Option<RawValue>,
-    pub(super) ca_file: Option<RawValue>,
-    pub(super) fingerprint: Option<RawValue>,
-    pub(super) username: Option<RawValue>,
-    pub(super) password: Option<RawValue>,
-    pub(super) password_command: Option<RawValue>,
-    pub(super) password_file: Option<RawValue>,
-    pub(super) auth: Option<RawValue>,
-    pub(super) allow_plaintext_auth: Option<RawValue>,
-    pub(super) keep: Option<RawValue>,
-    pub(super) deliver: Option<RawValue>,
-    pub(super) to: Option<RawValue>,
-    pub(super) envelope_from: Option<RawValue>,
-    pub(super) on_reject: Option<RawValue>,
-    pub(super) delivery: Option<Spanned<RawDelivery>>,
-    pub(super) received_header: Option<RawValue>,
-    pub(super) timeout: Option<RawValue>,
-    pub(super) folders: Option<RawValue>,
-    pub(super) fetch: Option<RawValue>,
-    pub(super) max_size: Option<RawValue>,
-    pub(super) max_per_poll: Option<RawValue>,
-    pub(super) mark_seen: Option<RawValue>,
-    pub(super) move_to: Option<RawValue>,
-    pub(super) interval: Option<RawValue>,
-    pub(super) idle: Option<RawValue>,
-    pub(super) idle_timeout: Option<RawValue>,
+raw_section! {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, expecting = "an [[account]] table")]
+    struct RawAccount {
+        name,
+        protocol,
+        host,
+        port,
+        tls,
+        ca_file,
+        fingerprint,
+        username,
+        password,
+        password_command,
+        password_file,
+        auth,
+        allow_plaintext_auth,
+        keep,
+        deliver,
+        to,
+        envelope_from,
+        on_reject,
+        received_header,
+        timeout,
+        folders,
+        fetch,
+        max_size,
+        max_per_poll,
+        mark_seen,
+        move_to,
+        interval,
+        idle,
+        idle_timeout,
+    }
+    tables {
+        delivery: Option<Spanned<RawDelivery>>,
+    }
 }
 
-/// `[account.delivery]`: how to talk to the server mail is delivered to.
-#[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields, expecting = "an [account.delivery] table")]
-pub(super) struct RawDelivery {
-    pub(super) tls: Option<RawValue>,
-    pub(super) ca_file: Option<RawValue>,
-    pub(super) fingerprint: Option<RawValue>,
-    pub(super) username: Option<RawValue>,
-    pub(super) password: Option<RawValue>,
-    pub(super) password_command: Option<RawValue>,
-    pub(super) password_file: Option<RawValue>,
-    pub(super) auth: Option<RawValue>,
-    pub(super) allow_plaintext_auth: Option<RawValue>,
-    pub(super) timeout: Option<RawValue>,
-    pub(super) seen: Option<RawValue>,
+raw_section! {
+    /// `[account.delivery]`: how to talk to the server mail is delivered to.
+    #[derive(Deserialize, Default, Clone)]
+    #[serde(deny_unknown_fields, expecting = "an [account.delivery] table")]
+    struct RawDelivery {
+        tls,
+        ca_file,
+        fingerprint,
+        username,
+        password,
+        password_command,
+        password_file,
+        auth,
+        allow_plaintext_auth,
+        timeout,
+        seen,
+    }
 }

@@ -4,6 +4,7 @@ use std::fs;
 
 use toml::Spanned;
 
+use super::keys::{self, AppliesTo, Destination, Section};
 use super::parse::Parser;
 use super::raw::{RawAccount, RawDelivery, RawFile, RawValue};
 use super::values::*;
@@ -231,49 +232,58 @@ impl Parser<'_> {
         }
     }
 
-    /// Refuses `[account.delivery]` keys that the target would ignore.
+    /// Refuses keys that `protocol` does not have, as the key table says.
+    pub(super) fn check_protocol_keys(
+        &self,
+        raw: &RawAccount,
+        protocol: Protocol,
+    ) -> Result<(), Error> {
+        for (key, value) in raw.written() {
+            let AppliesTo::Protocols(protocols) = keys::find(Section::Account, key).applies_to
+            else {
+                continue;
+            };
+            if !protocols.contains(&protocol) {
+                let allowed: Vec<String> = protocols
+                    .iter()
+                    .map(|&protocol| format!("protocol = \"{}\"", keyword_name(protocol)))
+                    .collect();
+                return Err(self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "only applies to {}, not \"{}\"",
+                        allowed.join(" or "),
+                        keyword_name(protocol)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `[account.delivery]` keys that the target would ignore, as the
+    /// key table says.
     pub(super) fn check_delivery_keys(
         &self,
         target: &DeliverTarget,
         raw: &RawDelivery,
     ) -> Result<(), Error> {
-        let (kind, allowed): (&str, &[&str]) = match target {
-            DeliverTarget::Maildir(_) => ("maildir:", &[]),
-            DeliverTarget::Mda(_) => ("mda:", &["timeout"]),
-            DeliverTarget::Mta(_) => (
-                "smtp and lmtp",
-                &[
-                    "tls",
-                    "ca_file",
-                    "fingerprint",
-                    "username",
-                    "password",
-                    "password_command",
-                    "password_file",
-                    "auth",
-                    "allow_plaintext_auth",
-                    "timeout",
-                ],
-            ),
-            DeliverTarget::Imap(_) => return Ok(()),
+        let (destination, kind) = match target {
+            DeliverTarget::Maildir(_) => (Destination::Maildir, "maildir:"),
+            DeliverTarget::Mda(_) => (Destination::Mda, "mda:"),
+            DeliverTarget::Mta(mta) => match mta.protocol {
+                MtaProtocol::Smtp => (Destination::Smtp, "smtp and lmtp"),
+                MtaProtocol::Lmtp => (Destination::Lmtp, "smtp and lmtp"),
+            },
+            DeliverTarget::Imap(_) => (Destination::Imap, "imap"),
         };
-        let present = [
-            ("tls", &raw.tls),
-            ("ca_file", &raw.ca_file),
-            ("fingerprint", &raw.fingerprint),
-            ("username", &raw.username),
-            ("password", &raw.password),
-            ("password_command", &raw.password_command),
-            ("password_file", &raw.password_file),
-            ("auth", &raw.auth),
-            ("allow_plaintext_auth", &raw.allow_plaintext_auth),
-            ("timeout", &raw.timeout),
-            ("seen", &raw.seen),
-        ];
-        for (key, field) in present {
-            if let Some(value) = field
-                && !allowed.contains(&key)
-            {
+        for (key, value) in raw.written() {
+            let applies = match keys::find(Section::Delivery, key).applies_to {
+                AppliesTo::All | AppliesTo::Protocols(_) => true,
+                AppliesTo::Destinations(destinations) => destinations.contains(&destination),
+            };
+            if !applies {
                 return Err(self.error(
                     value.span(),
                     &format!("delivery.{key}"),

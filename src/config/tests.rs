@@ -1356,14 +1356,31 @@ fn allowed_keys(section_with_unknown_key: &str) -> Vec<String> {
 }
 
 #[test]
+fn the_key_table_names_exactly_the_keys_serde_reads() {
+    for (section, text) in [
+        (keys::Section::File, "unknown = 1\n".to_owned()),
+        (
+            keys::Section::General,
+            "[general]\nunknown = 1\n".to_owned(),
+        ),
+        (keys::Section::Account, account_with("unknown = 1\n")),
+        (
+            keys::Section::Delivery,
+            account_with("[account.delivery]\nunknown = 1\n"),
+        ),
+    ] {
+        let mut read = allowed_keys(&text);
+        let mut table: Vec<&str> = keys::in_section(section).map(|key| key.name).collect();
+        read.sort();
+        table.sort();
+        assert_eq!(read, table, "{section:?}");
+    }
+}
+
+#[test]
 fn the_example_file_documents_every_key() {
     let example = include_str!("../../fetchrc.example");
-    let mut keys = allowed_keys("unknown = 1\n");
-    keys.extend(allowed_keys("[general]\nunknown = 1\n"));
-    keys.extend(allowed_keys(&account_with("unknown = 1\n")));
-    keys.extend(allowed_keys(&account_with(
-        "[account.delivery]\nunknown = 1\n",
-    )));
+    let keys: Vec<&str> = keys::KEYS.iter().map(|key| key.name).collect();
     assert!(keys.len() > 17, "{keys:?}");
     for key in keys {
         let documented = example.contains(&format!("{key} = "))

@@ -138,3 +138,77 @@ pub fn sample_message(n: usize) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// What a measured run of mailfetch did.
+pub struct Measured {
+    /// `None` if killed by a signal.
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+    /// The peak resident set size of the mailfetch process, in KiB.
+    pub max_rss_kib: i64,
+}
+
+impl std::fmt::Debug for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:.1} s ({} KiB max RSS)\n--- stderr\n{}",
+            self.code,
+            self.elapsed.as_secs_f64(),
+            self.max_rss_kib,
+            self.stderr
+        )
+    }
+}
+
+/// Runs mailfetch on `config` and measures its own peak memory (wait4's
+/// rusage of the child), killing it after `limit`.
+// The child is reaped by wait4 (clippy only knows Child::wait).
+#[allow(clippy::zombie_processes)]
+pub fn run_measured(config: &Path, limit: std::time::Duration) -> Measured {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let pid = child.id() as libc::pid_t;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 only writes into it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own unreaped child; the pointers are valid.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            break (status, usage);
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "mailfetch ran for more than {limit:?}:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Measured {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        elapsed: started.elapsed(),
+        max_rss_kib: usage.ru_maxrss,
+        stderr: stderr.join().unwrap(),
+    }
+}

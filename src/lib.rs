@@ -1,15 +1,22 @@
-//! mailfetch: fetch mail from POP3 (and, later, IMAP) servers and deliver it
-//! durably, without ever losing a message.
+//! mailfetch: fetch mail from POP3 and IMAP servers and deliver it
+//! durably (into a Maildir, to an MTA over SMTP or LMTP, to an MDA, or
+//! into another IMAP server), without ever losing a message.
 //!
 //! The crate is layered so that each protocol is ignorant of the others:
 //!
-//! * [`source`] speaks to the server mail is fetched from (POP3 today).
-//! * [`sink`] is where mail goes (a Maildir today).
-//! * [`pipeline`] runs one poll of one account: list → diff against
+//! * [`config`] reads and checks the user's configuration (one table of
+//!   keys, [`config::keys`]); [`permissions`] and [`lock`] guard the files
+//!   mailfetch trusts.
+//! * [`scheduler`] polls accounts: concurrently once, or as a daemon with
+//!   intervals, backoff, IMAP IDLE and signals.
+//! * [`pipeline`] runs one poll of one account: list → plan against
 //!   [`state`] → retrieve → deliver → commit → delete. Durability and
-//!   batching live there and nowhere else.
-//! * [`net`] opens TCP/TLS connections, [`auth`] implements SASL, [`config`]
-//!   reads the user's configuration.
+//!   batching live in its commit step and nowhere else.
+//! * [`source`] speaks to the server mail is fetched from (POP3, IMAP);
+//!   [`sink`] is where mail goes (Maildir, SMTP/LMTP, MDA, IMAP APPEND).
+//! * [`imap`], [`wire`], [`net`] and [`auth`] are the shared protocol
+//!   plumbing: the IMAP codec and login, buffered I/O with caps and pacing,
+//!   TCP/TLS, and SASL.
 
 pub mod auth;
 pub mod cmdline;

@@ -14,7 +14,7 @@
 //! 5. only after that, and after every batch is done, the server is told to
 //!    delete.
 //!
-//! A crash between 3 and 4 leaves intents that [`recover`] finishes on the
+//! A crash between 3 and 4 leaves intents that `commit::recover` finishes on the
 //! next run; a crash before 3 leaves only invisible files in `tmp/` and the
 //! messages still on the server. Batches commit on a blocking thread while
 //! the next batch downloads.

@@ -3,7 +3,7 @@
 //! task per polled account and one per IDLE folder, retries with backoff,
 //! signals, and systemd notifications.
 //!
-//! The decisions (how long to wait after a poll, see [`Schedule`]) are
+//! The decisions (how long to wait after a poll, see `backoff::Schedule`) are
 //! pure functions, unit-tested below; the rest is a thin layer of tokio
 //! tasks around `pipeline`.
 

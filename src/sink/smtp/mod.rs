@@ -5,7 +5,7 @@
 //! A message streams through: only its header block is held (to learn the
 //! envelope sender from Return-Path, and for a bounce), then MAIL FROM, the
 //! RCPTs and DATA go out (in one write with PIPELINING), and the rest flows
-//! through the [`DataEncoder`](codec::DataEncoder) (CRLF, dot-stuffing)
+//! through the [`codec::DataEncoder`] (CRLF, dot-stuffing)
 //! into the socket in 64 KiB writes. The MTA's 250 to the final `.` makes
 //! the delivery final, so the sink stages [`Delivered`] and its committer
 //! is [`AlreadyDurable`].

@@ -4,7 +4,7 @@
 //! signals, and systemd notifications.
 //!
 //! The decisions (how long to wait after a poll, see `backoff::Schedule`) are
-//! pure functions, unit-tested below; the rest is a thin layer of tokio
+//! pure functions, unit-tested there; the rest is a thin layer of tokio
 //! tasks around `pipeline`.
 
 mod backoff;

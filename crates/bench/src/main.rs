@@ -10,7 +10,7 @@
 //!   that has nothing new (mailfetch exits with 1);
 //! * `imap-big` (IMAP, keep mode): one 100 MiB message;
 //! * `smtp` (POP3, delete mode): the 2000 mixed messages forwarded over
-//!   SMTP to a private Postfix on loopback (see `tests/support/postfix.rs`;
+//!   SMTP to a private Postfix on loopback (see `crates/testkit/src/postfix.rs`;
 //!   needs root), which delivers them to a Maildir. The time is the
 //!   fetcher's, up to the MTA's last 250; the run then waits (untimed) for
 //!   Postfix to deliver everything and checks that Maildir;
@@ -57,11 +57,6 @@
 //! `;`-separated keys to mailfetch's `[general]` in `accounts`, e.g.
 //! `BENCH_GENERAL="max_connections = 16"`.
 
-#[path = "../../tests/support/dovecot.rs"]
-mod dovecot;
-#[path = "../../tests/support/postfix.rs"]
-mod postfix;
-
 use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
@@ -71,8 +66,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dovecot::Dovecot;
-use postfix::Postfix;
+use testkit::dovecot::{self, Dovecot};
+use testkit::find_binary;
+use testkit::postfix::Postfix;
+use testkit::run::find_mailfetch;
 
 /// The Postfix mailbox the `smtp` scenario forwards to.
 const SMTP_USER: &str = "alice";
@@ -327,12 +324,12 @@ impl Row {
 
 fn run(opts: &Opts) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-    let mailfetch = Tool::Mailfetch(dovecot::find_mailfetch()?);
+    let mailfetch = Tool::Mailfetch(find_mailfetch()?);
     let mut tools = vec![mailfetch.clone()];
     let wants = |s: Scenario| opts.scenarios.contains(&s);
     let fleet_accounts = opts.fleet.contains(&Fleet::Accounts);
     if Scenario::POP3.into_iter().any(wants) || fleet_accounts {
-        match dovecot::find_binary("mpop") {
+        match find_binary("mpop") {
             Some(p) => tools.push(Tool::Mpop(p)),
             None => println!("mpop not installed: no comparison with it (apt-get install mpop)"),
         }
@@ -342,7 +339,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         || wants(Scenario::Smtp)
         || fleet_accounts
     {
-        match dovecot::find_binary("fetchmail") {
+        match find_binary("fetchmail") {
             Some(p) => tools.push(Tool::Fetchmail(p)),
             None => println!(
                 "fetchmail not installed: no comparison with it (apt-get install fetchmail)"

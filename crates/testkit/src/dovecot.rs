@@ -12,10 +12,6 @@
 //! access mail as uid 0; the login and internal processes run as Debian's
 //! `dovenull` and `dovecot` users) and as an unprivileged user (every process
 //! then runs as that user and chroots are switched off).
-//!
-//! Uses only `std` and `tempfile`, so that examples can include it with
-//! `#[path = "../tests/support/dovecot.rs"] mod dovecot;`.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,6 +23,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::find_binary;
 
 /// Printed (to stderr) when Dovecot is not installed and we are not in CI.
 pub const INSTALL_HINT: &str =
@@ -761,21 +759,6 @@ fn sort_key(name: &str) -> String {
     format!("{secs:0>20}.{q:0>20}.{rest}")
 }
 
-/// Looks for a program on PATH and in the sbin directories (which an
-/// unprivileged user's PATH often lacks).
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/bin"];
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
 struct PwEntry {
     name: String,
     uid: u32,
@@ -917,26 +900,4 @@ fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, String), String>
         tls.join("server.key"),
         format!("sha256:{hex}"),
     ))
-}
-
-/// The `mailfetch` binary next to a running example
-/// (`target/release/examples/demo` → `target/release/mailfetch`), or
-/// `$MAILFETCH`. Used by the demo and the benchmark.
-pub fn find_mailfetch() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MAILFETCH") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("mailfetch"))
-        .ok_or("cannot locate the mailfetch binary")?;
-    if !bin.is_file() {
-        return Err(format!(
-            "{} not found: build it first (cargo build --release --bins --examples)",
-            bin.display()
-        ));
-    }
-    Ok(bin)
 }

@@ -19,7 +19,6 @@
 //!
 //! Faults ([`Fault`]) make it misbehave, on every connection or only on the
 //! first one ([`Script::first_only`]), so a second run sees a healthy server.
-#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

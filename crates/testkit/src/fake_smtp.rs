@@ -12,7 +12,6 @@
 //! ([`FakeSmtp::accepted`]); and [`FakeSmtp::overlaps`]: commands that
 //! arrived while an earlier one was still unanswered, which is a violation
 //! when PIPELINING is not announced.
-#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -46,10 +46,6 @@
 //!   makes every smtpd log a NIS warning.
 //! * Postfix's own fsyncs make each message cost a few ms; the benchmark
 //!   therefore puts the directory where it puts Dovecot's.
-//!
-//! Uses only `std` and `tempfile`, like the Dovecot harness, so examples
-//! can include it with `#[path]`.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -58,6 +54,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::find_binary;
 
 pub const INSTALL_HINT: &str = "DEBIAN_FRONTEND=noninteractive apt-get install postfix";
 
@@ -410,19 +408,6 @@ impl Drop for Postfix {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/bin"];
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// (uid, gid) of a user, from /etc/passwd.

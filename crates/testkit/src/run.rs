@@ -1,10 +1,40 @@
-//! Running the `mailfetch` binary from integration tests.
-#![allow(dead_code)]
+//! Running the `mailfetch` binary: the one way the tests (and the demo and
+//! the benchmark) start it, find it, and measure a run.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The `mailfetch` binary: `$MAILFETCH`, or the one cargo built into the
+/// profile directory of the running program (an integration test in
+/// `target/release/deps/`, an example in `target/release/examples/`, the
+/// benchmark in `target/release/`). A library cannot use
+/// `env!("CARGO_BIN_EXE_mailfetch")`: cargo sets it for integration tests only.
+pub fn mailfetch_binary() -> PathBuf {
+    find_mailfetch().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`mailfetch_binary`], or why it is not there.
+pub fn find_mailfetch() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MAILFETCH") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("mailfetch"))
+        .collect();
+    candidates
+        .iter()
+        .find(|bin| bin.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!("mailfetch not found in {candidates:?}: build it first (cargo build --release)")
+        })
+}
 
 /// A scratch directory with a config file, a state directory and a Maildir.
 pub struct Scratch {
@@ -50,7 +80,7 @@ impl Scratch {
 
     /// Runs mailfetch on the scratch config with extra arguments.
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+        let output = Command::new(mailfetch_binary())
             .arg("-c")
             .arg(self.config_path())
             .args(args)

@@ -3,12 +3,10 @@
 //! directory someone else could change. No server listens: every run here
 //! must stop before connecting.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use support::run::Scratch;
+use testkit::run::Scratch;
 
 /// A POP3 account on a loopback port nobody should ever be asked about.
 fn account(scratch: &Scratch, name: &str, extra: &str) -> String {

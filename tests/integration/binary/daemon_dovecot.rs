@@ -1,8 +1,6 @@
 //! `mailfetch --daemon` against a real Dovecot on loopback: IDLE, signals,
 //! backoff, the lock.
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::dovecot::Dovecot;
-use support::run::{Scratch, files_in, sample_message};
+use testkit::dovecot::Dovecot;
+use testkit::run::{Scratch, files_in, sample_message};
 
 const PASSWORD: &str = "daemon-Pa55";
 
@@ -30,7 +28,7 @@ impl Daemon {
         let log = scratch
             .path()
             .join(format!("daemon-{}.log", files_in(scratch.path()).len()));
-        let child = Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+        let child = Command::new(testkit::run::mailfetch_binary())
             .envs(env.iter().copied())
             .arg("-c")
             .arg(scratch.config_path())
@@ -479,7 +477,7 @@ fn a_dropped_idle_connection_reconnects() {
 /// A server without IDLE: the folder is polled at the interval instead.
 #[test]
 fn a_server_without_idle_is_polled_instead() {
-    use support::fake_imap::{self, FakeImap, Message, Script};
+    use testkit::fake_imap::{self, FakeImap, Message, Script};
     let server = FakeImap::inbox(
         vec![Message::new("Subject: one\n\nfirst\n")],
         Script::default(),

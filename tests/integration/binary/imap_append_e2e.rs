@@ -3,12 +3,10 @@
 //! `deliver = "imap://bob@…/Archive"`. A message leaves alice's mailbox
 //! only after bob's server answered APPEND OK.
 
-mod support;
-
 use std::fs;
 
-use support::dovecot::Dovecot;
-use support::run::{Scratch, sample_message, without_received};
+use testkit::dovecot::Dovecot;
+use testkit::run::{Scratch, sample_message, without_received};
 
 const ALICE: &str = "pop-Pa55";
 const BOB: &str = "imap-Pa55";

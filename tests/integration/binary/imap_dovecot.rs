@@ -1,9 +1,7 @@
 //! mailfetch against a real Dovecot IMAP server on loopback.
 
-mod support;
-
-use support::dovecot::Dovecot;
-use support::run::{Scratch, sample_message, without_received};
+use testkit::dovecot::Dovecot;
+use testkit::run::{Scratch, sample_message, without_received};
 
 const PASSWORD: &str = "imap-Pa55";
 

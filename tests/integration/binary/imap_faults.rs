@@ -15,8 +15,6 @@
 //! through [`Proxy`], a small relay that tampers with one `BODY[]` response
 //! on its first connection only.
 
-mod support;
-
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -27,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::fake_imap::{FakeImap, Fault, Folder, Message, PASSWORD, Script};
-use support::run::{Scratch, files_in, without_received};
+use testkit::fake_imap::{FakeImap, Fault, Folder, Message, PASSWORD, Script};
+use testkit::run::{Scratch, files_in, without_received};
 
 /// How long any single mailfetch run may take before the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -107,7 +105,7 @@ impl Case {
         }
         let config = self.scratch.write_config(&account);
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+        let mut child = Command::new(testkit::run::mailfetch_binary())
             .arg("-c")
             .arg(config)
             .args(args)

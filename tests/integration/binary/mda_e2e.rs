@@ -2,14 +2,12 @@
 //! `deliver = "mda:…"` scripts. A message leaves the POP3 server only
 //! after the command exited 0 for it.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use support::dovecot::Dovecot;
-use support::run::{Scratch, sample_message};
+use testkit::dovecot::Dovecot;
+use testkit::run::{Scratch, sample_message};
 
 const PASSWORD: &str = "mda-Pa55";
 

@@ -1,15 +1,13 @@
 //! mailfetch against a real Dovecot POP3 server on loopback.
 //!
-//! Each test starts its own Dovecot (see `support::dovecot`); without
+//! Each test starts its own Dovecot (see `testkit::dovecot`); without
 //! Dovecot installed they skip loudly, except under CI where they fail.
-
-mod support;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 
-use support::dovecot::Dovecot;
-use support::run::{Scratch, sample_message, without_received};
+use testkit::dovecot::Dovecot;
+use testkit::run::{Scratch, sample_message, without_received};
 
 const PASSWORD: &str = "s3cret-Pa55";
 

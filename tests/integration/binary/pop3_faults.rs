@@ -5,8 +5,6 @@
 //! what is in `Maildir/new` and `tmp`, what the server deleted, and what the
 //! next run does.
 
-mod support;
-
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
+use testkit::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
 
 /// How long any single mailfetch run may take before the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -97,7 +95,7 @@ impl Case {
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_mailfetch"))
+        Command::new(testkit::run::mailfetch_binary())
             .arg("-c")
             .arg(self.config())
             .args(args)
@@ -259,7 +257,7 @@ fn healthy_server_delivers_and_deletes_everything() {
 /// The assertions shared by the two halves of the cut-mid-RETR scenario.
 fn cut_mid_retr_first_run() -> (FakePop3, Case, Vec<Message>, Outcome) {
     let mail = vec![message(1, 2000), message(2, 4000), message(3, 1000)];
-    let half = support::fake_pop3::stuff(&mail[1].data).len() / 2;
+    let half = testkit::fake_pop3::stuff(&mail[1].data).len() / 2;
     let script = Script::default()
         .fault(Fault::CutRetr {
             message: 2,

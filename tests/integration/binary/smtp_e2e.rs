@@ -4,12 +4,10 @@
 //! the source server only when the MTA took it (or, per `on_reject`, was
 //! refused for good and bounced or dropped on purpose).
 
-mod support;
-
-use support::dovecot::Dovecot;
-use support::fake_smtp::{FakeSmtp, Fault, Script};
-use support::postfix::Postfix;
-use support::run::{Run, Scratch};
+use testkit::dovecot::Dovecot;
+use testkit::fake_smtp::{FakeSmtp, Fault, Script};
+use testkit::postfix::Postfix;
+use testkit::run::{Run, Scratch};
 
 const PASSWORD: &str = "s3cret-Pa55";
 const RCPT: &str = "alice@example.test";
@@ -276,17 +274,17 @@ fn the_relay_password_never_shows_in_a_trace() {
     };
     let server = FakeSmtp::start(Script::default().auth_required());
     let scratch = Scratch::new();
-    let relay_password = support::fake_smtp::PASSWORD;
+    let relay_password = testkit::fake_smtp::PASSWORD;
     scratch.write_config(&format!(
         "[[account]]\nname = \"test\"\nprotocol = \"pop3\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nauth = \"user\"\nusername = \"alice\"\npassword = \"{PASSWORD}\"\ntimeout = \"20s\"\ndeliver = \"{}\"\nto = [\"{RCPT}\"]\n\n[account.delivery]\nusername = \"{}\"\npassword = \"{relay_password}\"\nauth = \"plain\"\n",
         dovecot.pop3_port(),
         smtp(&server),
-        support::fake_smtp::USER,
+        testkit::fake_smtp::USER,
     ));
     let run = scratch.run(&["-v"]);
     run.expect(0);
     assert_eq!(server.accepted().len(), 1);
-    let plain = format!("\0{}\0{relay_password}", support::fake_smtp::USER);
+    let plain = format!("\0{}\0{relay_password}", testkit::fake_smtp::USER);
     let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, plain);
     assert!(run.stderr.contains("AUTH PLAIN ****"), "{}", run.stderr);
     for secret in [relay_password, encoded.as_str()] {

@@ -1,13 +1,11 @@
 //! Proves the private-Dovecot test harness works: plain POP3 login and STAT,
 //! POP3S/IMAPS/LMTP listening, fast seeding, CRLF sizes, deletions.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::dovecot::Dovecot;
+use testkit::dovecot::Dovecot;
 
 struct Pop3 {
     r: BufReader<TcpStream>,
@@ -213,7 +211,7 @@ fn tls_ports_lmtp_users_and_certs() {
     p.ok("QUIT");
 
     // doveadm works against the private instance.
-    if support::dovecot::find_binary("doveadm").is_some() {
+    if testkit::find_binary("doveadm").is_some() {
         dc.doveadm_ok(&["mailbox", "create", "-u", "bob", "Archive"]);
         let list = dc.doveadm_ok(&["mailbox", "list", "-u", "bob"]);
         assert!(list.contains("Archive") && list.contains("INBOX"), "{list}");

@@ -1,13 +1,11 @@
 //! Checks the fake IMAP server itself, with a raw TcpStream (no mailfetch),
 //! so that the fault tests built on it can be trusted.
 
-mod support;
-
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::fake_imap::{FakeImap, Fault, Folder, Message, Script, Transfer};
+use testkit::fake_imap::{FakeImap, Fault, Folder, Message, Script, Transfer};
 
 /// A minimal IMAP client: sends tagged commands, reads lines with their
 /// literals inlined.

@@ -1,7 +1,5 @@
 //! The IMAP APPEND sink against a real Dovecot on loopback.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +7,7 @@ use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, 
 use mailfetch::error::Kind;
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
-use support::dovecot::Dovecot;
+use testkit::dovecot::Dovecot;
 
 const PASSWORD: &str = "append-Pa55";
 

@@ -4,8 +4,6 @@
 //! source delete a message), what the server actually accepted, and that
 //! the session is reused, reset or reopened as it should be.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
 use mailfetch::config::{
@@ -15,7 +13,7 @@ use mailfetch::error::{Error, Kind};
 use mailfetch::sink::envelope::Sender;
 use mailfetch::sink::smtp::{SmtpSink, send_bounce};
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink, bounce};
-use support::fake_smtp::{FakeSmtp, Fault, PASSWORD, Script, USER};
+use testkit::fake_smtp::{FakeSmtp, Fault, PASSWORD, Script, USER};
 
 const RCPT: &str = "alice@example.test";
 

@@ -2,8 +2,6 @@
 //! Unix socket (a relay to Dovecot's TCP listener, since the harness's
 //! Dovecot listens on TCP only).
 
-mod support;
-
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -15,7 +13,7 @@ use mailfetch::config::{DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, M
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
-use support::dovecot::Dovecot;
+use testkit::dovecot::Dovecot;
 
 fn lmtp_target(address: MtaAddress) -> MtaTarget {
     MtaTarget {

@@ -3,8 +3,6 @@
 //! from Return-Path, over one session; STARTTLS with a pinned certificate;
 //! a 20 MB message streams; an unknown recipient is refused for good.
 
-mod support;
-
 use std::time::Duration;
 
 use mailfetch::config::{
@@ -13,7 +11,7 @@ use mailfetch::config::{
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
-use support::postfix::Postfix;
+use testkit::postfix::Postfix;
 
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 

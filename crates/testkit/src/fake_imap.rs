@@ -1,8 +1,7 @@
 //! A scriptable fake IMAP4rev1 server for fault-injection tests (std only).
 //!
-//! It listens on 127.0.0.1 on a free port and serves one connection at a
-//! time from a background thread, for as many sequential connections as the
-//! test makes. The folders are shared by all connections, and changes
+//! It serves one connection at a time (see [`crate::fake_server`]), for as
+//! many sequential connections as the test makes. The folders are shared by all connections, and changes
 //! (flags, EXPUNGE, MOVE, COPY) take effect at once, as on a real server.
 //!
 //! Supported (RFC 3501 / 9051 subset; tags are any atom, commands are
@@ -20,12 +19,10 @@
 //! Faults ([`Fault`]) make it misbehave, on every connection or only on the
 //! first one ([`Script::first_only`]), so a second run sees a healthy server.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
-use std::time::Duration;
+use std::io::{self, BufRead, Read, Write};
+use std::sync::MutexGuard;
+
+use crate::fake_server::{Connection, FakeServer, Faults, Serving};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret";
@@ -188,9 +185,7 @@ pub struct Script {
     /// The CAPABILITY list before faults remove entries from it.
     pub capabilities: Vec<String>,
     pub password: String,
-    pub faults: Vec<Fault>,
-    /// Faults apply to the first connection only.
-    pub first_connection_only: bool,
+    pub faults: Faults<Fault>,
 }
 
 impl Default for Script {
@@ -199,20 +194,19 @@ impl Default for Script {
         Script {
             capabilities: caps.split(' ').map(String::from).collect(),
             password: PASSWORD.to_owned(),
-            faults: Vec::new(),
-            first_connection_only: false,
+            faults: Faults::default(),
         }
     }
 }
 
 impl Script {
     pub fn fault(mut self, fault: Fault) -> Script {
-        self.faults.push(fault);
+        self.faults.list.push(fault);
         self
     }
 
     pub fn first_only(mut self) -> Script {
-        self.first_connection_only = true;
+        self.faults.first_connection_only = true;
         self
     }
 }
@@ -229,7 +223,6 @@ pub struct Transfer {
 #[derive(Default)]
 struct Shared {
     folders: Vec<Folder>,
-    sessions: Vec<Vec<String>>,
     expunged: Vec<(String, u32)>,
     moved: Vec<Transfer>,
     copied: Vec<Transfer>,
@@ -256,42 +249,25 @@ impl Shared {
 
 /// The running server; stops accepting when dropped.
 pub struct FakeImap {
-    addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
+    server: FakeServer<Shared>,
 }
 
 impl FakeImap {
     pub fn start(folders: Vec<Folder>, script: Script) -> FakeImap {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Mutex::new(Shared {
+        let shared = Shared {
             folders,
             ..Shared::default()
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared2, stop2) = (shared.clone(), stop.clone());
-        thread::spawn(move || {
-            for (index, conn) in listener.incoming().enumerate() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let faults = if script.first_connection_only && index > 0 {
-                    Vec::new()
-                } else {
-                    script.faults.clone()
-                };
-                let renumber = faults.contains(&Fault::UidvalidityChange);
-                // Errors (the client went away) just end the session.
-                let _ = Session::new(conn, &script, faults, shared2.clone(), stop2.clone())
-                    .and_then(|mut s| s.run());
-                if renumber {
-                    lock(&shared2).change_uidvalidity();
-                }
+        };
+        let server = FakeServer::start(shared, Serving::OneAtATime, move |conn| {
+            let mut session = Session::new(conn, &script);
+            let renumber = session.faults.contains(&Fault::UidvalidityChange);
+            let result = session.run();
+            if renumber {
+                conn.state().change_uidvalidity();
             }
+            result
         });
-        FakeImap { addr, shared, stop }
+        FakeImap { server }
     }
 
     /// A server with only an INBOX (UIDVALIDITY 1000) holding `messages`.
@@ -303,22 +279,22 @@ impl FakeImap {
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.shared)
+        self.server.state()
     }
 
     /// The command lines received (AUTHENTICATE continuations included),
     /// one list per connection.
     pub fn sessions(&self) -> Vec<Vec<String>> {
-        self.lock().sessions.clone()
+        self.server.sessions()
     }
 
     /// Every command line received, all connections.
     pub fn transcript(&self) -> Vec<String> {
-        self.lock().sessions.concat()
+        self.server.transcript()
     }
 
     /// A snapshot of a folder (messages with UIDs, flags and data).
@@ -395,18 +371,6 @@ impl FakeImap {
     pub fn change_uidvalidity(&self) {
         self.lock().change_uidvalidity();
     }
-}
-
-impl Drop for FakeImap {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; a hanging session notices `stop` by itself.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A command was answered (`Go`) or the session is over (`End`).
@@ -644,31 +608,20 @@ fn section(data: &[u8], section: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-struct Session {
-    reader: BufReader<TcpStream>,
-    out: TcpStream,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
+struct Session<'c> {
+    conn: &'c mut Connection<Shared>,
     faults: Vec<Fault>,
     caps: Vec<String>,
     password: String,
-    index: usize,
     authed: bool,
     /// The selected folder and whether it is read-only (EXAMINE).
     selected: Option<(String, bool)>,
     fetches: usize,
 }
 
-impl Session {
-    fn new(
-        conn: TcpStream,
-        script: &Script,
-        faults: Vec<Fault>,
-        shared: Arc<Mutex<Shared>>,
-        stop: Arc<AtomicBool>,
-    ) -> io::Result<Session> {
-        conn.set_nodelay(true)?;
-        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+impl<'c> Session<'c> {
+    fn new(conn: &'c mut Connection<Shared>, script: &Script) -> Session<'c> {
+        let faults = script.faults.for_connection(conn.index);
         let removed = |name: &str| match name {
             "UIDPLUS" => faults.contains(&Fault::NoUidplus),
             "MOVE" => faults.contains(&Fault::NoMove),
@@ -677,28 +630,19 @@ impl Session {
             _ => false,
         };
         let caps = script.capabilities.iter().filter(|c| !removed(c)).cloned();
-        let index = {
-            let mut shared = lock(&shared);
-            shared.sessions.push(Vec::new());
-            shared.sessions.len() - 1
-        };
-        Ok(Session {
-            reader: BufReader::new(conn.try_clone()?),
-            out: conn,
-            shared,
-            stop,
+        Session {
+            conn,
             caps: caps.collect(),
             faults,
             password: script.password.clone(),
-            index,
             authed: false,
             selected: None,
             fetches: 0,
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.shared)
+        self.conn.state()
     }
 
     fn has_cap(&self, cap: &str) -> bool {
@@ -706,13 +650,13 @@ impl Session {
     }
 
     fn send(&mut self, text: &str) -> io::Result<Flow> {
-        self.out.write_all(text.as_bytes())?;
+        self.conn.send(text)?;
         Ok(Flow::Go)
     }
 
     /// Sends prepared output, then does what `then` says.
     fn finish(&mut self, out: &[u8], then: Then) -> io::Result<Flow> {
-        self.out.write_all(out)?;
+        self.conn.out.write_all(out)?;
         match then {
             Then::Go => Ok(Flow::Go),
             Then::Cut => self.cut(),
@@ -725,27 +669,30 @@ impl Session {
 
     /// Stops answering; reads (and ignores) until the client goes away.
     fn hang(&mut self) -> io::Result<Flow> {
-        super::hang(&mut self.reader, &self.out, &self.stop)?;
+        self.conn.hang()?;
         Ok(Flow::End)
     }
 
     /// Closes our side cleanly (everything sent arrives, then EOF).
     fn cut(&mut self) -> io::Result<Flow> {
-        self.out.flush()?;
-        self.out.shutdown(Shutdown::Write)?;
-        self.hang()
+        self.conn.cut()?;
+        Ok(Flow::End)
     }
 
     /// Reads and records one line; `None` at end of stream.
     fn read_line(&mut self) -> io::Result<Option<String>> {
         let mut raw = Vec::new();
-        if (&mut self.reader).take(65536).read_until(b'\n', &mut raw)? == 0 {
+        if (&mut self.conn.reader)
+            .take(65536)
+            .read_until(b'\n', &mut raw)?
+            == 0
+        {
             return Ok(None);
         }
         let line = String::from_utf8_lossy(&raw)
             .trim_end_matches(['\r', '\n'])
             .to_owned();
-        self.lock().sessions[self.index].push(line.clone());
+        self.conn.record(&line);
         Ok(Some(line))
     }
 

@@ -1,8 +1,7 @@
 //! A scriptable fake POP3 server for fault-injection tests (std only).
 //!
-//! It listens on 127.0.0.1 on a free port and serves one connection at a
-//! time from a background thread, for as many sequential connections as the
-//! test makes. The maildrop is shared by all connections: deletions take
+//! It serves one connection at a time (see [`crate::fake_server`]), for as
+//! many sequential connections as the test makes. The maildrop is shared by all connections: deletions take
 //! effect on QUIT, as on a real server, so a session that is cut or killed
 //! deletes nothing.
 //!
@@ -15,12 +14,12 @@
 //! Faults ([`Fault`]) make it misbehave, on every connection or only on the
 //! first one ([`Script::first_only`]), so a second run sees a healthy server.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::{self, BufRead, Read, Write};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::Duration;
+
+use crate::fake_server::{Connection, FakeServer, Faults, Serving};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret";
@@ -86,9 +85,7 @@ pub struct Script {
     /// Put an APOP timestamp in the greeting (APOP digests are not checked).
     pub apop: bool,
     pub password: String,
-    pub faults: Vec<Fault>,
-    /// Faults apply to the first connection only.
-    pub first_connection_only: bool,
+    pub faults: Faults<Fault>,
 }
 
 impl Default for Script {
@@ -99,20 +96,19 @@ impl Default for Script {
                 .to_vec(),
             apop: false,
             password: PASSWORD.to_owned(),
-            faults: Vec::new(),
-            first_connection_only: false,
+            faults: Faults::default(),
         }
     }
 }
 
 impl Script {
     pub fn fault(mut self, fault: Fault) -> Script {
-        self.faults.push(fault);
+        self.faults.list.push(fault);
         self
     }
 
     pub fn first_only(mut self) -> Script {
-        self.first_connection_only = true;
+        self.faults.first_connection_only = true;
         self
     }
 }
@@ -121,63 +117,43 @@ impl Script {
 struct Shared {
     mailbox: Vec<Message>,
     deleted: Vec<String>,
-    sessions: Vec<Vec<String>>,
     overlaps: Vec<String>,
     stalled: bool,
 }
 
 /// The running server; stops accepting when dropped.
 pub struct FakePop3 {
-    addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
+    server: FakeServer<Shared>,
 }
 
 impl FakePop3 {
     pub fn start(messages: Vec<Message>, script: Script) -> FakePop3 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Mutex::new(Shared {
+        let shared = Shared {
             mailbox: messages,
             ..Shared::default()
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared2, stop2) = (shared.clone(), stop.clone());
-        thread::spawn(move || {
-            for (index, conn) in listener.incoming().enumerate() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let faults = if script.first_connection_only && index > 0 {
-                    Vec::new()
-                } else {
-                    script.faults.clone()
-                };
-                // Errors (the client went away) just end the session.
-                let _ = Session::new(conn, &script, faults, shared2.clone(), stop2.clone())
-                    .and_then(|mut s| s.run());
-            }
+        };
+        let server = FakeServer::start(shared, Serving::OneAtATime, move |conn| {
+            Session::new(conn, &script).run()
         });
-        FakePop3 { addr, shared, stop }
+        FakePop3 { server }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.state()
     }
 
     /// The command lines received, one list per connection.
     pub fn sessions(&self) -> Vec<Vec<String>> {
-        self.lock().sessions.clone()
+        self.server.sessions()
     }
 
     /// Every command line received, all connections.
     pub fn transcript(&self) -> Vec<String> {
-        self.lock().sessions.concat()
+        self.server.transcript()
     }
 
     /// UIDs removed by a QUIT, in order.
@@ -212,45 +188,26 @@ impl FakePop3 {
     }
 }
 
-impl Drop for FakePop3 {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; a hanging session notices `stop` by itself.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
 /// A command was answered (`Go`) or the session is over (`End`).
 enum Flow {
     Go,
     End,
 }
 
-struct Session {
-    reader: BufReader<TcpStream>,
-    out: TcpStream,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
+struct Session<'c> {
+    conn: &'c mut Connection<Shared>,
     faults: Vec<Fault>,
     capa: Vec<String>,
     apop: bool,
     password: String,
-    index: usize,
     user: Option<String>,
     /// The maildrop as of login, and which of its messages are marked deleted.
     drop: Option<Vec<(Message, bool)>>,
 }
 
-impl Session {
-    fn new(
-        conn: TcpStream,
-        script: &Script,
-        faults: Vec<Fault>,
-        shared: Arc<Mutex<Shared>>,
-        stop: Arc<AtomicBool>,
-    ) -> io::Result<Session> {
-        conn.set_nodelay(true)?;
-        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+impl<'c> Session<'c> {
+    fn new(conn: &'c mut Connection<Shared>, script: &Script) -> Session<'c> {
+        let faults = script.faults.for_connection(conn.index);
         let removed = |name: &str| match name {
             "UIDL" => faults.contains(&Fault::NoUidl),
             "PIPELINING" => faults.contains(&Fault::NoPipelining),
@@ -263,24 +220,15 @@ impl Session {
             .filter(|c| !removed(c))
             .cloned()
             .collect();
-        let index = {
-            let mut shared = shared.lock().unwrap();
-            shared.sessions.push(Vec::new());
-            shared.sessions.len() - 1
-        };
-        Ok(Session {
-            reader: BufReader::new(conn.try_clone()?),
-            out: conn,
-            shared,
-            stop,
+        Session {
+            conn,
             faults,
             capa,
             apop: script.apop,
             password: script.password.clone(),
-            index,
             user: None,
             drop: None,
-        })
+        }
     }
 
     fn has(&self, fault: &Fault) -> bool {
@@ -288,37 +236,24 @@ impl Session {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.conn.state()
     }
 
     fn send(&mut self, text: &str) -> io::Result<Flow> {
-        self.out.write_all(text.as_bytes())?;
+        self.conn.send(text)?;
         Ok(Flow::Go)
-    }
-
-    /// Whether client bytes are already waiting (buffered or in the socket).
-    fn more_waiting(&self) -> bool {
-        if !self.reader.buffer().is_empty() {
-            return true;
-        }
-        let socket = self.reader.get_ref();
-        let _ = socket.set_nonblocking(true);
-        let waiting = matches!(socket.peek(&mut [0]), Ok(n) if n > 0);
-        let _ = socket.set_nonblocking(false);
-        waiting
     }
 
     /// Stops answering; reads (and ignores) until the client goes away.
     fn hang(&mut self) -> io::Result<Flow> {
-        super::hang(&mut self.reader, &self.out, &self.stop)?;
+        self.conn.hang()?;
         Ok(Flow::End)
     }
 
     /// Closes our side cleanly (everything sent arrives, then EOF).
     fn cut(&mut self) -> io::Result<Flow> {
-        self.out.flush()?;
-        self.out.shutdown(Shutdown::Write)?;
-        self.hang()
+        self.conn.cut()?;
+        Ok(Flow::End)
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -335,19 +270,20 @@ impl Session {
         self.send(&format!("+OK fake POP3 ready{stamp}\r\n"))?;
         loop {
             let mut raw = Vec::new();
-            if (&mut self.reader).take(4096).read_until(b'\n', &mut raw)? == 0 {
+            if (&mut self.conn.reader)
+                .take(4096)
+                .read_until(b'\n', &mut raw)?
+                == 0
+            {
                 return Ok(());
             }
             let line = String::from_utf8_lossy(&raw)
                 .trim_end_matches(['\r', '\n'])
                 .to_owned();
-            let waiting = self.more_waiting();
-            {
-                let mut shared = self.lock();
-                shared.sessions[self.index].push(line.clone());
-                if waiting {
-                    shared.overlaps.push(line.clone());
-                }
+            let waiting = self.conn.more_waiting();
+            self.conn.record(&line);
+            if waiting {
+                self.lock().overlaps.push(line.clone());
             }
             if let Flow::End = self.command(&line)? {
                 return Ok(());
@@ -400,7 +336,7 @@ impl Session {
                 });
                 if let Some(len) = long {
                     self.send("+OK\r\n1 ")?;
-                    self.out.write_all(&vec![b'x'; len])?;
+                    self.conn.out.write_all(&vec![b'x'; len])?;
                     return self.hang();
                 }
                 let garbage = self.has(&Fault::GarbageUidlLine);
@@ -497,16 +433,16 @@ impl Session {
             _ => None,
         });
         if let Some(after) = cut {
-            self.out.write_all(&wire[..after.min(wire.len())])?;
+            self.conn.out.write_all(&wire[..after.min(wire.len())])?;
             return self.cut();
         }
-        self.out.write_all(&wire)?;
+        self.conn.out.write_all(&wire)?;
         if !self.capa.iter().any(|c| c == "PIPELINING") {
             // Give a client that does not wait for the end of the reply
             // time to show it.
             thread::sleep(Duration::from_millis(20));
         }
-        if self.more_waiting() {
+        if self.conn.more_waiting() {
             self.lock()
                 .overlaps
                 .push(format!("{line} (before its end)"));

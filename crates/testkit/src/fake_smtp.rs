@@ -1,7 +1,7 @@
 //! A scriptable fake SMTP/LMTP server for fault-injection tests (std only).
 //!
-//! It listens on 127.0.0.1 on a free port and serves each connection on a
-//! thread of its own (a sink's idle session and a bounce's session may be
+//! It serves each connection on a thread of its own (see
+//! [`crate::fake_server`]) (a sink's idle session and a bounce's session may be
 //! open at once). Transactions are numbered from 0 across all connections,
 //! in the order their MAIL commands arrive, so a fault can hit one message
 //! only ([`Script::fault_on`]).
@@ -13,15 +13,16 @@
 //! arrived while an earlier one was still unanswered, which is a violation
 //! when PIPELINING is not announced.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::{self, BufRead, Read};
+use std::net::Shutdown;
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::fake_server::{Connection, FakeServer, Serving};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret";
@@ -141,7 +142,6 @@ pub struct Accepted {
 
 #[derive(Default)]
 struct Shared {
-    sessions: Vec<Vec<String>>,
     accepted: Vec<Accepted>,
     overlaps: Vec<String>,
     transactions: usize,
@@ -152,56 +152,34 @@ struct Shared {
 
 /// The running server; stops accepting when dropped.
 pub struct FakeSmtp {
-    addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
+    server: FakeServer<Shared>,
 }
 
 impl FakeSmtp {
     pub fn start(script: Script) -> FakeSmtp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared2, stop2) = (shared.clone(), stop.clone());
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (script, shared) = (script.clone(), shared2.clone());
-                let index = {
-                    let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    shared.sessions.push(Vec::new());
-                    shared.sessions.len() - 1
-                };
-                thread::spawn(move || {
-                    // Errors (the client went away) just end the session.
-                    let _ = Session::new(conn, script, shared, index).and_then(|mut s| s.run());
-                });
-            }
+        let server = FakeServer::start(Shared::default(), Serving::Concurrently, move |conn| {
+            Session::new(conn, script.clone()).run()
         });
-        FakeSmtp { addr, shared, stop }
+        FakeSmtp { server }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.state()
     }
 
     /// The command lines received (not message data), one list per
     /// connection.
     pub fn sessions(&self) -> Vec<Vec<String>> {
-        self.lock().sessions.clone()
+        self.server.sessions()
     }
 
     /// Every command line received, all connections.
     pub fn transcript(&self) -> Vec<String> {
-        self.lock().sessions.concat()
+        self.server.transcript()
     }
 
     pub fn accepted(&self) -> Vec<Accepted> {
@@ -232,19 +210,9 @@ impl FakeSmtp {
     }
 }
 
-impl Drop for FakeSmtp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-struct Session {
-    reader: BufReader<TcpStream>,
-    out: TcpStream,
+struct Session<'c> {
+    conn: &'c mut Connection<Shared>,
     script: Script,
-    shared: Arc<Mutex<Shared>>,
-    index: usize,
     authenticated: bool,
     transaction: Option<usize>,
     from: Option<(String, String)>,
@@ -256,30 +224,20 @@ enum Flow {
     End,
 }
 
-impl Session {
-    fn new(
-        conn: TcpStream,
-        script: Script,
-        shared: Arc<Mutex<Shared>>,
-        index: usize,
-    ) -> io::Result<Session> {
-        conn.set_nodelay(true)?;
-        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Session {
-            reader: BufReader::new(conn.try_clone()?),
-            out: conn,
+impl<'c> Session<'c> {
+    fn new(conn: &'c mut Connection<Shared>, script: Script) -> Session<'c> {
+        Session {
+            conn,
             script,
-            shared,
-            index,
             authenticated: false,
             transaction: None,
             from: None,
             recipients: Vec::new(),
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.conn.state()
     }
 
     fn session_fault(&self, fault: &Fault) -> bool {
@@ -297,12 +255,12 @@ impl Session {
     }
 
     fn send(&mut self, text: &str) -> io::Result<()> {
-        self.out.write_all(text.as_bytes())
+        self.conn.send(text)
     }
 
     fn read_line(&mut self) -> io::Result<Option<String>> {
         let mut line = Vec::new();
-        if self.reader.read_until(b'\n', &mut line)? == 0 {
+        if self.conn.reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(None);
         }
         let text = String::from_utf8_lossy(&line)
@@ -314,8 +272,8 @@ impl Session {
     fn run(&mut self) -> io::Result<()> {
         self.send("220 fake.example ESMTP ready\r\n")?;
         while let Some(line) = self.read_line()? {
-            self.lock().sessions[self.index].push(line.clone());
-            if !self.reader.buffer().is_empty() && !self.pipelining() {
+            self.conn.record(&line);
+            if !self.conn.reader.buffer().is_empty() && !self.pipelining() {
                 self.lock().overlaps.push(line.clone());
             }
             if let Flow::End = self.command(&line)? {
@@ -372,7 +330,7 @@ impl Session {
                     self.send("220 2.0.0 go ahead\r\n250 injected\r\n")?;
                     // No TLS here: wait for the client to give up.
                     let mut buf = [0; 1024];
-                    while self.reader.read(&mut buf)? > 0 {}
+                    while self.conn.reader.read(&mut buf)? > 0 {}
                     return Ok(Flow::End);
                 }
                 self.send("454 4.7.0 TLS not available\r\n")?;
@@ -502,7 +460,7 @@ impl Session {
         let mut data = Vec::new();
         loop {
             let mut line = Vec::new();
-            if self.reader.read_until(b'\n', &mut line)? == 0 {
+            if self.conn.reader.read_until(b'\n', &mut line)? == 0 {
                 self.lock().cut += 1;
                 return Ok(Flow::End);
             }
@@ -518,12 +476,12 @@ impl Session {
                     self.send(&format!("{reply}\r\n"))?;
                 }
                 self.lock().cut += 1;
-                let _ = self.out.shutdown(Shutdown::Both);
+                let _ = self.conn.out.shutdown(Shutdown::Both);
                 return Ok(Flow::End);
             }
         }
         if faults.contains(&Fault::DropAfterDot) {
-            let _ = self.out.shutdown(Shutdown::Both);
+            let _ = self.conn.out.shutdown(Shutdown::Both);
             return Ok(Flow::End);
         }
         let replies: Vec<String> = if let Some(Fault::LmtpReplies(replies)) =
@@ -566,7 +524,7 @@ impl Session {
         self.recipients.clear();
         if faults.contains(&Fault::CloseAfterTransaction) {
             self.send("421 4.4.2 idle timeout\r\n")?;
-            let _ = self.out.shutdown(Shutdown::Both);
+            let _ = self.conn.out.shutdown(Shutdown::Both);
             return Ok(Flow::End);
         }
         Ok(Flow::Go)

@@ -1,21 +1,18 @@
 //! What mailfetch's integration tests, its demo and its benchmark share:
-//! fake POP3, IMAP and SMTP servers,
+//! fake POP3, IMAP and SMTP servers on one harness ([`fake_server`]),
 //! private Dovecot and Postfix instances ([`dovecot`], [`postfix`]), and
 //! the one way to run the `mailfetch` binary ([`run`]).
 pub mod dovecot;
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod fake_server;
 pub mod fake_smtp;
 pub mod postfix;
 pub mod run;
 
 use std::fs;
-use std::io::{self, Read};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// Looks for a program on PATH and in the sbin directories (which an
 /// unprivileged user's PATH often lacks).
@@ -30,28 +27,4 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
-}
-
-/// For the fake servers: stops answering and reads (ignoring it) whatever
-/// the client sends until it goes away or the server is stopped.
-pub fn hang(reader: &mut impl Read, socket: &TcpStream, stop: &AtomicBool) -> io::Result<()> {
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut buf = [0; 4096];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-            }
-            Err(_) => return Ok(()),
-        }
-    }
 }

@@ -1,16 +1,14 @@
 //! The IMAP APPEND sink against a scripted server: synchronizing literals,
 //! APPENDLIMIT, and each kind of refusal or fault.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 
 use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
 use mailfetch::error::Kind;
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
+use testkit::fake_server::{Connection, FakeServer, Serving};
 
 /// How the server answers one APPEND.
 #[derive(Clone, Debug)]
@@ -23,71 +21,57 @@ enum Answer {
     Hangup,
 }
 
-#[derive(Default)]
+/// What the server shares across connections.
 struct Log {
-    /// Every command line, per connection.
-    sessions: Vec<Vec<String>>,
+    /// The answers still to give, in order across connections.
+    answers: std::vec::IntoIter<Answer>,
     /// The literals received in full.
     messages: Vec<Vec<u8>>,
 }
 
+/// A fake IMAP server that knows only LOGIN, CREATE, APPEND and LOGOUT,
+/// on the shared fake-server harness: the full fake IMAP server has no
+/// APPEND, and these tests script each APPEND's answer.
 struct Server {
+    server: FakeServer<Log>,
     port: u16,
-    log: Arc<Mutex<Log>>,
 }
 
 impl Server {
     /// Serves connections one after another; `caps` are announced after
     /// login; `answers` are used in order across connections.
     fn start(caps: &'static str, answers: Vec<Answer>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log = Arc::new(Mutex::new(Log::default()));
-        let answers = Arc::new(Mutex::new(answers.into_iter()));
-        let shared = log.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                shared.lock().unwrap().sessions.push(Vec::new());
-                let _ = serve(stream, caps, &answers, &shared);
-            }
-        });
-        Server { port, log }
+        let log = Log {
+            answers: answers.into_iter(),
+            messages: Vec::new(),
+        };
+        let server = FakeServer::start(log, Serving::OneAtATime, move |conn| serve(conn, caps));
+        let port = server.port();
+        Server { server, port }
     }
 
     fn lines(&self) -> Vec<Vec<String>> {
-        self.log.lock().unwrap().sessions.clone()
+        self.server.sessions()
     }
 
     fn messages(&self) -> Vec<Vec<u8>> {
-        self.log.lock().unwrap().messages.clone()
+        self.server.state().messages.clone()
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    caps: &str,
-    answers: &Mutex<std::vec::IntoIter<Answer>>,
-    log: &Mutex<Log>,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    out.write_all(b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n")?;
+fn serve(conn: &mut Connection<Log>, caps: &str) -> std::io::Result<()> {
+    conn.out
+        .write_all(b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n")?;
     loop {
         let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
+        if conn.reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
         let line = line.trim_end().to_owned();
-        log.lock()
-            .unwrap()
-            .sessions
-            .last_mut()
-            .unwrap()
-            .push(line.clone());
+        conn.record(&line);
         let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
         let verb = rest.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let out = &mut conn.out;
         match verb.as_str() {
             "LOGIN" => write!(out, "{tag} OK [CAPABILITY IMAP4rev1 {caps}] in\r\n")?,
             "CREATE" => write!(out, "{tag} OK created\r\n")?,
@@ -100,27 +84,27 @@ fn serve(
                 let size = &line[open + 1..line.len() - 1];
                 let sync = !size.ends_with('+');
                 let size: usize = size.trim_end_matches('+').parse().unwrap();
-                let answer = answers.lock().unwrap().next().expect("an answer");
+                let answer = conn.state().answers.next().expect("an answer");
                 if let Answer::Refuse(completion) = answer {
                     assert!(sync, "refusing a non-synchronizing literal");
-                    write!(out, "{tag} {completion}\r\n")?;
+                    write!(conn.out, "{tag} {completion}\r\n")?;
                     continue;
                 }
                 if sync {
-                    out.write_all(b"+ go ahead\r\n")?;
+                    conn.out.write_all(b"+ go ahead\r\n")?;
                 }
                 let mut message = vec![0; size];
                 if let Answer::Hangup = answer {
-                    input.read_exact(&mut message[..size / 2])?;
+                    conn.reader.read_exact(&mut message[..size / 2])?;
                     return Ok(());
                 }
-                input.read_exact(&mut message)?;
+                conn.reader.read_exact(&mut message)?;
                 let mut end = [0; 2];
-                input.read_exact(&mut end)?;
+                conn.reader.read_exact(&mut end)?;
                 assert_eq!(&end, b"\r\n");
-                log.lock().unwrap().messages.push(message);
+                conn.state().messages.push(message);
                 if let Answer::After(completion) = answer {
-                    write!(out, "{tag} {completion}\r\n")?;
+                    write!(conn.out, "{tag} {completion}\r\n")?;
                 }
             }
             _ => write!(out, "{tag} BAD unexpected\r\n")?,

@@ -18,144 +18,24 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::fake_imap::{FakeImap, Fault, Folder, Message, PASSWORD, Script};
-use testkit::run::{Scratch, files_in, without_received};
+use testkit::run::{Case, files_in, without_received};
 
-/// How long any single mailfetch run may take before the test fails.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-// ---- running mailfetch -------------------------------------------------------
-
-/// A fresh temp dir with a (chmod 600) config pointing at a server.
-struct Case {
-    scratch: Scratch,
-    settings: Vec<(&'static str, String)>,
+/// What these tests read from a [`Case`] against the fake IMAP server.
+trait ImapCase {
+    fn new(port: u16) -> Case;
+    fn delivered(&self) -> Vec<String>;
+    fn assert_no_partial(&self, candidates: &[Message]);
 }
 
-struct Outcome {
-    /// `None` if killed by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-    /// The peak resident set size of the mailfetch process, in KiB.
-    max_rss_kib: i64,
-}
-
-impl std::fmt::Debug for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?} after {:.1} s ({} KiB max RSS)\n--- stdout\n{}--- stderr\n{}",
-            self.code,
-            self.elapsed.as_secs_f64(),
-            self.max_rss_kib,
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-impl Case {
+impl ImapCase for Case {
     fn new(port: u16) -> Case {
-        let scratch = Scratch::new();
-        let maildir = scratch.maildir();
-        let settings = vec![
-            ("name", "\"fake\"".to_owned()),
-            ("protocol", "\"imap\"".to_owned()),
-            ("host", "\"127.0.0.1\"".to_owned()),
-            ("port", port.to_string()),
-            ("tls", "\"none\"".to_owned()),
-            ("username", "\"alice\"".to_owned()),
-            ("password", format!("\"{PASSWORD}\"")),
-            ("auth", "\"user\"".to_owned()),
-            ("keep", "false".to_owned()),
-            ("timeout", "\"2s\"".to_owned()),
-            ("deliver", format!("\"maildir:{}\"", maildir.display())),
-        ];
-        Case { scratch, settings }
-    }
-
-    /// Sets an account key to a TOML value.
-    fn set(mut self, key: &'static str, value: &str) -> Case {
-        match self.settings.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value.to_owned(),
-            None => self.settings.push((key, value.to_owned())),
-        }
-        self
-    }
-
-    fn maildir(&self) -> PathBuf {
-        self.scratch.maildir()
-    }
-
-    // The child is reaped by wait4 (clippy only knows Child::wait).
-    #[allow(clippy::zombie_processes)]
-    fn run_with(&self, args: &[&str]) -> Outcome {
-        let mut account = "[[account]]\n".to_owned();
-        for (key, value) in &self.settings {
-            account.push_str(&format!("{key} = {value}\n"));
-        }
-        let config = self.scratch.write_config(&account);
-        let started = Instant::now();
-        let mut child = Command::new(testkit::run::mailfetch_binary())
-            .arg("-c")
-            .arg(config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pipe = |mut r: Box<dyn Read + Send>| {
-            thread::spawn(move || {
-                let mut text = String::new();
-                let _ = r.read_to_string(&mut text);
-                text
-            })
-        };
-        let stdout = pipe(Box::new(child.stdout.take().unwrap()));
-        let stderr = pipe(Box::new(child.stderr.take().unwrap()));
-        // wait4 rather than Child::wait, for the child's own peak memory.
-        let pid = child.id() as libc::pid_t;
-        let (status, usage) = loop {
-            let mut status = 0;
-            // SAFETY: rusage is plain data; wait4 only writes into it.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: pid is our own unreaped child; the pointers are valid.
-            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            assert!(reaped >= 0, "wait4: {}", io::Error::last_os_error());
-            if reaped == pid {
-                break (status, usage);
-            }
-            if started.elapsed() > RUN_LIMIT {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!(
-                    "mailfetch ran for more than {RUN_LIMIT:?}:\n{}",
-                    stderr.join().unwrap()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        Outcome {
-            code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-            elapsed: started.elapsed(),
-            max_rss_kib: usage.ru_maxrss,
-            stdout: stdout.join().unwrap(),
-            stderr: stderr.join().unwrap(),
-        }
-    }
-
-    fn run(&self) -> Outcome {
-        self.run_with(&[])
+        Case::account("imap", port, PASSWORD, "2s")
     }
 
     /// Contents of `new/`, with the prepended `Received:` header checked and

@@ -6,148 +6,29 @@
 //! next run does.
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use testkit::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
+use testkit::run::{Case, Outcome, RUN_LIMIT, files_in};
 
-/// How long any single mailfetch run may take before the test fails.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// A fresh temp dir with a config pointing at the fake server.
-struct Case {
-    dir: tempfile::TempDir,
-    settings: Vec<(&'static str, String)>,
+/// What these tests read from a [`Case`] against the fake POP3 server.
+trait Pop3Case {
+    fn new(server: &FakePop3) -> Case;
+    fn delivered(&self) -> Vec<Vec<u8>>;
+    fn tmp_files(&self) -> Vec<PathBuf>;
 }
 
-struct Outcome {
-    /// `None` if killed by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl std::fmt::Debug for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?} after {:.1} s\n--- stdout\n{}--- stderr\n{}",
-            self.code,
-            self.elapsed.as_secs_f64(),
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-impl Case {
+impl Pop3Case for Case {
     fn new(server: &FakePop3) -> Case {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = vec![
-            ("name", "\"fake\"".to_owned()),
-            ("protocol", "\"pop3\"".to_owned()),
-            ("host", "\"127.0.0.1\"".to_owned()),
-            ("port", server.port().to_string()),
-            ("tls", "\"none\"".to_owned()),
-            ("username", "\"alice\"".to_owned()),
-            ("password", format!("\"{PASSWORD}\"")),
-            ("auth", "\"user\"".to_owned()),
-            ("keep", "false".to_owned()),
-            ("timeout", "\"10s\"".to_owned()),
-            (
-                "deliver",
-                format!("\"maildir:{}\"", dir.path().join("Maildir").display()),
-            ),
-        ];
-        Case { dir, settings }
-    }
-
-    /// Sets an account key to a TOML value.
-    fn set(mut self, key: &'static str, value: &str) -> Case {
-        match self.settings.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value.to_owned(),
-            None => self.settings.push((key, value.to_owned())),
-        }
-        self
-    }
-
-    fn maildir(&self) -> PathBuf {
-        self.dir.path().join("Maildir")
-    }
-
-    fn config(&self) -> PathBuf {
-        let mut text = format!(
-            "[general]\nstate_dir = \"{}\"\n\n[[account]]\n",
-            self.dir.path().join("state").display()
-        );
-        for (key, value) in &self.settings {
-            text.push_str(&format!("{key} = {value}\n"));
-        }
-        let path = self.dir.path().join("fetchrc");
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        Command::new(testkit::run::mailfetch_binary())
-            .arg("-c")
-            .arg(self.config())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn run_with(&self, args: &[&str]) -> Outcome {
-        let started = Instant::now();
-        let mut child = self.spawn(args);
-        let pipe = |mut r: Box<dyn Read + Send>| {
-            thread::spawn(move || {
-                let mut text = String::new();
-                let _ = r.read_to_string(&mut text);
-                text
-            })
-        };
-        let stdout = pipe(Box::new(child.stdout.take().unwrap()));
-        let stderr = pipe(Box::new(child.stderr.take().unwrap()));
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > RUN_LIMIT {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!(
-                    "mailfetch ran for more than {RUN_LIMIT:?}:\n{}",
-                    stderr.join().unwrap()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        Outcome {
-            code: status.code(),
-            elapsed: started.elapsed(),
-            stdout: stdout.join().unwrap(),
-            stderr: stderr.join().unwrap(),
-        }
-    }
-
-    fn run(&self) -> Outcome {
-        self.run_with(&[])
+        Case::account("pop3", server.port(), PASSWORD, "10s")
     }
 
     /// Contents of `new/`, with the prepended `Received:` header checked and
     /// removed, sorted.
     fn delivered(&self) -> Vec<Vec<u8>> {
-        let mut all: Vec<Vec<u8>> = files(&self.maildir().join("new"))
+        let mut all: Vec<Vec<u8>> = files_in(&self.maildir().join("new"))
             .iter()
             .map(|path| strip_received(&fs::read(path).unwrap(), path))
             .collect();
@@ -156,14 +37,7 @@ impl Case {
     }
 
     fn tmp_files(&self) -> Vec<PathBuf> {
-        files(&self.maildir().join("tmp"))
-    }
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    match fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-        Err(_) => Vec::new(),
+        files_in(&self.maildir().join("tmp"))
     }
 }
 
@@ -615,7 +489,7 @@ fn sigkill_then_rerun(mail: &[Message], stall: usize, published: usize) -> (Fake
     }
     // The earlier messages are on the wire; give mailfetch time to take them in.
     thread::sleep(Duration::from_millis(500));
-    while files(&case.maildir().join("new")).len() < published {
+    while files_in(&case.maildir().join("new")).len() < published {
         assert!(
             started.elapsed() < RUN_LIMIT,
             "mailfetch never published {published} messages"
@@ -626,7 +500,7 @@ fn sigkill_then_rerun(mail: &[Message], stall: usize, published: usize) -> (Fake
     child.wait().unwrap();
     assert!(server.deleted().is_empty());
     let all = expected(&mail.iter().collect::<Vec<_>>());
-    for file in files(&case.maildir().join("new")) {
+    for file in files_in(&case.maildir().join("new")) {
         let content = strip_received(&fs::read(&file).unwrap(), &file);
         assert!(all.contains(&content), "truncated: {}", file.display());
     }
@@ -716,7 +590,7 @@ fn a_crash_loop_leaves_only_the_last_runs_files() {
         thread::sleep(Duration::from_millis(seed >> 56));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        for file in files(&tmp) {
+        for file in files_in(&tmp) {
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
                 name.contains(&format!("P{pid}Q")),
@@ -729,8 +603,8 @@ fn a_crash_loop_leaves_only_the_last_runs_files() {
     }
     let run = case.run();
     assert!(matches!(run.code, Some(0 | 1)), "{run:?}");
-    assert!(files(&tmp).is_empty(), "{:?}", files(&tmp));
-    for file in files(&case.maildir().join("new")) {
+    assert!(files_in(&tmp).is_empty(), "{:?}", files_in(&tmp));
+    for file in files_in(&case.maildir().join("new")) {
         let content = strip_received(&fs::read(&file).unwrap(), &file);
         assert!(
             mail.iter().any(|m| local(m) == content),

@@ -28,7 +28,7 @@ use testkit::run::{Case, files_in, without_received};
 
 /// What these tests read from a [`Case`] against the fake IMAP server.
 trait ImapCase {
-    fn new(port: u16) -> Case;
+    fn new(port: u16) -> Self;
     fn delivered(&self) -> Vec<String>;
     fn assert_no_partial(&self, candidates: &[Message]);
 }

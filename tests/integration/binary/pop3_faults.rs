@@ -15,7 +15,7 @@ use testkit::run::{Case, Outcome, RUN_LIMIT, files_in};
 
 /// What these tests read from a [`Case`] against the fake POP3 server.
 trait Pop3Case {
-    fn new(server: &FakePop3) -> Case;
+    fn new(server: &FakePop3) -> Self;
     fn delivered(&self) -> Vec<Vec<u8>>;
     fn tmp_files(&self) -> Vec<PathBuf>;
 }

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::find_binary;
+use crate::host::{
+    find_binary, fingerprint, fresh_dir, openssl, skip_unless_ci, start_with_retries,
+};
 
 /// Printed (to stderr) when Dovecot is not installed and we are not in CI.
 pub const INSTALL_HINT: &str =
@@ -74,40 +76,22 @@ impl Dovecot {
 
     fn start_in_opt(parent: Option<&Path>) -> Option<Dovecot> {
         let Some(binary) = find_binary("dovecot") else {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "dovecot is not installed, and the Dovecot integration tests are \
-                     mandatory in CI (CI is set). Install it: {INSTALL_HINT}"
-                );
-            }
-            eprintln!();
-            eprintln!("**********************************************************************");
-            eprintln!("*** SKIPPED: dovecot not installed — {INSTALL_HINT}");
-            eprintln!("**********************************************************************");
-            eprintln!();
+            skip_unless_ci(
+                &format!("dovecot not installed — {INSTALL_HINT}"),
+                "Dovecot",
+            );
             return None;
         };
         if find_binary("openssl").is_none() {
             panic!("openssl CLI not found (needed for the test CA): {INSTALL_HINT}");
         }
-        // Ports are picked by binding to port 0 and released before Dovecot
-        // binds them, so another process may grab one in between; retry.
-        let mut last_err = String::new();
-        for _ in 0..3 {
-            match Self::try_start(&binary, parent) {
-                Ok(d) => return Some(d),
-                Err(e) => last_err = e,
-            }
-        }
-        panic!("could not start a private Dovecot: {last_err}");
+        Some(start_with_retries("Dovecot", || {
+            Self::try_start(&binary, parent)
+        }))
     }
 
     fn try_start(binary: &Path, parent: Option<&Path>) -> Result<Dovecot, String> {
-        let tmp = match parent {
-            Some(p) => tempfile::Builder::new().prefix("dovecot-").tempdir_in(p),
-            None => tempfile::Builder::new().prefix("dovecot-").tempdir(),
-        }
-        .map_err(|e| format!("creating temp dir: {e}"))?;
+        let tmp = fresh_dir("dovecot-", parent)?;
         let dir = tmp.path().to_path_buf();
         // Mail and login processes run as other users when we are root.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -798,22 +782,6 @@ fn lookup_group_by_gid(gid: u32) -> Option<String> {
     })
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(find_binary("openssl").unwrap())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running openssl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Creates a throwaway CA and a server certificate for localhost and
 /// 127.0.0.1 (ECDSA P-256). Returns (ca.pem, server.pem, server.key,
 /// fingerprint).
@@ -874,23 +842,7 @@ fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, String), String>
             "server.pem",
         ],
     )?;
-    let fp = openssl(
-        &tls,
-        &[
-            "x509",
-            "-in",
-            "server.pem",
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-        ],
-    )?;
-    let hex = fp
-        .trim()
-        .rsplit('=')
-        .next()
-        .ok_or_else(|| format!("odd openssl fingerprint output {fp:?}"))?
-        .to_ascii_uppercase();
+    let fingerprint = fingerprint(&tls, "server.pem")?;
     // The key must be readable by Dovecot's config process (root, or us).
     fs::set_permissions(tls.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(&tls, fs::Permissions::from_mode(0o755)).unwrap();
@@ -898,6 +850,6 @@ fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf, String), String>
         tls.join("ca.pem"),
         tls.join("server.pem"),
         tls.join("server.key"),
-        format!("sha256:{hex}"),
+        fingerprint,
     ))
 }

@@ -55,7 +55,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::find_binary;
+use crate::host::{
+    find_binary, fingerprint, fresh_dir, openssl, skip_unless_ci, start_with_retries,
+};
 
 pub const INSTALL_HINT: &str = "DEBIAN_FRONTEND=noninteractive apt-get install postfix";
 
@@ -101,33 +103,17 @@ impl Postfix {
             _ => None,
         };
         if let Some(problem) = problem {
-            if std::env::var_os("CI").is_some() {
-                panic!("{problem}; the Postfix tests are mandatory in CI (CI is set)");
-            }
-            eprintln!();
-            eprintln!("**********************************************************************");
-            eprintln!("*** SKIPPED: {problem}");
-            eprintln!("**********************************************************************");
-            eprintln!();
+            skip_unless_ci(&problem, "Postfix");
             return None;
         }
         let binary = binary.unwrap();
-        let mut last_err = String::new();
-        for _ in 0..3 {
-            match Self::try_start(&binary, parent) {
-                Ok(postfix) => return Some(postfix),
-                Err(err) => last_err = err,
-            }
-        }
-        panic!("could not start a private Postfix: {last_err}");
+        Some(start_with_retries("Postfix", || {
+            Self::try_start(&binary, parent)
+        }))
     }
 
     fn try_start(binary: &Path, parent: Option<&Path>) -> Result<Postfix, String> {
-        let tmp = match parent {
-            Some(p) => tempfile::Builder::new().prefix("postfix-").tempdir_in(p),
-            None => tempfile::Builder::new().prefix("postfix-").tempdir(),
-        }
-        .map_err(|e| format!("creating temp dir: {e}"))?;
+        let tmp = fresh_dir("postfix-", parent)?;
         let dir = tmp.path().to_path_buf();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         for sub in ["etc", "queue", "data", "mail", "tls"] {
@@ -424,55 +410,29 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
 /// A self-signed ECDSA certificate for localhost/127.0.0.1 in `dir`;
 /// returns its SHA-256 fingerprint in mailfetch's `fingerprint` syntax.
 fn make_cert(dir: &Path) -> Result<String, String> {
-    let openssl = find_binary("openssl").ok_or("openssl CLI not found")?;
-    let run = |args: &[&str]| -> Result<String, String> {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running openssl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-nodes",
-        "-days",
-        "30",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.pem",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ])?;
-    let fp = run(&[
-        "x509",
-        "-in",
-        "cert.pem",
-        "-noout",
-        "-fingerprint",
-        "-sha256",
-    ])?;
-    let hex = fp
-        .trim()
-        .rsplit('=')
-        .next()
-        .ok_or_else(|| format!("odd openssl fingerprint output {fp:?}"))?
-        .to_ascii_uppercase();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "30",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+    )?;
+    let fingerprint = fingerprint(dir, "cert.pem")?;
     fs::set_permissions(dir.join("key.pem"), fs::Permissions::from_mode(0o600)).unwrap();
-    Ok(format!("sha256:{hex}"))
+    Ok(fingerprint)
 }

@@ -1,9 +1,10 @@
 //! A buffered connection to a server, shared by the protocol clients: line
-//! reads with a length cap, timeouts on every read and write, and the
-//! STARTTLS upgrade with its injection check.
+//! reads with a length cap, a pace every read must keep ([`Pace`]), a
+//! timeout on every write, and the STARTTLS upgrade with its injection check.
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -83,7 +84,7 @@ pub struct Wire {
     /// Unread data is `buf[start..end]`.
     start: usize,
     end: usize,
-    timeout: Duration,
+    pace: Pace,
     host: String,
 }
 
@@ -106,7 +107,7 @@ impl Wire {
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
-            timeout,
+            pace: Pace::new(timeout),
             host: host.clone(),
         };
         Ok((wire, tls))
@@ -119,7 +120,7 @@ impl Wire {
     /// Changes how long a read or write may wait; returns the old limit.
     /// IMAP IDLE waits far longer for the server than any command does.
     pub fn set_timeout(&mut self, timeout: Duration) -> Duration {
-        std::mem::replace(&mut self.timeout, timeout)
+        self.pace.set_timeout(timeout)
     }
 
     pub fn is_tls(&self) -> bool {
@@ -145,19 +146,25 @@ impl Wire {
                 format!("{}: TLS requested twice", self.host),
             ));
         };
-        let stream = net::start_tls(tcp, &self.host, tls, self.timeout).await?;
+        let stream = net::start_tls(tcp, &self.host, tls, self.pace.timeout()).await?;
         Ok(Wire { stream, ..self })
     }
 
+    /// Sends bytes; what the server sends next answers them, so its reply
+    /// gets a fresh [`Pace`] window.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let write = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
+        let timeout = self.pace.timeout();
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                self.pace.restart();
+                Ok(())
+            }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(_) => Err(self.timed_out()),
+            Err(_) => Err(Stall::Silent(timeout).into_error(&self.host)),
         }
     }
 
@@ -169,6 +176,9 @@ impl Wire {
             let unread = &self.buf[self.start..self.end];
             if let Some(pos) = memchr::memchr(b'\n', &unread[scanned..]) {
                 let line_end = scanned + pos;
+                if line_end > READ_BUFFER {
+                    return Ok(self.hand_over_line(line_end));
+                }
                 let line = unread[..line_end]
                     .strip_suffix(b"\r")
                     .unwrap_or(&unread[..line_end])
@@ -187,8 +197,10 @@ impl Wire {
                 ));
             }
             if self.end - self.start == self.buf.len() {
-                // A long line (IMAP SEARCH results) outgrows the buffer.
-                let mut bigger = vec![0; self.buf.len() * 2].into_boxed_slice();
+                // A long line (IMAP SEARCH results) outgrows the buffer, up
+                // to what the longest line needs.
+                let size = (self.buf.len() * 2).min(max.saturating_add(READ_BUFFER));
+                let mut bigger = vec![0; size].into_boxed_slice();
                 bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
                 self.end -= self.start;
                 self.start = 0;
@@ -196,6 +208,26 @@ impl Wire {
             }
             self.fill_or_eof().await?;
         }
+    }
+
+    /// Returns the long line that ends at `line_end` (unread offset) by
+    /// giving away the buffer that holds it rather than copying it: a
+    /// line of megabytes then costs its size once, not twice.
+    fn hand_over_line(&mut self, line_end: usize) -> Vec<u8> {
+        let after = self.start + line_end + 1;
+        let rest = &self.buf[after..self.end];
+        let mut fresh = vec![0; rest.len().max(READ_BUFFER)].into_boxed_slice();
+        fresh[..rest.len()].copy_from_slice(rest);
+        let (start, rest_len) = (self.start, rest.len());
+        let mut line = std::mem::replace(&mut self.buf, fresh).into_vec();
+        line.truncate(start + line_end);
+        line.drain(..start);
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+        self.start = 0;
+        self.end = rest_len;
+        line
     }
 
     /// The unread bytes, for decoding in place.
@@ -222,14 +254,17 @@ impl Wire {
             self.end -= self.start;
             self.start = 0;
         }
-        match tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[self.end..])).await
+        match self
+            .pace
+            .read(self.stream.read(&mut self.buf[self.end..]))
+            .await
         {
             Ok(Ok(read)) => {
                 self.end += read;
                 Ok(read)
             }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(_) => Err(self.timed_out()),
+            Err(stall) => Err(stall.into_error(&self.host)),
         }
     }
 
@@ -250,15 +285,160 @@ impl Wire {
             format!("{}: connection lost: {err}", self.host),
         )
     }
+}
 
-    fn timed_out(&self) -> Error {
-        Error::new(
-            Kind::Server,
-            format!(
-                "{}: no answer from the server for {} s",
-                self.host,
-                self.timeout.as_secs()
+/// The least a peer must send per `timeout` spent waiting for it. Per-read
+/// timeouts alone let a peer that trickles a byte a second hold a poll (and
+/// its `max_connections` permit) forever; any real server, even over a slow
+/// link, sends far more than this while it answers.
+pub const MIN_PROGRESS: u64 = 1024;
+
+/// Why a peer was given up on while we waited for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Nothing arrived for a whole `timeout`.
+    Silent(Duration),
+    /// Less than [`MIN_PROGRESS`] bytes arrived in a `timeout` of waiting.
+    Trickle { bytes: u64, waited: Duration },
+}
+
+impl Stall {
+    /// The error shown to the user, naming the peer.
+    pub fn into_error(self, peer: &str) -> Error {
+        let message = match self {
+            Stall::Silent(waited) => {
+                format!(
+                    "{peer}: no answer from the server for {} s",
+                    waited.as_secs()
+                )
+            }
+            Stall::Trickle { bytes, waited } => format!(
+                "{peer}: the server sent only {bytes} bytes in {} s; giving up on a connection this slow",
+                waited.as_secs()
             ),
-        )
+        };
+        Error::new(Kind::Server, message)
+    }
+}
+
+/// How long reads may wait for a peer: a response deadline that moves with
+/// progress. Each window of `timeout` spent waiting (time spent elsewhere,
+/// e.g. delivering a message, does not count) must bring at least
+/// [`MIN_PROGRESS`] bytes, and every command we send opens a fresh window,
+/// since the peer has something new to answer. So a reply or listing that
+/// trickles is dropped within about `timeout` of waiting, a silent peer
+/// within `timeout`, while a 100 MB message over a slow link keeps going as
+/// long as it keeps arriving at more than `MIN_PROGRESS` per `timeout`.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    timeout: Duration,
+    /// Time spent waiting in the current window.
+    waited: Duration,
+    /// Bytes received in the current window.
+    received: u64,
+}
+
+impl Pace {
+    pub fn new(timeout: Duration) -> Pace {
+        Pace {
+            timeout,
+            waited: Duration::ZERO,
+            received: 0,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Changes the window (IMAP IDLE waits far longer than a command);
+    /// returns the old one. The new window starts now.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Duration {
+        self.restart();
+        std::mem::replace(&mut self.timeout, timeout)
+    }
+
+    /// The peer's turn begins anew: we just sent it something to answer.
+    pub fn restart(&mut self) {
+        self.waited = Duration::ZERO;
+        self.received = 0;
+    }
+
+    /// Runs one read, waiting at most what is left of the window; a
+    /// window that ends with enough received opens the next one.
+    pub async fn read(
+        &mut self,
+        read: impl Future<Output = std::io::Result<usize>>,
+    ) -> Result<std::io::Result<usize>, Stall> {
+        tokio::pin!(read);
+        loop {
+            let limit = self.timeout.saturating_sub(self.waited);
+            let started = Instant::now();
+            match tokio::time::timeout(limit, &mut read).await {
+                Ok(Ok(count)) => {
+                    self.account(started.elapsed().min(limit), count as u64)?;
+                    return Ok(Ok(count));
+                }
+                Ok(Err(err)) => return Ok(Err(err)),
+                Err(_) => self.account(limit, 0)?,
+            }
+        }
+    }
+
+    /// Counts a read that waited `waited` and brought `bytes`, and judges
+    /// the window once it is over.
+    fn account(&mut self, waited: Duration, bytes: u64) -> Result<(), Stall> {
+        self.waited += waited;
+        self.received += bytes;
+        if self.waited < self.timeout {
+            return Ok(());
+        }
+        let (bytes, waited) = (self.received, self.waited);
+        self.restart();
+        match bytes {
+            0 => Err(Stall::Silent(waited)),
+            bytes if bytes < MIN_PROGRESS => Err(Stall::Trickle { bytes, waited }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_trickle_is_dropped_when_its_window_ends() {
+        let mut pace = Pace::new(3 * SECOND);
+        assert_eq!(pace.account(SECOND, 1), Ok(()));
+        assert_eq!(pace.account(SECOND, 1), Ok(()));
+        assert_eq!(
+            pace.account(SECOND, 1),
+            Err(Stall::Trickle {
+                bytes: 3,
+                waited: 3 * SECOND
+            })
+        );
+    }
+
+    #[test]
+    fn steady_progress_opens_window_after_window() {
+        let mut pace = Pace::new(3 * SECOND);
+        for _ in 0..100 {
+            assert_eq!(pace.account(SECOND, MIN_PROGRESS / 2), Ok(()));
+        }
+    }
+
+    #[test]
+    fn silence_is_told_apart_and_each_command_restarts_the_window() {
+        let mut pace = Pace::new(3 * SECOND);
+        assert_eq!(pace.account(2 * SECOND, 5), Ok(()));
+        // A reply came and we sent the next command: a new turn.
+        pace.restart();
+        assert_eq!(pace.account(2 * SECOND, 5), Ok(()));
+        pace.restart();
+        assert_eq!(pace.account(3 * SECOND, 0), Err(Stall::Silent(3 * SECOND)));
     }
 }

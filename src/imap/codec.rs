@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::source::MAX_MESSAGES;
+
 /// The longest text part accepted. A `SEARCH` result names every message
 /// of a mailbox on one line, so this is far above RFC limits for other
 /// lines, but still a bound a misbehaving server cannot push us past.
@@ -17,6 +19,46 @@ pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The largest literal kept in memory (header fields, quoted data); a
 /// server announcing more for anything but a message body is refused.
 pub const MAX_SMALL_LITERAL: u64 = 1024 * 1024;
+
+/// The most bytes of one response kept in memory, lines and small
+/// literals together (streamed bodies are not kept): a response of chained
+/// literals must not grow without bound.
+pub const MAX_RESPONSE: usize = MAX_LINE;
+
+/// The most parts (lines and literals) in one response; a FETCH mailfetch
+/// sends gets three.
+pub const MAX_PARTS: usize = 256;
+
+/// The longest status response (`OK`, `NO`, `BYE`… with its code and text)
+/// or `CAPABILITY` list kept: these are copied into strings, and no real
+/// one comes near.
+pub const MAX_STATUS_LINE: usize = 64 * 1024;
+
+/// The most distinct capabilities, or flags on one message, kept.
+pub const MAX_WORDS: usize = 1024;
+
+/// Counts what one response costs in memory as it is read, so that a
+/// server cannot make a response of unbounded size or number of parts.
+#[derive(Debug, Default)]
+pub struct ResponseBudget {
+    bytes: usize,
+    parts: usize,
+}
+
+impl ResponseBudget {
+    /// Accounts for a part of `len` bytes kept in memory.
+    pub fn keep(&mut self, len: usize) -> Result<(), ParseError> {
+        self.bytes = self.bytes.saturating_add(len);
+        self.parts += 1;
+        if self.bytes > MAX_RESPONSE {
+            return Err(ParseError::new("response longer than 16 MiB", b""));
+        }
+        if self.parts > MAX_PARTS {
+            return Err(ParseError::new("response with too many literals", b""));
+        }
+        Ok(())
+    }
+}
 
 /// One piece of a response as read from the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,18 +94,40 @@ pub fn literal_len(line: &[u8]) -> Result<Option<u64>, ParseError> {
 }
 
 /// Whether the literal announced at the end of `line` is the value of a
-/// `BODY[]` (or `BODY[]<0>`) fetch item, i.e. a whole message.
+/// fetch item that is a whole message (see [`is_whole_message`]).
 pub fn is_message_body(line: &[u8]) -> bool {
     let Some(open) = line.iter().rposition(|&b| b == b'{') else {
         return false;
     };
     let before = line[..open].trim_ascii_end();
-    let upper = before.to_ascii_uppercase();
-    let item = match upper.iter().rposition(|&b| b == b' ' || b == b'(') {
-        Some(start) => &upper[start + 1..],
-        None => &upper[..],
+    let item = match before.iter().rposition(|&b| b == b' ' || b == b'(') {
+        Some(start) => &before[start + 1..],
+        None => before,
     };
-    item == b"BODY[]" || item.starts_with(b"BODY[]<") || item == b"RFC822"
+    is_whole_message(item)
+}
+
+/// Whether a FETCH item name carries a whole message: `BODY[]`, `RFC822`,
+/// or `BODY[]<0>` (a partial fetch from origin 0, which some servers use
+/// to answer `BODY.PEEK[]`). `BODY[]<5>` is only part of one. The client's
+/// choice to stream a literal and the parser's to report it as the body
+/// both rest on this one test, so they cannot disagree.
+pub fn is_whole_message(item: &[u8]) -> bool {
+    [&b"BODY[]"[..], b"BODY[]<0>", b"RFC822"]
+        .iter()
+        .any(|name| item.eq_ignore_ascii_case(name))
+}
+
+/// Whether a FETCH item name is a body section or part (`BODY[…]`,
+/// `BINARY[…]`, `RFC822.TEXT`…) other than the ones mailfetch reads, so
+/// that a response carrying one instead of the message can say so.
+fn is_other_body_item(item: &str) -> bool {
+    let upper = item.to_ascii_uppercase();
+    !upper.starts_with("BODY[HEADER.FIELDS")
+        && (upper.starts_with("BODY[")
+            || upper.starts_with("BINARY[")
+            || upper.starts_with("RFC822."))
+        && upper != "RFC822.SIZE"
 }
 
 /// The UID a FETCH line names before its literal (`… UID 42 BODY[] {n}`),
@@ -161,6 +225,9 @@ pub struct Fetch {
     pub body: Option<Option<u64>>,
     /// `BODY[HEADER.FIELDS (…)]`
     pub header_fields: Option<Vec<u8>>,
+    /// Body items other than a whole message (`BODY[]<5>`, `BINARY[]`…),
+    /// by name, to say what the server sent instead of the message.
+    pub other_bodies: Vec<String>,
 }
 
 impl Fetch {
@@ -300,7 +367,7 @@ pub fn parse(parts: &[Part]) -> Result<Response, ParseError> {
     let mut lexer = Lexer::new(parts);
     let first = lexer.atom()?;
     match first.as_str() {
-        "+" => Ok(Response::Continue(lexer.rest_bytes())),
+        "+" => Ok(Response::Continue(lexer.rest().to_vec())),
         "*" => {
             lexer.space()?;
             parse_untagged(&mut lexer).map(Response::Untagged)
@@ -355,30 +422,60 @@ fn parse_untagged(lexer: &mut Lexer) -> Result<Untagged, ParseError> {
         return Ok(Untagged::Status { status, code, text });
     }
     match upper.as_str() {
-        "CAPABILITY" => Ok(Untagged::Capability(
-            lexer
-                .rest_text()
-                .split_ascii_whitespace()
-                .map(str::to_ascii_uppercase)
-                .collect(),
-        )),
+        "CAPABILITY" => {
+            let text = lexer.short_rest()?;
+            capabilities(&text).map(Untagged::Capability)
+        }
         "SEARCH" => {
             let mut numbers = Vec::new();
-            for word in lexer.rest_text().split_ascii_whitespace() {
+            // Straight from the line's bytes: a SEARCH result can be
+            // megabytes long, and is not copied.
+            for word in lexer.rest().split(u8::is_ascii_whitespace) {
                 // A trailing "(MODSEQ n)" from CONDSTORE ends the list.
-                if word.starts_with('(') {
+                if word.starts_with(b"(") {
                     break;
                 }
-                numbers.push(
-                    word.parse()
-                        .map_err(|_| lexer.error("bad number in SEARCH"))?,
-                );
+                if word.is_empty() {
+                    continue;
+                }
+                if numbers.len() == MAX_MESSAGES {
+                    return Err(lexer.error("more SEARCH results than messages in a mailbox"));
+                }
+                let number = std::str::from_utf8(word).ok().and_then(|w| w.parse().ok());
+                numbers.push(number.ok_or_else(|| lexer.error("bad number in SEARCH"))?);
             }
             Ok(Untagged::Search(numbers))
         }
-        "ESEARCH" => parse_esearch(&lexer.rest_text()).ok_or_else(|| lexer.error("bad ESEARCH")),
+        "ESEARCH" => {
+            let text = String::from_utf8_lossy(lexer.rest());
+            parse_esearch(&text).ok_or_else(|| lexer.error("bad ESEARCH"))
+        }
         _ => Ok(Untagged::Other),
     }
+}
+
+/// A capability list, upper-cased, each capability once, in order.
+/// `Err` past [`MAX_WORDS`] distinct ones.
+pub fn capabilities(text: &str) -> Result<Vec<String>, ParseError> {
+    distinct_words(text.split_ascii_whitespace().map(str::to_ascii_uppercase))
+        .ok_or_else(|| ParseError::new("too many capabilities", text.as_bytes()))
+}
+
+/// The words, each once, in order; `None` past [`MAX_WORDS`] distinct ones.
+/// Repeating a word a million times costs nothing.
+fn distinct_words(words: impl Iterator<Item = String>) -> Option<Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut distinct = Vec::new();
+    for word in words {
+        if !seen.contains(&word) {
+            if distinct.len() == MAX_WORDS {
+                return None;
+            }
+            seen.insert(word.clone());
+            distinct.push(word);
+        }
+    }
+    Some(distinct)
 }
 
 /// `(TAG "x") UID ALL 1:5,7` → the numbers in ALL (none if absent).
@@ -401,8 +498,8 @@ fn parse_esearch(text: &str) -> Option<Untagged> {
     Some(Untagged::Search(numbers))
 }
 
-/// `1:3,7` → [1, 2, 3, 7]. Refuses `*` and ranges over a million numbers,
-/// which no real mailbox result needs and would be a memory bomb.
+/// `1:3,7` → [1, 2, 3, 7]. Refuses `*` and more numbers than a mailbox
+/// may hold, which no real result needs and would be a memory bomb.
 pub fn parse_sequence_set(text: &str) -> Option<Vec<u32>> {
     let mut numbers = Vec::new();
     for range in text.split(',') {
@@ -414,7 +511,7 @@ pub fn parse_sequence_set(text: &str) -> Option<Vec<u32>> {
             }
         };
         let (low, high) = (low.min(high), low.max(high));
-        if numbers.len() + (high - low) as usize > 10_000_000 {
+        if numbers.len() + (high - low) as usize >= MAX_MESSAGES {
             return None;
         }
         numbers.extend(low..=high);
@@ -451,7 +548,7 @@ pub fn sequence_set(numbers: &[u32]) -> String {
 
 /// After the status word: ` [CODE args] text`.
 fn parse_resp_text(lexer: &mut Lexer) -> Result<(Option<Code>, String), ParseError> {
-    let text = lexer.rest_text();
+    let text = lexer.short_rest()?;
     let text = text.strip_prefix(' ').unwrap_or(&text);
     if let Some(rest) = text.strip_prefix('[')
         && let Some(end) = rest.find(']')
@@ -479,8 +576,19 @@ fn parse_fetch(lexer: &mut Lexer) -> Result<Fetch, ParseError> {
         match name.as_str() {
             "UID" => fetch.uid = Some(lexer.number()?),
             "RFC822.SIZE" => fetch.size = Some(lexer.number64()?),
-            "FLAGS" => fetch.flags = Some(lexer.list_of_atoms()?),
-            "BODY[]" | "RFC822" => {
+            "FLAGS" => {
+                let flags = lexer.list_of_atoms()?;
+                fetch.flags = Some(
+                    distinct_words(flags.into_iter())
+                        .ok_or_else(|| lexer.error("too many flags"))?,
+                )
+            }
+            name if is_whole_message(name.as_bytes()) => {
+                if fetch.body.is_some() {
+                    // Two bodies would be written one after the other
+                    // into the same message.
+                    return Err(lexer.error("two message bodies in one FETCH"));
+                }
                 fetch.body = Some(match lexer.value()? {
                     Value::Streamed(len) => Some(len),
                     Value::Nil => None,
@@ -492,8 +600,13 @@ fn parse_fetch(lexer: &mut Lexer) -> Result<Fetch, ParseError> {
                 Value::Nil => fetch.header_fields = Some(Vec::new()),
                 _ => return Err(lexer.error("bad header fields")),
             },
-            // Other items (INTERNALDATE, MODSEQ, ENVELOPE…): skip their value.
-            _ => lexer.skip_value()?,
+            name => {
+                if is_other_body_item(name) && fetch.other_bodies.len() < MAX_WORDS {
+                    fetch.other_bodies.push(name.to_owned());
+                }
+                // Other items (INTERNALDATE, MODSEQ, ENVELOPE…): skip their value.
+                lexer.skip_value()?
+            }
         }
         if !lexer.eat(b' ') && lexer.peek() != Some(b')') {
             return Err(lexer.error("expected space or ')' in FETCH"));
@@ -689,15 +802,21 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// The rest of the current text part, as text.
-    fn rest_text(&mut self) -> String {
-        String::from_utf8_lossy(&self.rest_bytes()).into_owned()
+    /// The rest of the current text part, without a leading space.
+    fn rest(&mut self) -> &'a [u8] {
+        let text = self.text();
+        self.pos += text.len();
+        text.strip_prefix(b" ").unwrap_or(text)
     }
 
-    fn rest_bytes(&mut self) -> Vec<u8> {
-        let text = self.text().to_vec();
-        self.pos += text.len();
-        text.strip_prefix(b" ").map(<[u8]>::to_vec).unwrap_or(text)
+    /// The rest of the current text part as text, refused past
+    /// [`MAX_STATUS_LINE`]: it is copied, and only lists of numbers or
+    /// items are legitimately long.
+    fn short_rest(&mut self) -> Result<String, ParseError> {
+        if self.text().len() > MAX_STATUS_LINE {
+            return Err(self.error("status or capability response too long"));
+        }
+        Ok(String::from_utf8_lossy(self.rest()).into_owned())
     }
 }
 
@@ -886,6 +1005,77 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn body_from_origin_zero_is_the_whole_message() {
+        // `BODY[]<0>` is streamed by the client, so the parser must report
+        // it as the body: else its bytes and the next message's end up in
+        // one file.
+        let line = "* 7 FETCH (UID 43 BODY[]<0> {5}";
+        assert!(is_message_body(line.as_bytes()));
+        let parts = vec![text(line), Part::Streamed(5), text(")")];
+        let Response::Untagged(Untagged::Fetch { attrs, .. }) = parse(&parts).unwrap() else {
+            panic!()
+        };
+        assert_eq!((attrs.uid, attrs.body), (Some(43), Some(Some(5))));
+        // A part from another origin is not the message: it is neither
+        // streamed nor taken for the body, and it is named.
+        let line = "* 7 FETCH (UID 43 BODY[]<5> {5}";
+        assert!(!is_message_body(line.as_bytes()));
+        let parts = vec![text(line), Part::Literal(b"AAAAA".to_vec()), text(")")];
+        let Response::Untagged(Untagged::Fetch { attrs, .. }) = parse(&parts).unwrap() else {
+            panic!()
+        };
+        assert_eq!(attrs.body, None);
+        assert_eq!(attrs.other_bodies, ["BODY[]<5>"]);
+        // Two bodies in one response would be written into one message.
+        let parts = vec![
+            text("* 7 FETCH (UID 43 BODY[] {5}"),
+            Part::Streamed(5),
+            text(" BODY[]<0> {5}"),
+            Part::Streamed(5),
+            text(")"),
+        ];
+        assert!(parse(&parts).is_err());
+    }
+
+    #[test]
+    fn repeated_words_cost_nothing_and_lists_are_bounded() {
+        let line = format!("* CAPABILITY IMAP4rev1{}", " A".repeat(30_000));
+        let Response::Untagged(Untagged::Capability(caps)) = one(&line) else {
+            panic!()
+        };
+        assert_eq!(caps, ["IMAP4REV1", "A"]);
+        // Distinct words past the cap, and status lines past theirs, are
+        // refused rather than copied.
+        let many: String = (0..=MAX_WORDS).map(|n| format!(" C{n}")).collect();
+        assert!(parse(&[text(&format!("* CAPABILITY{many}"))]).is_err());
+        assert!(parse(&[text(&format!("* 1 FETCH (FLAGS ({many}))"))]).is_err());
+        let long = "x".repeat(MAX_STATUS_LINE + 1);
+        assert!(parse(&[text(&format!("* OK {long}"))]).is_err());
+        assert!(parse(&[text(&format!("A1 OK [CAPABILITY {long}] done"))]).is_err());
+        let mut flags = Vec::from(["\\Seen"; 5]);
+        flags.push("$Junk");
+        let line = format!("* 1 FETCH (FLAGS ({}))", flags.join(" "));
+        let Response::Untagged(Untagged::Fetch { attrs, .. }) = one(&line) else {
+            panic!()
+        };
+        assert_eq!(attrs.flags.unwrap(), ["\\Seen", "$Junk"]);
+    }
+
+    #[test]
+    fn a_response_is_bounded_in_bytes_and_parts() {
+        let mut budget = ResponseBudget::default();
+        for _ in 0..15 {
+            budget.keep(1024 * 1024).unwrap();
+        }
+        assert!(budget.keep(1024 * 1024 + 1).is_err());
+        let mut budget = ResponseBudget::default();
+        for _ in 0..MAX_PARTS {
+            budget.keep(3).unwrap();
+        }
+        assert!(budget.keep(3).is_err());
     }
 
     fn idle_feed(idle: &mut Idle, line: &str) -> IdleEvent {

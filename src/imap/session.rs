@@ -10,7 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tracing::{debug, warn};
 
-use super::codec::{self, Code, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, Status, Untagged};
+use super::codec::{
+    self, Code, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, ResponseBudget, Status, Untagged,
+};
 use super::utf7;
 use crate::auth::{Mechanism, SaslSession};
 use crate::config::{AuthMethod, Secret, TlsMode};
@@ -69,7 +71,7 @@ impl Session {
     async fn greeting(&mut self) -> Result<bool, Error> {
         match self.read_plain().await? {
             Response::Untagged(Untagged::Status { status, code, text }) => {
-                self.learn_caps(code.as_ref());
+                self.learn_caps(code.as_ref())?;
                 match status {
                     Status::Ok => Ok(false),
                     Status::Preauth => Ok(true),
@@ -114,14 +116,13 @@ impl Session {
         Ok(())
     }
 
-    pub fn learn_caps(&mut self, code: Option<&Code>) {
+    pub fn learn_caps(&mut self, code: Option<&Code>) -> Result<(), Error> {
         if let Some(code) = code.filter(|code| code.name == "CAPABILITY") {
-            self.caps = code
-                .args
-                .split_ascii_whitespace()
-                .map(str::to_ascii_uppercase)
-                .collect();
+            let caps = codec::capabilities(&code.args)
+                .map_err(|err| self.error(Kind::Protocol, &format!("malformed response: {err}")))?;
+            self.caps = caps.into_iter().collect();
         }
+        Ok(())
     }
 
     // ---- authentication -------------------------------------------------
@@ -162,7 +163,7 @@ impl Session {
         }
         // Capabilities change after login; the server may have sent them.
         self.caps.clear();
-        self.learn_caps(code.as_ref());
+        self.learn_caps(code.as_ref())?;
         self.ensure_caps().await
     }
 
@@ -379,7 +380,7 @@ impl Session {
                 text,
                 ..
             }) => match code.name.as_str() {
-                "CAPABILITY" => self.learn_caps(Some(&code)),
+                "CAPABILITY" => self.learn_caps(Some(&code))?,
                 "ALERT" => warn!("{}: server alert: {text}", self.host),
                 _ => {}
             },
@@ -398,23 +399,64 @@ impl Session {
     /// bodies are read here).
     pub async fn read_plain(&mut self) -> Result<Response, Error> {
         let mut parts = Vec::new();
+        let mut budget = ResponseBudget::default();
         loop {
-            let line = self.wire.read_line(MAX_LINE).await?;
-            trace_line(&line);
-            let announced = codec::literal_len(&line)
-                .map_err(|err| self.error(Kind::Protocol, &err.to_string()))?;
+            let (line, announced) = self.read_text_part(&mut budget).await?;
             parts.push(Part::Text(line));
             let Some(len) = announced else { break };
-            if len > MAX_SMALL_LITERAL {
-                return Err(self.error(
-                    Kind::Protocol,
-                    &format!("the server announced a {len}-byte literal"),
-                ));
-            }
-            parts.push(Part::Literal(self.read_literal(len as usize).await?));
+            parts.push(Part::Literal(
+                self.read_small_literal(len, &parts, &mut budget).await?,
+            ));
         }
-        codec::parse(&parts)
-            .map_err(|err| self.error(Kind::Protocol, &format!("malformed response: {err}")))
+        self.parse(&parts)
+    }
+
+    /// Reads one line of a response and the size of the literal it
+    /// announces, if any, within the response's `budget`.
+    pub async fn read_text_part(
+        &mut self,
+        budget: &mut ResponseBudget,
+    ) -> Result<(Vec<u8>, Option<u64>), Error> {
+        let line = self.wire.read_line(MAX_LINE).await?;
+        trace_line(&line);
+        budget.keep(line.len()).map_err(|err| self.malformed(err))?;
+        let announced = codec::literal_len(&line).map_err(|err| self.malformed(err))?;
+        Ok((line, announced))
+    }
+
+    /// Reads a literal of `len` bytes that is to be kept in memory, after
+    /// `parts` (whose last line announced it), within `budget`.
+    pub async fn read_small_literal(
+        &mut self,
+        len: u64,
+        parts: &[Part],
+        budget: &mut ResponseBudget,
+    ) -> Result<Vec<u8>, Error> {
+        if len > MAX_SMALL_LITERAL {
+            // Say what it was for: the server may send a part of a message
+            // (`BODY[]<5>`) where mailfetch needs the whole.
+            let line = match parts.last() {
+                Some(Part::Text(line)) => String::from_utf8_lossy(&line[..line.len().min(200)]),
+                _ => "".into(),
+            };
+            return Err(self.error(
+                Kind::Protocol,
+                &format!("the server announced a {len}-byte literal in {line:?}, larger than anything but a whole message"),
+            ));
+        }
+        budget
+            .keep(len as usize)
+            .map_err(|err| self.malformed(err))?;
+        self.read_literal(len as usize).await
+    }
+
+    /// Parses the parts of a response.
+    pub fn parse(&self, parts: &[Part]) -> Result<Response, Error> {
+        codec::parse(parts).map_err(|err| self.malformed(err))
+    }
+
+    fn malformed(&self, err: codec::ParseError) -> Error {
+        self.error(Kind::Protocol, &format!("malformed response: {err}"))
     }
 
     pub async fn read_literal(&mut self, len: usize) -> Result<Vec<u8>, Error> {

@@ -6,6 +6,7 @@
 //! can batch that work on another thread while the next messages download;
 //! the pipeline alone decides the order of barriers (see `pipeline`).
 
+pub(crate) mod any;
 pub mod bounce;
 pub mod envelope;
 pub mod imap_append;

@@ -23,6 +23,19 @@ fn credentials<'a>(
     wire::ServerSpec::from(account).credentials(secret, encrypted)
 }
 
+/// The most messages a mailbox listing may name. Each listed message costs
+/// memory (see docs/design.md, "What a mailbox costs"); no real mailbox
+/// comes near, and a server that claims more is refused rather than
+/// allowed to grow mailfetch without bound.
+pub const MAX_MESSAGES: usize = 2_000_000;
+
+/// The error message for a listing past [`MAX_MESSAGES`].
+fn too_many_messages() -> String {
+    format!(
+        "the server listed more than {MAX_MESSAGES} messages in one mailbox; refusing a listing this large"
+    )
+}
+
 /// One message as the server lists it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listed {

@@ -3,8 +3,11 @@
 //! file tests. The test support (fake servers, private Dovecot and Postfix,
 //! running the binary) is the `testkit` crate in `crates/testkit`.
 //!
-//! Not here: `tests/imap_append_memory.rs`, which measures the peak memory
-//! of its own process and so needs a process of its own.
+//! Not here, each a binary of its own since the test process must stay
+//! small: `tests/imap_append_memory.rs` measures the peak memory of its
+//! own process; `tests/memory_bounds.rs` that of the mailfetch processes
+//! it runs, which start with the size of the test process at the spawn
+//! (here, tests build messages of 100 MiB).
 
 /// Runs the `mailfetch` binary.
 mod binary;

@@ -177,6 +177,11 @@ pub enum Fault {
     /// 1, 2, 3…, so that the old UIDs name other messages. With
     /// [`Script::first_only`] this happens once, after the first connection.
     UidvalidityChange,
+    /// A whole body (`BODY[]`, `BODY.PEEK[]`) is answered as `BODY[]<0>`,
+    /// as a partial fetch from origin 0, which some servers do.
+    OriginZeroBody,
+    /// RFC822.SIZE of this message is announced as `reported`.
+    UnderReportedSize { uid: u32, reported: usize },
 }
 
 /// How the server behaves.
@@ -1042,8 +1047,22 @@ impl<'c> Session<'c> {
                     let mut part = match item {
                         Item::Uid => continue,
                         Item::Flags => flags.clone().into_bytes(),
-                        Item::Size => format!("RFC822.SIZE {}", message.data.len()).into_bytes(),
+                        Item::Size => {
+                            let reported = faults.iter().find_map(|f| match *f {
+                                Fault::UnderReportedSize { uid: u, reported } if u == uid => {
+                                    Some(reported)
+                                }
+                                _ => None,
+                            });
+                            let size = reported.unwrap_or(message.data.len());
+                            format!("RFC822.SIZE {size}").into_bytes()
+                        }
                         Item::Date => format!("INTERNALDATE \"{}\"", message.date).into_bytes(),
+                        Item::Body { name, section, .. }
+                            if section.is_empty() && faults.contains(&Fault::OriginZeroBody) =>
+                        {
+                            format!("{name}<0> ").into_bytes()
+                        }
                         Item::Body { name, .. } => format!("{name} ").into_bytes(),
                     };
                     if let Item::Body {

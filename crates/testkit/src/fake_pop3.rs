@@ -75,6 +75,17 @@ pub enum Fault {
     /// Bare LFs pass through, and only lines after a CRLF are dot-stuffed:
     /// a sender's `LF . CRLF` reaches the client unstuffed.
     StuffOnlyAfterCrlf,
+    /// The greeting carries an APOP timestamp, but APOP is refused (as on
+    /// servers where the account has no APOP secret).
+    ApopDisabled,
+    /// RETR of this message sends its `+OK`, then one byte of the body
+    /// every 300 ms, for as long as the client listens.
+    TrickleRetr(usize),
+    /// LIST and UIDL name this many more messages after the real ones
+    /// (`n 100`, `n synthetic-n`), which cannot be retrieved.
+    Synthetic(usize),
+    /// The UIDL listing never ends.
+    EndlessUidl,
 }
 
 /// How the server behaves.
@@ -262,7 +273,7 @@ impl<'c> Session<'c> {
             self.hang()?;
             return Ok(());
         }
-        let stamp = if self.apop {
+        let stamp = if self.apop || self.has(&Fault::ApopDisabled) {
             format!(" {APOP_STAMP}")
         } else {
             String::new()
@@ -315,6 +326,9 @@ impl<'c> Session<'c> {
                 self.send("+OK\r\n")
             }
             ("PASS", false) if self.user.is_some() && arg == self.password => self.login(),
+            ("APOP", false) if self.has(&Fault::ApopDisabled) => {
+                self.send("-ERR [AUTH] APOP not supported\r\n")
+            }
             ("APOP", false) if self.apop && arg.split(' ').next() == Some(USER) => self.login(),
             ("USER" | "PASS" | "APOP", false) => self.send("-ERR [AUTH] invalid login\r\n"),
             ("STLS", false) if self.faults.contains(&Fault::StlsInjection) => {
@@ -338,6 +352,13 @@ impl<'c> Session<'c> {
                     self.send("+OK\r\n1 ")?;
                     self.conn.out.write_all(&vec![b'x'; len])?;
                     return self.hang();
+                }
+                if self.has(&Fault::EndlessUidl) {
+                    self.send("+OK\r\n")?;
+                    let mut writer = io::BufWriter::new(&self.conn.out);
+                    for n in 1.. {
+                        write!(writer, "{n} endless-{n:060}\r\n")?;
+                    }
                 }
                 let garbage = self.has(&Fault::GarbageUidlLine);
                 self.listing(arg, garbage, |n, m| format!("{n} {}", m.uid))
@@ -409,13 +430,42 @@ impl<'c> Session<'c> {
                 reply.push_str("this is not a uidl line\r\n");
             }
         }
-        reply.push_str(".\r\n");
-        self.send(&reply)
+        self.send(&reply)?;
+        let synthetic = self.faults.iter().find_map(|f| match f {
+            Fault::Synthetic(count) => Some(*count),
+            _ => None,
+        });
+        if let Some(count) = synthetic {
+            let first = self.drop.as_ref().map_or(0, Vec::len) + 1;
+            let mut writer = io::BufWriter::new(&self.conn.out);
+            for n in first..first + count {
+                let fake = Message {
+                    uid: format!("synthetic-{n}"),
+                    data: vec![b'x'; 100],
+                };
+                write!(writer, "{}\r\n", show(n, &fake))?;
+            }
+        }
+        self.send(".\r\n")
     }
 
     fn retr(&mut self, n: usize, line: &str) -> io::Result<Flow> {
         if self.has(&Fault::RetrErr(n)) {
             return self.send("-ERR message is locked by another session\r\n");
+        }
+        if self.has(&Fault::TrickleRetr(n)) {
+            self.send("+OK trickling\r\n")?;
+            for byte in stuff(&self.drop.as_ref().unwrap()[n - 1].0.data)
+                .iter()
+                .cycle()
+            {
+                if self.conn.stopped() {
+                    break;
+                }
+                self.conn.out.write_all(&[*byte])?;
+                thread::sleep(Duration::from_millis(300));
+            }
+            return Ok(Flow::End);
         }
         if self.has(&Fault::StallRetr(n)) {
             self.lock().stalled = true;

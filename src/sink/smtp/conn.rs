@@ -1,6 +1,6 @@
 //! The connection to an MTA: TCP (plain or TLS) or a Unix socket for LMTP,
-//! with buffered reply reading, a line cap and a timeout on every read and
-//! write.
+//! with buffered reply reading, a line cap, the pace every read must keep
+//! ([`Pace`], shared with the sources) and a timeout on every write.
 //!
 //! This is a sibling of `wire` rather than a use of it: `Wire` opens TCP
 //! connections from a source's `ServerSpec`, while delivery connects from a
@@ -17,6 +17,7 @@ use super::codec::{self, MAX_LINE, Reply, ReplyParser};
 use crate::config::{MtaAddress, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::{self, Stream, TlsOptions};
+use crate::wire::{Pace, Stall};
 
 /// Replies are short; message data only goes out.
 const READ_BUFFER: usize = 16 * 1024;
@@ -26,7 +27,7 @@ pub struct Conn {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
-    timeout: Duration,
+    pace: Pace,
     /// `host:port` or the socket path, for messages.
     peer: String,
     /// The TLS server name (TCP only).
@@ -96,7 +97,7 @@ impl Conn {
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
-            timeout,
+            pace: Pace::new(timeout),
             peer,
             host,
             local,
@@ -137,7 +138,7 @@ impl Conn {
                 ),
             ));
         };
-        let stream = net::start_tls(tcp, host, tls, self.timeout).await?;
+        let stream = net::start_tls(tcp, host, tls, self.pace.timeout()).await?;
         Ok(Conn {
             io: stream,
             host: self.host.clone(),
@@ -152,10 +153,15 @@ impl Conn {
             self.io.write_all(bytes).await?;
             self.io.flush().await
         };
-        match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
+        let timeout = self.pace.timeout();
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                // What the server sends next answers this.
+                self.pace.restart();
+                Ok(())
+            }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(_) => Err(self.timed_out()),
+            Err(_) => Err(Stall::Silent(timeout).into_error(&self.peer)),
         }
     }
 
@@ -225,13 +231,17 @@ impl Conn {
             self.end -= self.start;
             self.start = 0;
         }
-        match tokio::time::timeout(self.timeout, self.io.read(&mut self.buf[self.end..])).await {
+        match self
+            .pace
+            .read(self.io.read(&mut self.buf[self.end..]))
+            .await
+        {
             Ok(Ok(read)) => {
                 self.end += read;
                 Ok(read)
             }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(_) => Err(self.timed_out()),
+            Err(stall) => Err(stall.into_error(&self.peer)),
         }
     }
 
@@ -254,17 +264,6 @@ impl Conn {
         Error::new(
             Kind::Connection,
             format!("{}: connection lost: {err}", self.peer),
-        )
-    }
-
-    fn timed_out(&self) -> Error {
-        Error::new(
-            Kind::Server,
-            format!(
-                "{}: no answer from the server for {} s",
-                self.peer,
-                self.timeout.as_secs()
-            ),
         )
     }
 }

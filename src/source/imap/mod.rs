@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use self::codec::{Code, Fetch, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, Status, Untagged};
+use self::codec::{Code, Part, Response, ResponseBudget, Status, Untagged};
 use super::wire::ServerSpec;
-use super::{Listed, Listing, Retrieved, Source};
+use super::{Listed, Listing, MAX_MESSAGES, Retrieved, Source, too_many_messages};
 use crate::config::{Account, Secret};
 use crate::error::{Error, Kind};
-use crate::imap::session::{Session, trace_line};
+use crate::imap::session::Session;
 use crate::sink::MessageWriter;
 
 /// Where protocol traces go (`-v`).
@@ -96,7 +96,8 @@ impl Imap {
 
     /// Reads a response that cannot carry a message body of ours.
     async fn read_plain(&mut self) -> Result<Response, Error> {
-        self.read_response(None::<&mut NoWriter>).await
+        let (response, _) = self.read_response(None::<&mut NoWriter>).await?;
+        Ok(response)
     }
 
     /// Sends a command and waits for its completion; `NO`/`BAD` is an error.
@@ -111,18 +112,23 @@ impl Imap {
         Ok(code)
     }
 
-    /// Sends a command and collects the untagged responses `keep` wants
-    /// until it completes; `NO`/`BAD` is an error.
-    async fn collect(
+    /// Sends a command and hands each untagged response to `take` as it
+    /// arrives, until the command completes; `NO`/`BAD` is an error.
+    /// `take` keeps what it needs of a response (nothing piles up here) and
+    /// gives back those it does not want, or refuses with a message.
+    async fn for_each_untagged(
         &mut self,
         command: &str,
-        keep: impl Fn(&Untagged) -> bool,
-    ) -> Result<Vec<Untagged>, Error> {
+        mut take: impl FnMut(Untagged) -> Result<Option<Untagged>, String>,
+    ) -> Result<(), Error> {
         let tag = self.session.send(command).await?;
-        let mut kept = Vec::new();
         loop {
             match self.read_plain().await? {
-                Response::Untagged(untagged) if keep(&untagged) => kept.push(untagged),
+                Response::Untagged(untagged) => match take(untagged) {
+                    Ok(None) => {}
+                    Ok(Some(untagged)) => self.untagged(Response::Untagged(untagged))?,
+                    Err(message) => return Err(self.session.error(Kind::Protocol, &message)),
+                },
                 Response::Tagged {
                     tag: done,
                     status,
@@ -134,7 +140,7 @@ impl Imap {
                             .session
                             .error(Kind::Server, &format!("{command} failed: {text}")));
                     }
-                    return Ok(kept);
+                    return Ok(());
                 }
                 other => self.untagged(other)?,
             }
@@ -194,7 +200,7 @@ impl Imap {
                         selected.uidvalidity = code.args.trim().parse().ok();
                     }
                 }
-                "CAPABILITY" => self.session.learn_caps(Some(&code)),
+                "CAPABILITY" => self.session.learn_caps(Some(&code))?,
                 "ALERT" => warn!("{}: server alert: {text}", self.session.host),
                 _ => {}
             },
@@ -216,47 +222,72 @@ impl Imap {
 
     /// Reads one whole response. A message body in it is streamed into
     /// `body` (or thrown away when there is none) after its announced size
-    /// was checked against what the server said the message's size is.
+    /// was checked against what the server said the message's size is; a
+    /// body far larger than that is read and thrown away, and said so.
     async fn read_response<W: MessageWriter>(
         &mut self,
         mut body: Option<&mut W>,
-    ) -> Result<Response, Error> {
+    ) -> Result<(Response, Body), Error> {
         let mut parts = Vec::new();
+        let mut budget = ResponseBudget::default();
+        let mut fate = Body::None;
         loop {
-            let line = self.session.wire.read_line(MAX_LINE).await?;
-            trace_line(&line);
-            let announced = codec::literal_len(&line)
-                .map_err(|err| self.session.error(Kind::Protocol, &err.to_string()))?;
+            let (line, announced) = self.session.read_text_part(&mut budget).await?;
             let streams_body = announced.is_some() && codec::is_message_body(&line);
             parts.push(Part::Text(line));
             let Some(len) = announced else { break };
-            if streams_body {
-                let limit = self.body_limit(codec::uid_in(parts_text(&parts)));
-                if len > limit {
-                    return Err(self.session.error(
-                        Kind::Protocol,
-                        &format!("the server announced a {len}-byte message where at most {limit} bytes were expected"),
-                    ));
-                }
-                self.stream_literal(len, body.as_deref_mut()).await?;
-                debug!(target: TRACE, "S: <message body: {len} bytes>");
-                parts.push(Part::Streamed(len));
-            } else {
-                if len > MAX_SMALL_LITERAL {
-                    return Err(self.session.error(
-                        Kind::Protocol,
-                        &format!("the server announced a {len}-byte literal"),
-                    ));
-                }
-                parts.push(Part::Literal(
-                    self.session.read_literal(len as usize).await?,
+            if !streams_body {
+                let literal = self
+                    .session
+                    .read_small_literal(len, &parts, &mut budget)
+                    .await?;
+                parts.push(Part::Literal(literal));
+                continue;
+            }
+            if !matches!(fate, Body::None) {
+                // A second body would land in the same message.
+                return Err(self.session.error(
+                    Kind::Protocol,
+                    "malformed response: two message bodies in one FETCH",
                 ));
             }
+            let size = self.expected_size(codec::uid_in(parts_text(&parts)));
+            fate = match size.filter(|&size| len > size_limit(size)) {
+                None => {
+                    self.stream_literal(len, body.as_deref_mut()).await?;
+                    Body::Streamed
+                }
+                Some(size) if len <= MAX_DISCARDED_BODY => {
+                    self.stream_literal(len, None::<&mut NoWriter>).await?;
+                    Body::Discarded(format!(
+                        "the server sent {len} bytes for it after announcing {size} (RFC822.SIZE); \
+                         left on the server"
+                    ))
+                }
+                Some(size) => {
+                    return Err(self.session.error(
+                        Kind::Protocol,
+                        &format!("the server announced a {len}-byte message where at most {} bytes were expected", size_limit(size)),
+                    ));
+                }
+            };
+            debug!(target: TRACE, "S: <message body: {len} bytes>");
+            parts.push(Part::Streamed(len));
         }
-        codec::parse(&parts).map_err(|err| {
-            self.session
-                .error(Kind::Protocol, &format!("malformed response: {err}"))
-        })
+        let response = self.session.parse(&parts)?;
+        let carries_body = matches!(
+            &response,
+            Response::Untagged(Untagged::Fetch { attrs, .. }) if matches!(attrs.body, Some(Some(_)))
+        );
+        if !matches!(fate, Body::None) && !carries_body {
+            // Whatever was written is not a message: the caller must abort
+            // its writer, which an error makes it do.
+            return Err(self.session.error(
+                Kind::Protocol,
+                "malformed response: a message body outside a FETCH response",
+            ));
+        }
+        Ok((response, fate))
     }
 
     async fn stream_literal<W: MessageWriter>(
@@ -285,6 +316,16 @@ impl Imap {
         Ok(())
     }
 
+    /// Notes that a body fetch in flight got its answer; `None` if `uid`
+    /// names none, or one answered already.
+    fn answer(&mut self, uid: Option<u32>) -> Option<u32> {
+        let uid = uid.filter(|uid| {
+            self.in_flight.iter().any(|(_, u)| u == uid) && !self.answered.contains(uid)
+        })?;
+        self.answered.insert(uid);
+        Some(uid)
+    }
+
     /// Forgets a completed body fetch; returns its UID.
     fn complete(&mut self, tag: &str) -> u32 {
         let pos = self
@@ -295,13 +336,11 @@ impl Imap {
         self.in_flight.remove(pos).map_or(0, |(_, uid)| uid)
     }
 
-    /// The largest body the server may announce for `uid`: its
-    /// RFC822.SIZE with some slack, or without a UID the largest in flight.
-    fn body_limit(&self, uid: Option<u32>) -> u64 {
-        let Some(selected) = &self.selected else {
-            return u64::MAX;
-        };
-        let expected = match uid.and_then(|uid| selected.sizes.get(&uid)) {
+    /// The RFC822.SIZE the server announced for `uid`, or without a UID the
+    /// largest of the messages in flight.
+    fn expected_size(&self, uid: Option<u32>) -> Option<u64> {
+        let selected = self.selected.as_ref()?;
+        match uid.and_then(|uid| selected.sizes.get(&uid)) {
             Some(size) => Some(*size),
             None => self
                 .in_flight
@@ -309,8 +348,7 @@ impl Imap {
                 .filter_map(|(_, uid)| selected.sizes.get(uid))
                 .max()
                 .copied(),
-        };
-        expected.map_or(u64::MAX, |size| size + size / 8 + SIZE_SLACK)
+        }
     }
 
     fn folder(&self) -> &str {
@@ -357,15 +395,18 @@ impl Imap {
             .session
             .wire
             .set_timeout(duration + Duration::from_secs(60));
-        let result = self.wait_idle(&mut idle, duration, interrupt).await;
+        let result = self.wait_idle(&mut idle, duration, normal, interrupt).await;
         self.session.wire.set_timeout(normal);
         result
     }
 
+    /// Waits for the end of an IDLE; `normal` is the timeout commands have,
+    /// which applies again from the moment `DONE` is sent.
     async fn wait_idle(
         &mut self,
         idle: &mut codec::Idle,
         duration: Duration,
+        normal: Duration,
         interrupt: impl Future<Output = ()>,
     ) -> Result<Woken, Error> {
         let deadline = tokio::time::sleep(duration);
@@ -382,12 +423,12 @@ impl Imap {
                     response = self.read_plain() => response?,
                     () = &mut deadline => {
                         woken = Some(Woken::Timeout);
-                        self.end_idle(idle).await?;
+                        self.end_idle(idle, normal).await?;
                         continue;
                     }
                     () = &mut interrupt => {
                         woken = Some(Woken::Interrupted);
-                        self.end_idle(idle).await?;
+                        self.end_idle(idle, normal).await?;
                         continue;
                     }
                 }
@@ -406,7 +447,7 @@ impl Imap {
                     }
                     if woken.is_none() {
                         woken = Some(Woken::NewMail);
-                        self.end_idle(idle).await?;
+                        self.end_idle(idle, normal).await?;
                     }
                 }
                 codec::IdleEvent::Nothing => self.untagged(response)?,
@@ -427,9 +468,12 @@ impl Imap {
         }
     }
 
-    async fn end_idle(&mut self, idle: &mut codec::Idle) -> Result<(), Error> {
+    /// Sends `DONE`. The server's completion is an ordinary reply: a
+    /// server that trickles after it must not keep the IDLE's long wait.
+    async fn end_idle(&mut self, idle: &mut codec::Idle, normal: Duration) -> Result<(), Error> {
         if idle.done() {
             debug!(target: TRACE, "C: DONE");
+            self.session.wire.set_timeout(normal);
             self.session.wire.write_all(codec::Idle::DONE).await?;
         }
         Ok(())
@@ -470,16 +514,19 @@ impl Imap {
         } else {
             format!("UID SEARCH {criteria}")
         };
-        let results = self
-            .collect(&command, |r| matches!(r, Untagged::Search(_)))
-            .await?;
-        Ok(results
-            .into_iter()
-            .flat_map(|result| match result {
-                Untagged::Search(uids) => uids,
-                _ => Vec::new(),
-            })
-            .collect())
+        let mut uids = Vec::new();
+        self.for_each_untagged(&command, |response| match response {
+            Untagged::Search(found) => {
+                if uids.len() + found.len() > MAX_MESSAGES {
+                    return Err(too_many_messages());
+                }
+                uids.extend(found);
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        })
+        .await?;
+        Ok(uids)
     }
 
     /// Sends the queued body fetches the window has room for.
@@ -547,6 +594,27 @@ pub enum Woken {
     Timeout,
     /// The caller's `interrupt` completed.
     Interrupted,
+}
+
+/// The largest body the server may send for a message of `size` bytes
+/// (RFC822.SIZE) before the message is refused.
+fn size_limit(size: u64) -> u64 {
+    size + size / 8 + SIZE_SLACK
+}
+
+/// The largest body read and thrown away to refuse a message whose
+/// RFC822.SIZE was a lie while keeping the session in step. A larger one
+/// is a protocol error: a new connection costs less than reading it.
+const MAX_DISCARDED_BODY: u64 = 1 << 30;
+
+/// What became of the message body in a response.
+enum Body {
+    /// The response had none.
+    None,
+    /// Written to the writer.
+    Streamed,
+    /// Read and thrown away, for this reason.
+    Discarded(String),
 }
 
 /// Stands in for a sink where a response can carry no body of ours.
@@ -657,25 +725,31 @@ impl Source for Imap {
             "UID FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({DIGEST_FIELDS})])",
             codec::sequence_set(&wanted)
         );
-        let found: HashMap<u32, Fetch> = self
-            .collect(
-                &command,
-                |r| matches!(r, Untagged::Fetch { attrs, .. } if attrs.size.is_some()),
-            )
-            .await?
-            .into_iter()
-            .filter_map(|result| match result {
-                Untagged::Fetch { attrs, .. } => Some((attrs.uid?, attrs)),
-                _ => None,
-            })
+        // Each answer is digested as it arrives: a folder of a million new
+        // messages must not hold a million header sections at once.
+        let wanted: HashMap<u32, usize> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.size.is_none())
+            .map(|(index, m)| (m.number, index))
             .collect();
-        for message in messages.iter_mut() {
-            if let Some(attrs) = found.get(&message.number) {
-                let size = attrs.size.unwrap_or_default();
-                message.size = Some(size);
-                message.digest = digest(size, attrs.header_fields.as_deref().unwrap_or_default());
-                if let Some(selected) = &mut self.selected {
-                    selected.sizes.insert(message.number, size);
+        self.for_each_untagged(&command, |response| match response {
+            Untagged::Fetch { attrs, .. } if attrs.size.is_some() => {
+                if let Some(&index) = attrs.uid.and_then(|uid| wanted.get(&uid)) {
+                    let size = attrs.size.unwrap_or_default();
+                    let header_fields = attrs.header_fields.as_deref().unwrap_or_default();
+                    messages[index].size = Some(size);
+                    messages[index].digest = digest(size, header_fields);
+                }
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        })
+        .await?;
+        if let Some(selected) = &mut self.selected {
+            for &index in wanted.values() {
+                if let Some(size) = messages[index].size {
+                    selected.sizes.insert(messages[index].number, size);
                 }
             }
         }
@@ -698,28 +772,37 @@ impl Source for Imap {
                     .session
                     .error(Kind::Protocol, "no message was requested"));
             }
-            match self.read_response(Some(&mut *out)).await? {
+            let (response, body) = self.read_response(Some(&mut *out)).await?;
+            match response {
                 Response::Untagged(Untagged::Fetch { attrs, .. }) if attrs.body.is_some() => {
-                    let uid = attrs
-                        .uid
-                        .filter(|uid| {
-                            self.in_flight.iter().any(|(_, u)| u == uid)
-                                && !self.answered.contains(uid)
-                        })
-                        .ok_or_else(|| {
-                            self.session.error(
-                                Kind::Protocol,
-                                &format!("unexpected message body for UID {:?}", attrs.uid),
-                            )
-                        })?;
-                    self.answered.insert(uid);
-                    return Ok(match attrs.body {
-                        Some(Some(_)) => (uid, Retrieved::Complete),
+                    let uid = self.answer(attrs.uid).ok_or_else(|| {
+                        self.session.error(
+                            Kind::Protocol,
+                            &format!("unexpected message body for UID {:?}", attrs.uid),
+                        )
+                    })?;
+                    return Ok(match (attrs.body, body) {
+                        (_, Body::Discarded(reason)) => (uid, Retrieved::Refused(reason)),
+                        (Some(Some(_)), _) => (uid, Retrieved::Complete),
                         _ => (
                             uid,
                             Retrieved::Refused("the server has no body for it".into()),
                         ),
                     });
+                }
+                // A part of the message, or another form of it, where the
+                // whole was asked for: nothing was written, and it can
+                // only be refused, saying what came.
+                Response::Untagged(Untagged::Fetch { attrs, .. })
+                    if !attrs.other_bodies.is_empty() =>
+                {
+                    if let Some(uid) = self.answer(attrs.uid) {
+                        let reason = format!(
+                            "the server sent {} instead of the whole message (BODY[])",
+                            attrs.other_bodies.join(" ")
+                        );
+                        return Ok((uid, Retrieved::Refused(reason)));
+                    }
                 }
                 Response::Tagged {
                     tag, status, text, ..

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tracing::debug;
+use tracing::{debug, info};
 
 use self::codec::{BodyDecoder, MAX_LINE, Status};
 use super::wire::{ServerSpec, Wire};
@@ -43,25 +43,37 @@ struct Capabilities {
 }
 
 impl Capabilities {
+    /// Takes note of one line of the CAPA listing.
+    fn learn(&mut self, line: &str) {
+        let mut words = line.split_ascii_whitespace();
+        let Some(name) = words.next() else { return };
+        match name.to_ascii_uppercase().as_str() {
+            "STLS" => self.stls = true,
+            "PIPELINING" => self.pipelining = true,
+            "UIDL" => self.uidl = true,
+            "USER" => self.user = true,
+            "SASL" => self.sasl = words.map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+
+    #[cfg(test)]
     fn parse(lines: &[String]) -> Capabilities {
         let mut caps = Capabilities {
             known: true,
             ..Capabilities::default()
         };
         for line in lines {
-            let mut words = line.split_ascii_whitespace();
-            let Some(name) = words.next() else { continue };
-            match name.to_ascii_uppercase().as_str() {
-                "STLS" => caps.stls = true,
-                "PIPELINING" => caps.pipelining = true,
-                "UIDL" => caps.uidl = true,
-                "USER" => caps.user = true,
-                "SASL" => caps.sasl = words.map(str::to_owned).collect(),
-                _ => {}
-            }
+            caps.learn(line);
         }
         caps
     }
+}
+
+/// Why a line of a multi-line listing was refused.
+enum Refusal {
+    Malformed,
+    TooMany,
 }
 
 /// A command waiting to be sent, with the form safe to log.
@@ -157,8 +169,57 @@ impl Pop3 {
         let apop_stamp = codec::apop_timestamp(greeting);
         let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal)
             .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;
+        let mut refused = match self.try_login(plan, account, secret, apop_stamp).await? {
+            Status::Ok(_) => return Ok(()),
+            Status::Err(text) => text,
+        };
+        // Many servers print an APOP timestamp, or offer a mechanism, that
+        // the account cannot use. With `auto`, a refused method gets one
+        // more try with the next one the rules allow: a wrong password then
+        // costs two attempts, not one per method.
+        let fallback = (account.auth == AuthMethod::Auto && worth_another_method(&refused))
+            .then(|| auto_candidates(&self.caps, apop_stamp, may_reveal))
+            .and_then(|candidates| candidates.into_iter().skip_while(|l| *l != plan).nth(1));
+        let mut tried = plan;
+        if let Some(next) = fallback {
+            match self.try_login(next, account, secret, apop_stamp).await? {
+                Status::Ok(_) => {
+                    info!(
+                        "{}: logged in with {} after the server refused {} ({refused})",
+                        self.host,
+                        next.describe(),
+                        plan.describe()
+                    );
+                    return Ok(());
+                }
+                Status::Err(text) => (refused, tried) = (text, next),
+            }
+        }
+        Err(Error::new(
+            Kind::Auth,
+            format!(
+                "{}: login as {} failed ({}): {refused}",
+                self.host,
+                account.username,
+                if tried == plan {
+                    plan.describe().to_owned()
+                } else {
+                    format!("{}, then {}", plan.describe(), tried.describe())
+                }
+            ),
+        ))
+    }
+
+    /// One login attempt with one method.
+    async fn try_login(
+        &mut self,
+        plan: Login,
+        account: &Account,
+        secret: &Secret,
+        apop_stamp: Option<&str>,
+    ) -> Result<Status, Error> {
         debug!(target: TRACE, "{}: logging in with {}", self.host, plan.describe());
-        let result = match plan {
+        match plan {
             Login::User => self.login_user(&account.username, secret).await,
             Login::Apop => {
                 let stamp = apop_stamp.unwrap_or_default();
@@ -173,18 +234,6 @@ impl Pop3 {
                 self.login_sasl(mechanism, &account.username, secret, account.port)
                     .await
             }
-        }?;
-        match result {
-            Status::Ok(_) => Ok(()),
-            Status::Err(text) => Err(Error::new(
-                Kind::Auth,
-                format!(
-                    "{}: login as {} failed ({}): {text}",
-                    self.host,
-                    account.username,
-                    plan.describe()
-                ),
-            )),
         }
     }
 
@@ -324,15 +373,36 @@ impl Pop3 {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// Reads a reply that has a multi-line part when positive: `None` for
-    /// `-ERR`, else the lines without the terminator.
-    async fn multiline(&mut self) -> Result<Result<Vec<Vec<u8>>, String>, Error> {
-        let lines = match self.status_line().await? {
-            Status::Ok(_) => Ok(self.listing().await?),
+    /// Reads a reply that has a multi-line part when positive, handing each
+    /// line of it (unstuffed) to `each` as it arrives, so that a listing
+    /// is never held as lines; `Err(text)` for `-ERR`. `what` names the
+    /// listing in errors.
+    async fn multiline(
+        &mut self,
+        what: &str,
+        mut each: impl FnMut(&[u8]) -> Result<(), Refusal>,
+    ) -> Result<Result<(), String>, Error> {
+        let outcome = match self.status_line().await? {
+            Status::Ok(_) => loop {
+                let line = self.read_line().await?;
+                if codec::is_terminator(&line) {
+                    break Ok(());
+                }
+                match each(codec::unstuff_line(&line)) {
+                    Ok(()) => {}
+                    Err(Refusal::Malformed) => return Err(self.unexpected(what, &line)),
+                    Err(Refusal::TooMany) => {
+                        return Err(Error::new(
+                            Kind::Protocol,
+                            format!("{}: {}", self.host, super::too_many_messages()),
+                        ));
+                    }
+                }
+            },
             Status::Err(text) => Err(text),
         };
         self.reply_done();
-        Ok(lines)
+        Ok(outcome)
     }
 
     /// Sends one command and reads its status line.
@@ -341,29 +411,23 @@ impl Pop3 {
         self.status().await
     }
 
-    /// Reads the lines of a multi-line listing, without the terminator.
-    async fn listing(&mut self) -> Result<Vec<Vec<u8>>, Error> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.read_line().await?;
-            if codec::is_terminator(&line) {
-                return Ok(lines);
-            }
-            lines.push(codec::unstuff_line(&line).to_vec());
-        }
-    }
-
     async fn capabilities(&mut self) -> Result<Capabilities, Error> {
         self.queue("CAPA".into(), None);
-        match self.multiline().await? {
-            Ok(lines) => Ok(Capabilities::parse(
-                &lines
-                    .iter()
-                    .map(|l| String::from_utf8_lossy(l).into_owned())
-                    .collect::<Vec<_>>(),
-            )),
-            Err(_) => Ok(Capabilities::default()),
-        }
+        let mut caps = Capabilities {
+            known: true,
+            ..Capabilities::default()
+        };
+        let listed = self
+            .multiline("CAPA line", |line| {
+                caps.learn(&String::from_utf8_lossy(line));
+                Ok(())
+            })
+            .await?;
+        Ok(if listed.is_ok() {
+            caps
+        } else {
+            Capabilities::default()
+        })
     }
 
     /// Reads one line (without CRLF), refusing to buffer more than
@@ -396,57 +460,65 @@ impl Pop3 {
 }
 
 impl Source for Pop3 {
+    /// LIST's lines become the listing as they arrive, and UIDL's fill in
+    /// the ids in place: no line is kept and no map of ids is built, so a
+    /// listed message costs its `Listed` and its id, nothing more.
     async fn list(&mut self, _with_seen: bool) -> Result<Listing, Error> {
-        self.queue("UIDL".into(), None);
         self.queue("LIST".into(), None);
-        let uids = match self.multiline().await? {
-            Ok(lines) => {
-                let mut uids = Vec::with_capacity(lines.len());
-                for line in &lines {
-                    uids.push(
-                        codec::parse_uidl_line(line)
-                            .ok_or_else(|| self.unexpected("UIDL line", line))?,
-                    );
+        self.queue("UIDL".into(), None);
+        let mut messages: Vec<Listed> = Vec::new();
+        let listed = self
+            .multiline("LIST line", |line| {
+                let (number, size) = codec::parse_list_line(line).ok_or(Refusal::Malformed)?;
+                if messages.len() == super::MAX_MESSAGES {
+                    return Err(Refusal::TooMany);
                 }
-                Some(uids)
-            }
-            Err(_) => None,
-        };
-        let mut listed = match self.multiline().await? {
-            Ok(lines) => {
-                let mut listed = Vec::with_capacity(lines.len());
-                for line in &lines {
-                    let (number, size) = codec::parse_list_line(line)
-                        .ok_or_else(|| self.unexpected("LIST line", line))?;
-                    listed.push(Listed {
-                        number,
-                        size: Some(size),
-                        ..Listed::default()
-                    });
+                messages.push(Listed {
+                    number,
+                    size: Some(size),
+                    ..Listed::default()
+                });
+                Ok(())
+            })
+            .await?;
+        if let Err(text) = listed {
+            return Err(Error::new(
+                Kind::Server,
+                format!("{}: LIST failed: {text}", self.host),
+            ));
+        }
+        // Servers list in order; sorting makes sure the lookups below work.
+        if !messages.is_sorted_by_key(|m| m.number) {
+            messages.sort_unstable_by_key(|m| m.number);
+        }
+        let mut uidl_lines = 0;
+        let uidl = self
+            .multiline("UIDL line", |line| {
+                let (number, uid) = codec::parse_uidl_line(line).ok_or(Refusal::Malformed)?;
+                // Ids of messages LIST did not show are not kept, but an
+                // endless run of them must still end.
+                uidl_lines += 1;
+                if uidl_lines > super::MAX_MESSAGES {
+                    return Err(Refusal::TooMany);
                 }
-                listed
-            }
-            Err(text) => {
-                return Err(Error::new(
-                    Kind::Server,
-                    format!("{}: LIST failed: {text}", self.host),
-                ));
-            }
-        };
-        if let Some(uids) = uids {
-            let by_number: std::collections::HashMap<u32, String> = uids.into_iter().collect();
-            for message in &mut listed {
-                message.uid = Some(by_number.get(&message.number).cloned().ok_or_else(|| {
-                    Error::new(
-                        Kind::Protocol,
-                        format!("{}: message {} has no UIDL", self.host, message.number),
-                    )
-                })?);
-            }
+                // A UIDL for a message LIST did not show is of no use.
+                if let Ok(index) = messages.binary_search_by_key(&number, |m| m.number) {
+                    messages[index].uid = Some(uid);
+                }
+                Ok(())
+            })
+            .await?;
+        if uidl.is_ok()
+            && let Some(message) = messages.iter().find(|m| m.uid.is_none())
+        {
+            return Err(Error::new(
+                Kind::Protocol,
+                format!("{}: message {} has no UIDL", self.host, message.number),
+            ));
         }
         Ok(Listing {
             identity: None,
-            messages: listed,
+            messages,
         })
     }
 
@@ -560,6 +632,33 @@ impl Login {
     }
 }
 
+/// The methods `auto` may use, best first: a SASL mechanism that keeps the
+/// password secret, APOP, a SASL mechanism that reveals it, USER/PASS;
+/// those that reveal it only when `may_reveal`.
+fn auto_candidates(caps: &Capabilities, apop_stamp: Option<&str>, may_reveal: bool) -> Vec<Login> {
+    let sasl = Mechanism::strongest(caps.sasl.iter().map(String::as_str), may_reveal);
+    let challenge_response = sasl.filter(|m| !m.reveals_secret()).map(Login::Sasl);
+    let revealing = sasl.filter(|m| m.reveals_secret()).map(Login::Sasl);
+    [
+        challenge_response,
+        apop_stamp.map(|_| Login::Apop),
+        revealing,
+        // USER is in every POP3 server, advertised or not.
+        may_reveal.then_some(Login::User),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Whether a refused login may succeed with another method: not when the
+/// server says the mailbox is busy or it is in trouble (RFC 3206), which
+/// another method would only hit again.
+fn worth_another_method(refusal: &str) -> bool {
+    let code = refusal.to_ascii_uppercase();
+    !(code.starts_with("[IN-USE]") || code.starts_with("[SYS/"))
+}
+
 /// Picks the login method: the configured one, or for `auto` the strongest
 /// the server offers. Methods that put the password on the wire are refused
 /// over an unencrypted link unless `may_reveal`.
@@ -572,13 +671,9 @@ fn choose_login(
     let offered = |name: &str| caps.sasl.iter().any(|m| m.eq_ignore_ascii_case(name));
     let login = match configured {
         AuthMethod::Auto => {
-            let sasl = Mechanism::strongest(caps.sasl.iter().map(String::as_str), may_reveal);
-            let challenge_response = sasl.filter(|m| !m.reveals_secret()).map(Login::Sasl);
-            challenge_response
-                .or(apop_stamp.map(|_| Login::Apop))
-                .or(sasl.map(Login::Sasl))
-                // USER is in every POP3 server, advertised or not.
-                .or(may_reveal.then_some(Login::User))
+            auto_candidates(caps, apop_stamp, may_reveal)
+                .first()
+                .copied()
                 .ok_or_else(|| {
                     "the connection is not encrypted and the server offers no login method that keeps the password secret; \
                      use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"

@@ -945,3 +945,55 @@ fn fetch_unseen_skips_messages_another_client_read() {
     assert_eq!(body_fetches(&server, 1), [2]);
     assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
 }
+
+// ---- 10. bodies in other forms, sizes that lie ------------------------------------------
+
+#[test]
+fn a_body_sent_as_a_partial_from_origin_zero_is_the_whole_message() {
+    let mail = messages(3);
+    let server = FakeImap::inbox(mail.clone(), Script::default().fault(Fault::OriginZeroBody));
+    let case = Case::new(server.port());
+    let run = case.run();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    // Each message in its own file, byte-exact: none appended to another.
+    assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
+    case.assert_no_partial(&mail);
+    assert_eq!(expunged_uids(&server), [1, 2, 3]);
+}
+
+#[test]
+fn a_message_larger_than_its_rfc822_size_is_refused_and_the_rest_delivered() {
+    let mail = vec![message(1, 1000), message(2, 300_000), message(3, 1000)];
+    let fault = Fault::UnderReportedSize {
+        uid: 2,
+        reported: 1000,
+    };
+    let server = FakeImap::inbox(mail.clone(), Script::default().fault(fault));
+    let case = Case::new(server.port());
+    let first = case.run();
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(first.stderr.contains("RFC822.SIZE"), "{first:?}");
+    assert!(
+        first.stderr.contains("1 refused by the server"),
+        "{first:?}"
+    );
+    assert_eq!(
+        case.delivered(),
+        expected(&[&mail[0], &mail[2]]),
+        "{first:?}"
+    );
+    case.assert_no_partial(&mail);
+    assert_eq!(server.uids("INBOX"), [2]);
+
+    // The folder is not wedged: mail that arrives later is fetched.
+    let later = message(4, 1000);
+    server.add_message("INBOX", later.clone());
+    let second = case.run();
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(
+        case.delivered(),
+        expected(&[&mail[0], &mail[2], &later]),
+        "{second:?}"
+    );
+    assert_eq!(server.uids("INBOX"), [2]);
+}

@@ -615,3 +615,63 @@ fn a_crash_loop_leaves_only_the_last_runs_files() {
     assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
     assert!(server.mailbox().is_empty());
 }
+
+/// The login commands of one session (APOP, USER, PASS, AUTH).
+fn logins(server: &FakePop3, session: usize) -> Vec<String> {
+    server.sessions()[session]
+        .iter()
+        .filter(|c| {
+            ["APOP", "USER", "PASS", "AUTH"]
+                .iter()
+                .any(|v| c.starts_with(v))
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn auto_falls_back_to_user_pass_when_the_advertised_apop_is_refused() {
+    let mail = messages(2);
+    let server = FakePop3::start(mail.clone(), Script::default().fault(Fault::ApopDisabled));
+    let case = Case::new(&server).set("auth", "\"auto\"");
+    let run = case.run();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(case.delivered(), expected(&mail.iter().collect::<Vec<_>>()));
+    let tried = logins(&server, 0);
+    assert!(tried[0].starts_with("APOP alice "), "{tried:?}");
+    assert_eq!(tried[1..], ["USER alice", &format!("PASS {PASSWORD}")]);
+    assert!(
+        run.stderr
+            .contains("logged in with USER/PASS after the server refused APOP"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn auto_with_a_wrong_password_tries_two_methods_once_each() {
+    let server = FakePop3::start(messages(2), Script::default().fault(Fault::ApopDisabled));
+    let case = Case::new(&server)
+        .set("auth", "\"auto\"")
+        .set("password", "\"wrong\"");
+    let run = case.run();
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(logins(&server, 0).len(), 3, "{:?}", server.sessions());
+    assert_eq!(server.sessions().len(), 1);
+    assert!(run.stderr.contains("(APOP, then USER/PASS)"), "{run:?}");
+    assert!(!run.stderr.contains("wrong"), "{run:?}");
+    assert_eq!(server.mailbox().len(), 2);
+}
+
+#[test]
+fn a_server_trickling_a_message_is_dropped_within_twice_the_timeout() {
+    let mail = vec![message(1, 50_000), message(2, 500)];
+    let server = FakePop3::start(mail, Script::default().fault(Fault::TrickleRetr(1)));
+    let case = Case::new(&server).set("timeout", "\"2s\"");
+    let run = case.run();
+    assert_eq!(run.code, Some(7), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(5), "{run:?}");
+    assert!(run.stderr.contains("sent only"), "{run:?}");
+    assert!(case.delivered().is_empty());
+    assert!(case.tmp_files().is_empty());
+    assert!(server.deleted().is_empty());
+}

@@ -1,0 +1,449 @@
+//! One poll of one account: list → diff against the state → retrieve →
+//! deliver → commit → delete.
+//!
+//! This is the only place that decides when a message counts as delivered
+//! and when it may be deleted. The rule, in order, for each batch:
+//!
+//! 1. every message of the batch is complete in the sink (staged);
+//! 2. the sink makes the batch's content durable (one concurrent group of
+//!    fsyncs);
+//! 3. the state journal records the batch as delivered, with each sink
+//!    intent, and is fsynced once;
+//! 4. the sink publishes the batch (Maildir: rename into `new/`, one
+//!    directory fsync), and the journal notes that (no fsync needed);
+//! 5. only after that, and after every batch is done, the server is told to
+//!    delete.
+//!
+//! A crash between 3 and 4 leaves intents that [`recover`] finishes on the
+//! next run; a crash before 3 leaves only invisible files in `tmp/` and the
+//! messages still on the server. Batches commit on a blocking thread while
+//! the next batch downloads.
+
+mod commit;
+mod plan;
+mod reject;
+mod report;
+mod retrieve;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use tokio::task::JoinHandle;
+
+use crate::config::{Account, FetchMode, Protocol, TlsMode};
+use crate::error::{Error, Kind};
+use crate::sink::Sink;
+use crate::source::{Listed, Source};
+use crate::state::{Entry, MailboxState};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::received::{Trace, local_hostname};
+use crate::sink::any::{AnySink, with_sink};
+use crate::source::imap::Imap;
+use crate::source::pop3::Pop3;
+use commit::*;
+use plan::*;
+use reject::*;
+pub use report::Report;
+use report::*;
+use retrieve::*;
+
+/// Set when the process is shutting down: retrievals stop requesting
+/// messages, and what is complete is committed (see [`stop_retrieving`]).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every poll in progress stop before its next message: messages
+/// already complete are committed as usual, the session is then dropped
+/// without deleting anything, and the rest waits for the next run.
+pub fn stop_retrieving() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`stop_retrieving`] was called.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Polls one account once: one report per mailbox (the POP3 account, or
+/// each IMAP folder). Never panics on bad input; every failure ends up in
+/// a report.
+pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
+    match AnySink::open(account, state_dir).await {
+        Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
+        Err((destination, err)) => vec![Report::failed(account, &destination, err)],
+    }
+}
+
+async fn poll_into<K: Sink>(account: &Account, state_dir: &Path, sink: K) -> Vec<Report> {
+    match account.protocol {
+        Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
+        Protocol::Imap => poll_imap(account, state_dir, sink).await,
+    }
+}
+
+async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Report {
+    let started = Instant::now();
+    let mut report = Report::new(account.name.clone(), &sink.describe(), account);
+    let result = async {
+        let state = StateOpening::start(
+            state_dir,
+            format!(
+                "pop3 {}@{}:{}",
+                account.username, account.host, account.port
+            ),
+        );
+        let secret = account.password.resolve(&account.name).await?;
+        let mut source = Pop3::connect(account, secret.as_ref()).await?;
+        // On error the session is dropped without QUIT: POP3 then undoes
+        // any DELE, and the next poll deletes what was delivered.
+        poll_mailbox(&mut source, &mut sink, account, state, &mut report).await?;
+        source.finish().await
+    }
+    .await;
+    sink.close().await;
+    report.error = result.err();
+    report.elapsed = started.elapsed();
+    report
+}
+
+async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Vec<Report> {
+    let started = Instant::now();
+    let mut reports: Vec<Report> = account
+        .folders
+        .iter()
+        .map(|folder| {
+            Report::new(
+                format!("{}/{folder}", account.name),
+                &sink.describe(),
+                account,
+            )
+        })
+        .collect();
+    let secret = match account.password.resolve(&account.name).await {
+        Ok(secret) => secret,
+        Err(err) => return fail_all(reports, err),
+    };
+    let mut source = match Imap::connect(account, secret.as_ref()).await {
+        Ok(source) => source,
+        Err(err) => return fail_all(reports, err),
+    };
+    // Connecting and logging in count towards the first folder.
+    let mut folder_started = started;
+    // Nothing is changed in a folder in keep mode without mark_seen.
+    let read_only = account.keep && !account.mark_seen;
+    let mut broken = None;
+    for (index, folder) in account.folders.iter().enumerate() {
+        let report = &mut reports[index];
+        let state = StateOpening::start(state_dir, imap_state_key(account, folder));
+        if let Err(err) = source.select(folder, read_only).await {
+            // A folder the server refuses to open does not stop the others.
+            let refused = err.kind == Kind::Server;
+            report.error = Some(err);
+            if refused {
+                continue;
+            }
+            broken = Some(index);
+            break;
+        }
+        let result = poll_mailbox(&mut source, &mut sink, account, state, report).await;
+        report.elapsed = folder_started.elapsed();
+        folder_started = Instant::now();
+        if let Err(err) = result {
+            // Mid-folder, the session's state is unknown: stop using it.
+            report.error = Some(err);
+            broken = Some(index);
+            break;
+        }
+    }
+    sink.close().await;
+    match broken {
+        Some(index) => {
+            for report in &mut reports[index + 1..] {
+                report.error = Some(Error::new(
+                    Kind::Connection,
+                    "not polled: the session failed on an earlier folder",
+                ));
+            }
+        }
+        None => {
+            if let Err(err) = source.finish().await {
+                tracing::debug!("{}: LOGOUT: {err}", account.name);
+            }
+        }
+    }
+    reports
+}
+
+/// Polls one folder of an open IMAP session (daemon mode, IDLE): opens the
+/// folder, delivers what is new and leaves it open. A report with an error
+/// means the session should not be used any more, except when the server
+/// refused to open the folder ([`Kind::Server`] before anything else).
+pub async fn poll_imap_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Report {
+    let started = Instant::now();
+    let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
+    let sink = match AnySink::open(account, state_dir).await {
+        Ok(sink) => sink,
+        Err((destination, err)) => {
+            report.destination = destination;
+            report.error = Some(err);
+            return report;
+        }
+    };
+    let result = with_sink!(sink, mut sink => {
+        report.destination = sink.describe();
+        let result = async {
+            let state = StateOpening::start(state_dir, imap_state_key(account, folder));
+            source
+                .select(folder, account.keep && !account.mark_seen)
+                .await?;
+            poll_mailbox(source, &mut sink, account, state, &mut report).await
+        }
+        .await;
+        sink.close().await;
+        result
+    });
+    report.error = result.err();
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
+    for report in &mut reports {
+        report.error = Some(Error::new(err.kind, err.message.clone()));
+    }
+    reports
+}
+
+/// A mailbox's state being read on a blocking thread. It is started
+/// before the server's slow steps (login, SELECT, the listing), which the
+/// read then overlaps: a big journal takes a few milliseconds to parse.
+struct StateOpening(JoinHandle<Result<MailboxState, Error>>);
+
+impl StateOpening {
+    fn start(state_dir: &Path, key: String) -> StateOpening {
+        let state_dir = state_dir.to_owned();
+        StateOpening(tokio::task::spawn_blocking(move || {
+            MailboxState::open(&state_dir, &key)
+        }))
+    }
+
+    async fn finish(self) -> Result<MailboxState, Error> {
+        self.0
+            .await
+            .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))?
+    }
+}
+
+/// The state key of an IMAP folder.
+fn imap_state_key(account: &Account, folder: &str) -> String {
+    format!(
+        "imap {}@{}:{}/{folder}",
+        account.username, account.host, account.port
+    )
+}
+
+/// The part of a poll common to every protocol, on one mailbox of an open
+/// session.
+async fn poll_mailbox<S: Source, K: Sink>(
+    source: &mut S,
+    sink: &mut K,
+    account: &Account,
+    state: StateOpening,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let state_error = |err: std::io::Error| {
+        Error::new(
+            Kind::Delivery,
+            format!("cannot update the state file: {err}"),
+        )
+    };
+    let listing = source.list(account.fetch == FetchMode::Unseen).await;
+    let mut state = state.finish().await?;
+    recover(&mut state)?;
+    let listing = listing?;
+
+    let mut listed = listing.messages;
+    if let Some(identity) = &listing.identity {
+        match state.meta(IDENTITY) {
+            Some(known) if known == identity => {}
+            None if state.is_empty() => state
+                .reset(IDENTITY, identity, Vec::new())
+                .map_err(state_error)?,
+            known => {
+                let carried = reidentify(source, &mut listed, &state).await?;
+                tracing::warn!(
+                    "{}: the server renumbered the folder (UIDVALIDITY {} → {identity}); {} of {} messages recognised \
+                     as delivered before, the rest will be fetched",
+                    report.mailbox,
+                    known.unwrap_or("unknown"),
+                    carried.len(),
+                    listed.len()
+                );
+                state
+                    .reset(IDENTITY, identity, carried)
+                    .map_err(state_error)?;
+            }
+        }
+    }
+    let has_uids = listed.iter().all(|message| message.uid.is_some());
+    if !has_uids && account.keep {
+        return Err(Error::new(
+            Kind::Protocol,
+            format!(
+                "{}: the server does not support UIDL, so mailfetch cannot tell old messages from new ones; \
+                 keep = true needs UIDL (with keep = false, every message is fetched and deleted)",
+                account.host
+            ),
+        ));
+    }
+    if has_uids {
+        let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
+        state.retain(&present).map_err(state_error)?;
+    }
+    let (mut old, mut new) = sort_out(listed, &state, account.fetch, &report.mailbox);
+    report.new = new.len();
+    source.describe(&mut new).await?;
+    if let Some(max_size) = account.max_size {
+        new.retain(|message| match message.size {
+            Some(size) if size > max_size => {
+                tracing::info!(
+                    "{}: skipping message {} ({} > max_size {}); it stays on the server",
+                    report.mailbox,
+                    message.number,
+                    human_bytes(size),
+                    human_bytes(max_size)
+                );
+                report.skipped += 1;
+                false
+            }
+            _ => true,
+        });
+    }
+    if let Some(limit) = account.max_per_poll
+        && new.len() > limit
+    {
+        report.deferred = new.len() - limit;
+        new.truncate(limit);
+    }
+    let (retries, finished) = partial_retries(&mut new, &state, &account.to);
+    if !finished.is_empty() {
+        // Every recipient has them already (the others were taken out of
+        // `to` since): delivered.
+        let entries: Vec<Entry> = finished
+            .iter()
+            .filter_map(|message| Some(Entry::new(message.uid.clone()?)))
+            .collect();
+        state.record_delivered(&entries).map_err(state_error)?;
+        old.extend(finished);
+    }
+
+    let trace = Trace {
+        server: &account.host,
+        local_host: &local_hostname(),
+        protocol: match account.protocol {
+            Protocol::Pop3 => "POP3",
+            Protocol::Imap => "IMAP",
+        },
+        tls: account.tls != TlsMode::None,
+        account: &account.name,
+        username: &account.username,
+    };
+    let header = account
+        .received_header
+        .then(|| trace.header(SystemTime::now()));
+    let mut commits = CommitQueue::new(sink.committer(), state);
+    let mut rejections = Vec::new();
+    let retrieval = retrieve(
+        source,
+        sink,
+        &new,
+        &retries,
+        header.as_deref(),
+        &mut commits,
+        &mut rejections,
+        report,
+    )
+    .await;
+    // Whatever happened, what was fully received is made durable.
+    let committed = commits.finish().await;
+    report.delivered = committed.messages.len();
+    report.delivered_bytes = committed.messages.iter().map(|(_, size)| size).sum();
+    let error = match (retrieval, committed.error) {
+        (Ok(()), None) => None,
+        (Err(err), None) | (Ok(()), Some(err)) => Some(err),
+        (Err(err), Some(commit_err)) => {
+            tracing::error!("{}: {commit_err}", report.mailbox);
+            Some(err)
+        }
+    };
+    // Refused messages are settled even when the session broke: once
+    // recorded, the next poll deletes them like delivered ones.
+    let settled = match committed.state {
+        Some(mut state) => settle_rejections(account, rejections, &mut state, report).await?,
+        None => Vec::new(),
+    };
+    if let Some(err) = error {
+        // The session may be unusable; what was committed is deleted (or
+        // marked) next time, as a message known to be delivered.
+        return Err(err);
+    }
+    let delivered: Vec<u32> = committed
+        .messages
+        .iter()
+        .map(|(number, _)| *number)
+        .collect();
+    if account.keep {
+        if account.mark_seen {
+            source.mark_seen(&delivered).await?;
+        }
+    } else {
+        // Messages delivered by an earlier poll that are still here (a crash
+        // or a dropped connection came before their deletion) go too.
+        let doomed: Vec<u32> = old
+            .iter()
+            .map(|message| message.number)
+            .chain(delivered)
+            .chain(settled)
+            .collect();
+        report.deleted = source.delete(&doomed).await?;
+    }
+    Ok(())
+}
+
+/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
+const IDENTITY: &str = "identity";
+
+/// After the server renumbered a mailbox, finds the messages delivered
+/// before by their digests; returns them under their new ids.
+async fn reidentify<S: Source>(
+    source: &mut S,
+    listed: &mut [Listed],
+    state: &MailboxState,
+) -> Result<Vec<Entry>, Error> {
+    let known: HashSet<String> = state.digests().into_iter().map(str::to_owned).collect();
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    source.describe(listed).await?;
+    Ok(listed
+        .iter()
+        .filter_map(|message| {
+            let digest = message
+                .digest
+                .as_ref()
+                .filter(|digest| known.contains(*digest))?;
+            Some(Entry {
+                digest: Some(digest.clone()),
+                ..Entry::new(message.uid.clone()?)
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,89 @@
+//! The account's destination, whichever kind it is.
+
+use std::path::Path;
+
+use crate::config::{Account, DeliverTarget, DeliveryServer};
+use crate::error::Error;
+use crate::received::local_hostname;
+use crate::sink::imap_append::ImapAppendSink;
+use crate::sink::maildir::MaildirSink;
+use crate::sink::mda::MdaSink;
+use crate::sink::smtp::SmtpSink;
+
+/// The account's destination, opened (not yet connected: network sinks
+/// connect at the first message).
+pub(crate) enum AnySink {
+    Maildir(MaildirSink),
+    Smtp(SmtpSink),
+    Mda(MdaSink),
+    // Boxed: the session it holds is large, and this enum is moved around.
+    Imap(Box<ImapAppendSink>),
+}
+
+/// Evaluates `$body` with `$sink` bound to the concrete sink inside an
+/// [`AnySink`]: the pipeline is generic over the sink, so each arm is
+/// compiled for its own type.
+macro_rules! with_sink {
+    ($any:expr, $sink:pat => $body:expr) => {
+        match $any {
+            AnySink::Maildir($sink) => $body,
+            AnySink::Smtp($sink) => $body,
+            AnySink::Mda($sink) => $body,
+            AnySink::Imap(boxed) => {
+                let $sink = *boxed;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_sink;
+
+impl AnySink {
+    /// Opens the account's destination; on failure, says what it was.
+    pub(crate) async fn open(
+        account: &Account,
+        state_dir: &Path,
+    ) -> Result<AnySink, (String, Error)> {
+        let spool = || state_dir.join("spool");
+        let resolve = async |server: &DeliveryServer, what: &str| {
+            server
+                .password
+                .resolve(&account.name)
+                .await
+                .map_err(|err| (what.to_owned(), err))
+        };
+        match &account.deliver {
+            DeliverTarget::Maildir(path) => match MaildirSink::open(path) {
+                Ok(sink) => {
+                    sink.remove_crash_leftovers(state_dir);
+                    Ok(AnySink::Maildir(sink))
+                }
+                Err(err) => Err((format!("maildir {}", path.display()), err)),
+            },
+            DeliverTarget::Mta(target) => {
+                let password = resolve(&target.server, "the MTA").await?;
+                Ok(AnySink::Smtp(SmtpSink::new(
+                    target.clone(),
+                    password,
+                    account.to.clone(),
+                    account.envelope_from.clone(),
+                    local_hostname(),
+                )))
+            }
+            DeliverTarget::Mda(target) => Ok(AnySink::Mda(MdaSink::new(
+                target.clone(),
+                account.to.clone(),
+                account.envelope_from.clone(),
+                spool(),
+            ))),
+            DeliverTarget::Imap(target) => {
+                let password = resolve(&target.server, "the IMAP server").await?;
+                Ok(AnySink::Imap(Box::new(ImapAppendSink::new(
+                    target.clone(),
+                    password,
+                    spool(),
+                ))))
+            }
+        }
+    }
+}

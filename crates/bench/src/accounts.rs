@@ -10,8 +10,7 @@ use crate::mail::small_messages;
 use crate::mailbox::seed;
 use crate::measure::measure;
 use crate::options::Opts;
-use crate::write_private;
-use crate::{MIB, PASSWORD, Tool, fleet_user};
+use crate::{MIB, PASSWORD, Tool, fetchmail_command, fleet_user, write_private};
 
 /// `accounts`: N accounts × M small messages, POP3 delete mode, one poll of
 /// them all by each tool (mailfetch: one one-shot run polling up to
@@ -158,18 +157,7 @@ pub fn fleet_command(
             }
             let conf = run_dir.join("fetchmailrc");
             write_private(&conf, &text)?;
-            let mut c = Command::new(bin);
-            c.env("FETCHMAILHOME", run_dir)
-                .arg("-N")
-                .arg("-s")
-                .arg("--nosyslog")
-                .arg("-f")
-                .arg(&conf)
-                .arg("--pidfile")
-                .arg(run_dir.join("fetchmail.pid"))
-                .arg("--idfile")
-                .arg(run_dir.join("fetchids"));
-            c
+            fetchmail_command(bin, &conf, run_dir)
         }
     })
 }

@@ -9,8 +9,7 @@ use testkit::dovecot::Dovecot;
 
 use crate::mail::small_messages;
 use crate::options::Opts;
-use crate::write_private;
-use crate::{PASSWORD, fleet_user};
+use crate::{PASSWORD, fleet_user, write_private};
 
 /// `idle`: `mailfetch --daemon` with one IDLE connection per account; once
 /// every connection idles, the CPU time it uses over `idle_seconds` and its

@@ -16,8 +16,10 @@ use crate::mail::{Message, big_message, mixed_messages, small_messages};
 use crate::measure::{Measurement, measure};
 use crate::options::{Opts, Scenario};
 use crate::report::{Row, print_table};
-use crate::{MIB, PASSWORD, SMTP_USER, Tool, clear_maildir, count_files};
-use crate::{tail, write_private};
+use crate::{
+    MIB, PASSWORD, SMTP_USER, Tool, clear_maildir, count_files, fetchmail_command, tail,
+    write_private,
+};
 
 /// Runs every one-mailbox scenario of `opts` with each tool that takes
 /// part in it.
@@ -248,18 +250,7 @@ pub fn fetch(
                     if keep { "keep" } else { "nokeep" },
                 ),
             )?;
-            let mut c = Command::new(bin);
-            c.env("FETCHMAILHOME", run_dir)
-                .arg("-N")
-                .arg("-s")
-                .arg("--nosyslog")
-                .arg("-f")
-                .arg(&conf)
-                .arg("--pidfile")
-                .arg(run_dir.join("fetchmail.pid"))
-                .arg("--idfile")
-                .arg(run_dir.join("fetchids"));
-            c
+            fetchmail_command(bin, &conf, run_dir)
         }
     };
     measure(server, tool.name(), &cmd, run_dir, expect)

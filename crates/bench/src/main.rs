@@ -68,7 +68,7 @@ mod report;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use testkit::dovecot::{self, Dovecot};
 use testkit::find_binary;
@@ -208,6 +208,23 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     drop(server);
     Ok(())
+}
+
+/// fetchmail in the foreground on `conf`, with its state files in
+/// `run_dir` (not in the home directory).
+fn fetchmail_command(bin: &Path, conf: &Path, run_dir: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env("FETCHMAILHOME", run_dir)
+        .arg("-N")
+        .arg("-s")
+        .arg("--nosyslog")
+        .arg("-f")
+        .arg(conf)
+        .arg("--pidfile")
+        .arg(run_dir.join("fetchmail.pid"))
+        .arg("--idfile")
+        .arg(run_dir.join("fetchids"));
+    c
 }
 
 fn fleet_user(i: usize) -> String {

@@ -13,20 +13,26 @@ use std::time::{Duration, Instant};
 /// How long any single mailfetch run may take before the test fails.
 pub const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-/// The `mailfetch` binary: `$MAILFETCH`, or the one cargo built into the
-/// profile directory of the running program (an integration test in
-/// `target/release/deps/`, an example in `target/release/examples/`, the
-/// benchmark in `target/release/`). A library cannot use
-/// `env!("CARGO_BIN_EXE_mailfetch")`: cargo sets it for integration tests only.
+/// The `mailfetch` binary the tests run: the one cargo built into the
+/// profile directory of the running test (`target/release/deps/..`). A
+/// library cannot use `env!("CARGO_BIN_EXE_mailfetch")`: cargo sets it
+/// for integration tests only.
 pub fn mailfetch_binary() -> PathBuf {
-    find_mailfetch().unwrap_or_else(|e| panic!("{e}"))
+    built_mailfetch().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// [`mailfetch_binary`], or why it is not there.
+/// The `mailfetch` binary for the demo and the benchmark: `$MAILFETCH`, or
+/// the one cargo built next to them (`target/release/examples/..`,
+/// `target/release/`).
 pub fn find_mailfetch() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MAILFETCH") {
-        return Ok(PathBuf::from(p));
+    match std::env::var_os("MAILFETCH") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => built_mailfetch(),
     }
+}
+
+/// `mailfetch` in the directory of the running program or its parent.
+fn built_mailfetch() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let candidates: Vec<PathBuf> = exe
         .ancestors()

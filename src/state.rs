@@ -385,19 +385,30 @@ impl MailboxState {
 
     /// Forgets every delivered id not in `present` (messages gone from the
     /// server), returning how many were forgotten. Not synced: a lost
-    /// record only means pruning again next time.
-    pub fn retain(&mut self, present: &HashSet<&str>) -> io::Result<usize> {
-        let pending_uids: HashSet<&String> = self.records.pending.values().collect();
-        let gone: Vec<String> = self
+    /// record only means pruning again next time. Costs memory in
+    /// proportion to the state, not to `present` (a whole listing).
+    pub fn retain<I>(&mut self, present: I) -> io::Result<usize>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut absent: HashSet<&str> = self
             .records
             .delivered
             .keys()
             .chain(self.records.partial.keys())
-            .filter(|uid| !present.contains(uid.as_str()) && !pending_uids.contains(uid))
-            .cloned()
-            .collect::<HashSet<String>>()
-            .into_iter()
+            .map(String::as_str)
             .collect();
+        for uid in present {
+            if absent.is_empty() {
+                break;
+            }
+            absent.remove(uid.as_ref());
+        }
+        for uid in self.records.pending.values() {
+            absent.remove(uid.as_str());
+        }
+        let gone: Vec<String> = absent.into_iter().map(str::to_owned).collect();
         if gone.is_empty() {
             return Ok(0);
         }
@@ -672,7 +683,7 @@ mod tests {
                 .map(|i| Entry::new(format!("{round}-{i}")))
                 .collect();
             state.record_delivered(&ids).unwrap();
-            state.retain(&HashSet::new()).unwrap();
+            state.retain(&HashSet::<&str>::new()).unwrap();
         }
         state.record_delivered(&[Entry::new("keep")]).unwrap();
         let size = fs::metadata(&state.path).unwrap().len();

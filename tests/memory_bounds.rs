@@ -94,8 +94,6 @@ fn an_endless_uidl_listing_is_refused_under_64_mib() {
 }
 
 #[test]
-#[ignore = "187 MB today: past the listing (about 100 B a message), the pipeline's \
-            partition into old and new and its set of present ids copy the listing"]
 fn a_million_message_pop3_mailbox_stays_under_128_mib() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let server = FakePop3::start(

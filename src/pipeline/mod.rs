@@ -305,34 +305,23 @@ async fn poll_mailbox<S: Source, K: Sink>(
         ));
     }
     if has_uids {
-        let present: HashSet<&str> = listed.iter().filter_map(|m| m.uid.as_deref()).collect();
-        state.retain(&present).map_err(state_error)?;
+        let present = listed.iter().filter_map(|m| m.uid.as_deref());
+        state.retain(present).map_err(state_error)?;
     }
-    let (mut old, mut new) = sort_out(listed, &state, account.fetch, &report.mailbox);
+    let Plan { mut old, mut new } = plan(listed, &state, account.fetch, &report.mailbox);
     report.new = new.len();
     source.describe(&mut new).await?;
-    if let Some(max_size) = account.max_size {
-        new.retain(|message| match message.size {
-            Some(size) if size > max_size => {
-                tracing::info!(
-                    "{}: skipping message {} ({} > max_size {}); it stays on the server",
-                    report.mailbox,
-                    message.number,
-                    human_bytes(size),
-                    human_bytes(max_size)
-                );
-                report.skipped += 1;
-                false
-            }
-            _ => true,
-        });
+    let limited = limit(&mut new, account.max_size, account.max_per_poll);
+    for (number, size) in &limited.too_big {
+        tracing::info!(
+            "{}: skipping message {number} ({} > max_size {}); it stays on the server",
+            report.mailbox,
+            human_bytes(*size),
+            human_bytes(account.max_size.unwrap_or_default())
+        );
     }
-    if let Some(limit) = account.max_per_poll
-        && new.len() > limit
-    {
-        report.deferred = new.len() - limit;
-        new.truncate(limit);
-    }
+    report.skipped = limited.too_big.len();
+    report.deferred = limited.deferred;
     let (retries, finished) = partial_retries(&mut new, &state, &account.to);
     if !finished.is_empty() {
         // Every recipient has them already (the others were taken out of
@@ -342,7 +331,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
             .filter_map(|message| Some(Entry::new(message.uid.clone()?)))
             .collect();
         state.record_delivered(&entries).map_err(state_error)?;
-        old.extend(finished);
+        old.extend(finished.iter().map(|message| message.number));
     }
 
     let trace = Trace {
@@ -407,12 +396,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     } else {
         // Messages delivered by an earlier poll that are still here (a crash
         // or a dropped connection came before their deletion) go too.
-        let doomed: Vec<u32> = old
-            .iter()
-            .map(|message| message.number)
-            .chain(delivered)
-            .chain(settled)
-            .collect();
+        let doomed: Vec<u32> = old.into_iter().chain(delivered).chain(settled).collect();
         report.deleted = source.delete(&doomed).await?;
     }
     Ok(())

@@ -26,6 +26,11 @@ pub enum Kind {
     Locked = 8,
     /// A message could not be delivered.
     Delivery = 10,
+    /// mailfetch itself could not work: a file of its own (the state
+    /// journal, the lock file) could not be read or written, the runtime
+    /// or the signal handlers could not start, or a poll crashed. The
+    /// code is fetchmail's for an internal error.
+    Local = 23,
 }
 
 impl Kind {

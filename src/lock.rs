@@ -29,7 +29,7 @@ impl StateLock {
             .create(state_dir)
             .map_err(|err| {
                 Error::new(
-                    Kind::Delivery,
+                    Kind::Local,
                     format!(
                         "cannot create state directory {}: {err}",
                         state_dir.display()
@@ -40,7 +40,7 @@ impl StateLock {
         let path = state_dir.join("lock");
         let cannot_open = |err: io::Error| {
             Error::new(
-                Kind::Delivery,
+                Kind::Local,
                 format!("cannot open {}: {err}", path.display()),
             )
         };
@@ -90,7 +90,7 @@ impl StateLock {
             }
             Err(TryLockError::Error(err)) => {
                 return Err(Error::new(
-                    Kind::Delivery,
+                    Kind::Local,
                     format!("cannot lock {}: {err}", path.display()),
                 ));
             }
@@ -122,9 +122,8 @@ fn read_pid(mut file: &File) -> Option<u32> {
 /// Refuses a state directory, or a journal in it, that someone else could
 /// write to.
 fn check_state_dir(state_dir: &Path) -> Result<(), Error> {
-    let unreadable = |path: &Path, err: io::Error| {
-        Error::new(Kind::Delivery, format!("{}: {err}", path.display()))
-    };
+    let unreadable =
+        |path: &Path, err: io::Error| Error::new(Kind::Local, format!("{}: {err}", path.display()));
     let metadata = fs::metadata(state_dir).map_err(|err| unreadable(state_dir, err))?;
     check_unwritable_by_others(state_dir, &metadata, "the state directory", STATE_RISK)?;
     let entries = fs::read_dir(state_dir).map_err(|err| unreadable(state_dir, err))?;

@@ -65,6 +65,8 @@ EXIT CODES (as fetchmail's):
     10  delivery failed: the destination refused a message (it stays on
         the server unless on_reject says otherwise), or could not be
         reached or written to
+    23  mailfetch itself could not work: its state or lock file could not
+        be read or written, or a poll crashed
     A poll that delivered some mail and then failed counts as failed. With
     several accounts or folders and none of them succeeding with mail, the
     highest code wins.
@@ -193,7 +195,12 @@ fn main() -> ExitCode {
         .with_target(false);
     if args.json {
         // Log shippers want the time; journald adds its own to text lines.
-        logs.json().with_current_span(false).init();
+        // Each line carries the spans of the poll it belongs to, with
+        // their fields (account, folder), under "spans".
+        logs.json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal())
             .without_time()
@@ -228,7 +235,7 @@ fn run(args: &Args) -> Result<u8, Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|err| Error::new(Kind::Delivery, format!("cannot start the runtime: {err}")))?;
+        .map_err(|err| Error::new(Kind::Local, format!("cannot start the runtime: {err}")))?;
     if args.daemon {
         let reload = || config::load(&path).and_then(|new| select_accounts(new, &args.accounts));
         let result = runtime.block_on(scheduler::run_daemon(config, reload));

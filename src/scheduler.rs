@@ -242,7 +242,7 @@ pub async fn poll_all(config: &Config) -> Vec<Report> {
             Err(err) => {
                 let report = Report {
                     mailbox: "?".to_owned(),
-                    error: Some(Error::new(Kind::Delivery, format!("poll failed: {err}"))),
+                    error: Some(Error::new(Kind::Local, format!("poll failed: {err}"))),
                     ..Report::default()
                 };
                 error!("{}", report.summary());
@@ -547,7 +547,7 @@ pub async fn run_daemon(
     let listen = |kind: SignalKind| {
         signal(kind).map_err(|err| {
             Error::new(
-                Kind::Delivery,
+                Kind::Local,
                 format!("cannot install a signal handler: {err}"),
             )
         })

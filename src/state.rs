@@ -195,7 +195,7 @@ impl MailboxState {
         let path = state_dir.join(file_name_for(key));
         Self::open_path(&path).map_err(|err| {
             Error::new(
-                Kind::Delivery,
+                Kind::Local,
                 format!(
                     "state file {}: {err} (moving it away makes mailfetch forget what it delivered from this mailbox)",
                     path.display()

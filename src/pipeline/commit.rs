@@ -93,11 +93,14 @@ impl<C: Committer> CommitJob<C> {
     pub(super) fn commit(&mut self, batch: Batch<C::Staged>) -> Result<Vec<(u32, u64)>, Error> {
         let failed =
             |what: &str, err: std::io::Error| Error::new(Kind::Delivery, format!("{what}: {err}"));
+        let journal_failed = |err: std::io::Error| {
+            Error::new(Kind::Local, format!("cannot write the state file: {err}"))
+        };
         for (uid, reached) in &batch.partials {
             // Like an acceptance that is final: written, synced at the end.
             self.state
                 .record_partial(uid, reached)
-                .map_err(|err| failed("cannot write the state file", err))?;
+                .map_err(journal_failed)?;
         }
         let mut done = Vec::with_capacity(batch.messages.len());
         let mut entries = Vec::new();
@@ -117,7 +120,7 @@ impl<C: Committer> CommitJob<C> {
             // Final already; the journal is synced once, at the end.
             self.state
                 .record_accepted(&entries)
-                .map_err(|err| failed("cannot write the state file", err))?;
+                .map_err(journal_failed)?;
             return Ok(done);
         }
         let started = Instant::now();
@@ -130,7 +133,7 @@ impl<C: Committer> CommitJob<C> {
         // reached the disk is unknown, and recovery handles both cases.
         self.state
             .record_delivered(&entries)
-            .map_err(|err| failed("cannot write the state file", err))?;
+            .map_err(journal_failed)?;
         let intents: Vec<String> = entries
             .into_iter()
             .filter_map(|entry| entry.intent)
@@ -224,7 +227,7 @@ impl<C: Committer> CommitQueue<C> {
             // Nothing more is committed or deleted this poll.
             Err(join) => {
                 self.error = Some(Error::new(
-                    Kind::Delivery,
+                    Kind::Local,
                     format!("commit thread failed: {join}"),
                 ));
             }
@@ -244,14 +247,14 @@ impl<C: Committer> CommitQueue<C> {
                     Ok(Ok(state)) => Some(state),
                     Ok(Err(err)) => {
                         error.get_or_insert(Error::new(
-                            Kind::Delivery,
+                            Kind::Local,
                             format!("cannot write the state file: {err}"),
                         ));
                         None
                     }
                     Err(join) => {
                         error.get_or_insert(Error::new(
-                            Kind::Delivery,
+                            Kind::Local,
                             format!("commit thread failed: {join}"),
                         ));
                         None

@@ -32,6 +32,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::{Account, FetchMode, Protocol, TlsMode};
 use crate::error::{Error, Kind};
@@ -69,12 +70,18 @@ pub fn is_stopping() -> bool {
 
 /// Polls one account once: one report per mailbox (the POP3 account, or
 /// each IMAP folder). Never panics on bad input; every failure ends up in
-/// a report.
+/// a report. Everything it logs is in a `poll` span naming the account
+/// (and a `folder` span for each IMAP folder), so that each line says which
+/// mailbox it is about while several polls run at once.
 pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
-    match AnySink::open(account, state_dir).await {
-        Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
-        Err((destination, err)) => vec![Report::failed(account, &destination, err)],
+    async {
+        match AnySink::open(account, state_dir).await {
+            Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
+            Err((destination, err)) => vec![Report::failed(account, &destination, err)],
+        }
     }
+    .instrument(tracing::info_span!("poll", account = %account.name))
+    .await
 }
 
 async fn poll_into<K: Sink>(account: &Account, state_dir: &Path, sink: K) -> Vec<Report> {
@@ -137,8 +144,13 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let mut broken = None;
     for (index, folder) in account.folders.iter().enumerate() {
         let report = &mut reports[index];
+        let span = tracing::info_span!("folder", folder = %folder);
         let state = StateOpening::start(state_dir, imap_state_key(account, folder));
-        if let Err(err) = source.select(folder, read_only).await {
+        if let Err(err) = source
+            .select(folder, read_only)
+            .instrument(span.clone())
+            .await
+        {
             // A folder the server refuses to open does not stop the others.
             let refused = err.kind == Kind::Server;
             report.error = Some(err);
@@ -148,7 +160,9 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             broken = Some(index);
             break;
         }
-        let result = poll_mailbox(&mut source, &mut sink, account, state, report).await;
+        let result = poll_mailbox(&mut source, &mut sink, account, state, report)
+            .instrument(span)
+            .await;
         report.elapsed = folder_started.elapsed();
         folder_started = Instant::now();
         if let Err(err) = result {
@@ -182,6 +196,18 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
 /// means the session should not be used any more, except when the server
 /// refused to open the folder ([`Kind::Server`] before anything else).
 pub async fn poll_imap_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Report {
+    let span = tracing::info_span!("poll", account = %account.name, folder = %folder);
+    poll_open_folder(source, account, folder, state_dir)
+        .instrument(span)
+        .await
+}
+
+async fn poll_open_folder(
     source: &mut Imap,
     account: &Account,
     folder: &str,
@@ -238,7 +264,7 @@ impl StateOpening {
     async fn finish(self) -> Result<MailboxState, Error> {
         self.0
             .await
-            .map_err(|err| Error::new(Kind::Delivery, format!("reading the state file: {err}")))?
+            .map_err(|err| Error::new(Kind::Local, format!("reading the state file: {err}")))?
     }
 }
 
@@ -260,10 +286,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     report: &mut Report,
 ) -> Result<(), Error> {
     let state_error = |err: std::io::Error| {
-        Error::new(
-            Kind::Delivery,
-            format!("cannot update the state file: {err}"),
-        )
+        Error::new(Kind::Local, format!("cannot update the state file: {err}"))
     };
     let listing = source.list(account.fetch == FetchMode::Unseen).await;
     let mut state = state.finish().await?;

@@ -167,7 +167,7 @@ pub(super) async fn settle_one<K: Sink>(
             Ok(lane)
         }
         Some(Err(join)) => Err(Error::new(
-            Kind::Delivery,
+            Kind::Local,
             format!("delivery task failed: {join}"),
         )),
         None => unreachable!("settle_one is called only while answers are awaited"),

@@ -675,3 +675,49 @@ fn a_server_trickling_a_message_is_dropped_within_twice_the_timeout() {
     assert!(case.tmp_files().is_empty());
     assert!(server.deleted().is_empty());
 }
+
+/// A fault of mailfetch's own files is neither the server's nor the
+/// destination's: a corrupt state journal exits 23 (fetchmail's "internal
+/// error"), and nothing is fetched or deleted.
+#[test]
+fn a_corrupt_state_file_exits_23_and_touches_nothing() {
+    let server = FakePop3::start(messages(2), Script::default());
+    let case = Case::new(&server);
+    let state_dir = case.dir.path().join("state");
+    fs::create_dir_all(&state_dir).unwrap();
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let journal = state_dir.join(format!("pop3%20alice@127.0.0.1%3A{}.state", server.port()));
+    fs::write(&journal, "not a state file\n").unwrap();
+    fs::set_permissions(&journal, fs::Permissions::from_mode(0o600)).unwrap();
+    let run = case.run();
+    assert_eq!(run.code, Some(23), "{run:?}");
+    assert!(run.stderr.contains("line 1 is corrupt"), "{run:?}");
+    assert!(case.delivered().is_empty());
+    assert!(server.deleted().is_empty());
+}
+
+/// With several polls at once, every line must say which mailbox it is
+/// about: what a poll logs carries its account, in text and in JSON.
+#[test]
+fn log_lines_of_a_poll_name_its_account() {
+    let server = FakePop3::start(messages(2), Script::default().fault(Fault::RetrErr(1)));
+    let case = Case::new(&server);
+    let text = case.run();
+    let line = text
+        .stderr
+        .lines()
+        .find(|l| l.contains("server refused message 1"))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(line.contains("poll{account=fake}"), "{line}");
+
+    let json = case.run_with(&["--log-format", "json"]);
+    let line = json
+        .stderr
+        .lines()
+        .find(|l| l.contains("server refused message 1"))
+        .unwrap_or_else(|| panic!("{json:?}"));
+    assert!(
+        line.contains(r#""spans":[{"account":"fake","name":"poll"}]"#),
+        "{line}"
+    );
+}

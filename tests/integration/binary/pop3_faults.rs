@@ -6,6 +6,7 @@
 //! next run does.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -683,7 +684,7 @@ fn a_server_trickling_a_message_is_dropped_within_twice_the_timeout() {
 fn a_corrupt_state_file_exits_23_and_touches_nothing() {
     let server = FakePop3::start(messages(2), Script::default());
     let case = Case::new(&server);
-    let state_dir = case.dir.path().join("state");
+    let state_dir = case.scratch.path().join("state");
     fs::create_dir_all(&state_dir).unwrap();
     fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700)).unwrap();
     let journal = state_dir.join(format!("pop3%20alice@127.0.0.1%3A{}.state", server.port()));

@@ -23,6 +23,7 @@ use crate::notify::notify;
 use crate::pipeline::{self, Report};
 use crate::source::Source;
 use crate::source::imap::{Imap, Woken};
+use crate::state;
 
 /// After SIGTERM, how long polls in progress get to finish their current
 /// message and commit before they are abandoned (the process must be gone
@@ -165,22 +166,14 @@ pub fn human_duration(duration: Duration) -> String {
 /// The state keys of the server mailboxes an account polls; two sessions
 /// never work on one of them at once.
 fn mailbox_keys(account: &Account) -> Vec<String> {
-    let protocol = match account.protocol {
-        Protocol::Pop3 => "pop3",
-        Protocol::Imap => "imap",
-    };
     let mut keys: Vec<String> = account
         .folders
         .iter()
-        .map(|folder| {
-            format!(
-                "{protocol} {}@{}:{}/{folder}",
-                account.username, account.host, account.port
-            )
-        })
+        .map(|folder| state::mailbox_key(account, folder))
         .collect();
     // Always taken in the same order, so two takers never deadlock.
     keys.sort();
+    keys.dedup();
     keys
 }
 

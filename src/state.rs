@@ -27,6 +27,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::{Account, Protocol};
 use crate::error::{Error, Kind};
 
 const HEADER: &str = "mailfetch-state 1";
@@ -558,6 +559,18 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
         _ => Ok(()),
+    }
+}
+
+/// The name of one server mailbox, for its journal and for the lock that
+/// keeps two polls off it: protocol, user, host and port, and for IMAP the
+/// folder (a POP3 account has one mailbox; `folder` is ignored). Not the
+/// account's name, so renaming an account keeps what it delivered.
+pub fn mailbox_key(account: &Account, folder: &str) -> String {
+    let server = format!("{}@{}:{}", account.username, account.host, account.port);
+    match account.protocol {
+        Protocol::Pop3 => format!("pop3 {server}"),
+        Protocol::Imap => format!("imap {server}/{folder}"),
     }
 }
 

@@ -38,7 +38,7 @@ use crate::config::{Account, FetchMode, Protocol, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
-use crate::state::{Entry, MailboxState};
+use crate::state::{Entry, MailboxState, mailbox_key};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::received::{Trace, local_hostname};
@@ -95,13 +95,7 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let started = Instant::now();
     let mut report = Report::new(account.name.clone(), &sink.describe(), account);
     let result = async {
-        let state = StateOpening::start(
-            state_dir,
-            format!(
-                "pop3 {}@{}:{}",
-                account.username, account.host, account.port
-            ),
-        );
+        let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
         let secret = account.password.resolve(&account.name).await?;
         let mut source = Pop3::connect(account, secret.as_ref()).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
@@ -145,7 +139,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     for (index, folder) in account.folders.iter().enumerate() {
         let report = &mut reports[index];
         let span = tracing::info_span!("folder", folder = %folder);
-        let state = StateOpening::start(state_dir, imap_state_key(account, folder));
+        let state = StateOpening::start(state_dir, mailbox_key(account, folder));
         if let Err(err) = source
             .select(folder, read_only)
             .instrument(span.clone())
@@ -226,7 +220,7 @@ async fn poll_open_folder(
     let result = with_sink!(sink, mut sink => {
         report.destination = sink.describe();
         let result = async {
-            let state = StateOpening::start(state_dir, imap_state_key(account, folder));
+            let state = StateOpening::start(state_dir, mailbox_key(account, folder));
             source
                 .select(folder, account.keep && !account.mark_seen)
                 .await?;
@@ -266,14 +260,6 @@ impl StateOpening {
             .await
             .map_err(|err| Error::new(Kind::Local, format!("reading the state file: {err}")))?
     }
-}
-
-/// The state key of an IMAP folder.
-fn imap_state_key(account: &Account, folder: &str) -> String {
-    format!(
-        "imap {}@{}:{}/{folder}",
-        account.username, account.host, account.port
-    )
 }
 
 /// The part of a poll common to every protocol, on one mailbox of an open

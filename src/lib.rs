@@ -12,8 +12,10 @@
 //!   reads the user's configuration.
 
 pub mod auth;
+pub mod cmdline;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod imap;
 pub mod lock;
 pub mod net;

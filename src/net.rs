@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{Error, Kind};
+use crate::fingerprint::Fingerprint;
 
 /// How the server's certificate is checked.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +50,7 @@ pub struct TlsOptions {
     pub ca_file: Option<PathBuf>,
     /// The SHA-256 of the server's end-entity certificate (DER). When set, it
     /// is the only check made on the certificate.
-    pub fingerprint: Option<[u8; 32]>,
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// A connection: plain TCP, TLS over TCP, or a Unix domain socket (LMTP
@@ -208,23 +209,14 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|address| address.to_canonical().is_loopback())
 }
 
-/// Formats a certificate fingerprint the way `fingerprint = ...` accepts it:
-/// `sha256:` followed by colon-separated uppercase hex bytes.
-pub fn format_fingerprint(fingerprint: &[u8; 32]) -> String {
-    let bytes: Vec<String> = fingerprint
-        .iter()
-        .map(|byte| format!("{byte:02X}"))
-        .collect();
-    format!("sha256:{}", bytes.join(":"))
-}
-
 /// The SHA-256 fingerprint of a DER-encoded certificate.
-fn sha256_fingerprint(certificate: &[u8]) -> [u8; 32] {
+fn sha256_fingerprint(certificate: &[u8]) -> Fingerprint {
     let digest = ring::digest::digest(&ring::digest::SHA256, certificate);
-    digest
+    let digest: [u8; 32] = digest
         .as_ref()
         .try_into()
-        .expect("a SHA-256 digest is 32 bytes long")
+        .expect("a SHA-256 digest is 32 bytes long");
+    Fingerprint::from(digest)
 }
 
 /// The crypto provider for every TLS connection, passed explicitly so we
@@ -329,7 +321,7 @@ enum Trust {
     /// Certificate authorities and the host name, by webpki.
     Authorities(Arc<WebPkiServerVerifier>),
     /// Exactly this SHA-256 fingerprint.
-    Pinned([u8; 32]),
+    Pinned(Fingerprint),
 }
 
 /// Verifies the server's certificate according to [`Trust`], and remembers
@@ -342,7 +334,7 @@ enum Trust {
 struct RecordingVerifier {
     trust: Trust,
     provider: Arc<CryptoProvider>,
-    presented: Mutex<Option<[u8; 32]>>,
+    presented: Mutex<Option<Fingerprint>>,
 }
 
 impl RecordingVerifier {
@@ -380,7 +372,7 @@ impl RecordingVerifier {
 
     /// The fingerprint of the certificate the server presented, if it got
     /// that far.
-    fn presented(&self) -> Option<[u8; 32]> {
+    fn presented(&self) -> Option<Fingerprint> {
         *self
             .presented
             .lock()
@@ -481,14 +473,13 @@ fn handshake_error(
         );
     };
 
-    let presented = format_fingerprint(&presented);
     let message = match opts.fingerprint {
         Some(pin) => format!(
             "the TLS certificate of {host} does not match the pinned fingerprint: \
              the server presented {presented}, but fingerprint = \"{}\" is configured; \
              if the server's certificate was legitimately replaced, check the new \
              fingerprint out of band and update the setting",
-            format_fingerprint(&pin),
+            pin,
         ),
         None => format!(
             "the TLS certificate of {host} cannot be trusted: {}; its fingerprint is \
@@ -539,7 +530,7 @@ mod tests {
     }
 
     impl ServerIdentity {
-        fn fingerprint(&self) -> [u8; 32] {
+        fn fingerprint(&self) -> Fingerprint {
             sha256_fingerprint(&self.certificate)
         }
     }
@@ -636,8 +627,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.message
-                .contains(&format_fingerprint(&identity.fingerprint())),
+            err.message.contains(&identity.fingerprint().to_string()),
             "{err}"
         );
         assert!(err.message.contains("ca_file"), "{err}");
@@ -679,8 +669,7 @@ mod tests {
         assert!(err.message.contains("mail.example.com"), "{err}");
         assert!(err.message.contains("not valid for"), "{err}");
         assert!(
-            err.message
-                .contains(&format_fingerprint(&identity.fingerprint())),
+            err.message.contains(&identity.fingerprint().to_string()),
             "{err}"
         );
     }
@@ -702,7 +691,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_pin_is_rejected_with_both_fingerprints() {
         let identity = self_signed_identity();
-        let wrong_pin = [0xAB; 32];
+        let wrong_pin = Fingerprint::from([0xAB; 32]);
         let opts = TlsOptions {
             ca_file: None,
             fingerprint: Some(wrong_pin),
@@ -711,14 +700,10 @@ mod tests {
         assert_eq!(err.kind, Kind::Connection);
         assert!(err.message.contains("pinned fingerprint"), "{err}");
         assert!(
-            err.message
-                .contains(&format_fingerprint(&identity.fingerprint())),
+            err.message.contains(&identity.fingerprint().to_string()),
             "{err}"
         );
-        assert!(
-            err.message.contains(&format_fingerprint(&wrong_pin)),
-            "{err}"
-        );
+        assert!(err.message.contains(&wrong_pin.to_string()), "{err}");
     }
 
     #[tokio::test]
@@ -746,16 +731,6 @@ mod tests {
         let err = connect("127.0.0.1", port, TIMEOUT).await.unwrap_err();
         assert_eq!(err.kind, Kind::Connection);
         assert!(err.message.contains(&format!("127.0.0.1:{port}")), "{err}");
-    }
-
-    #[test]
-    fn fingerprint_format() {
-        let mut fingerprint = [0u8; 32];
-        fingerprint[0] = 0xAB;
-        fingerprint[1] = 0x0C;
-        let formatted = format_fingerprint(&fingerprint);
-        assert!(formatted.starts_with("sha256:AB:0C:00:"), "{formatted}");
-        assert_eq!(formatted.len(), "sha256:".len() + 32 * 3 - 1);
     }
 
     #[test]

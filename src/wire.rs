@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Account, AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
+use crate::fingerprint::Fingerprint;
 use crate::net::{self, Stream, TlsOptions};
 
 /// How to reach a server and log in to it, whatever part of the
@@ -25,7 +26,7 @@ pub struct ServerSpec {
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the server's end-entity certificate (DER).
-    pub fingerprint: Option<[u8; 32]>,
+    pub fingerprint: Option<Fingerprint>,
     pub username: String,
     pub auth: AuthMethod,
     pub allow_plaintext_auth: bool,

@@ -2,10 +2,11 @@
 //! message the destination refused for good is reported to its envelope
 //! sender, then deleted from the source server.
 //!
-//! [`compose`] builds the bounce; sending it is
-//! [`send_bounce`](crate::sink::smtp::send_bounce), through the configured
+//! [`compose`] builds the bounce; the SMTP client sends it
+//! ([`send_bounce`](crate::sink::smtp::send_bounce)), through the configured
 //! SMTP server with the null sender `MAIL FROM:<>`, so that a bounce can
-//! never cause another bounce.
+//! never cause another bounce. This module only composes, and the SMTP
+//! client knows nothing of it: the dependency runs one way.
 //!
 //! The caller must never bounce a message whose envelope sender was the
 //! null sender (`Rejection::sender` is `None` then): RFC 5321 §6.1 forbids
@@ -14,11 +15,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Rejection;
-
-/// Sends a composed bounce with `MAIL FROM:<>`; it lives with the SMTP
-/// client and is re-exported here for callers that think of it as part of
-/// bouncing.
-pub use super::smtp::send_bounce;
 
 /// The longest diagnostic quoted, so every line stays far below the 998
 /// octets RFC 5322 allows.

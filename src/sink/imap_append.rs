@@ -30,7 +30,7 @@ use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 use super::envelope::{HeaderCapture, Sender};
-use super::mda::SpoolFile;
+use super::spool::SpoolFile;
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
 use crate::config::{ImapTarget, Secret};
 use crate::error::{Error, Kind};

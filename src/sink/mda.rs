@@ -1,7 +1,8 @@
 //! Delivery to a mail delivery agent (`deliver = "mda:/usr/bin/procmail -d %T"`):
 //! a command that gets each message on its standard input.
 //!
-//! * The command line is split into words here ([`parse_command`]) and run
+//! * The command line comes split into words
+//!   ([`CommandLine`](crate::cmdline::CommandLine)) and is run
 //!   without a shell, so nothing from a message can become shell syntax.
 //!   `%T` (recipient) and `%F` (envelope sender) are replaced inside words;
 //!   the sender comes from [`Sender::parse`], which refuses anything with
@@ -30,13 +31,10 @@
 //!   Otherwise the message streams straight into the command once its
 //!   header block (which `%F` may need) is complete.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +44,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::envelope::{HeaderCapture, Sender};
+use super::spool::SpoolFile;
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
 use crate::config::{EnvelopeFrom, MdaTarget};
 use crate::error::{Error, Kind};
@@ -63,78 +62,6 @@ const CHUNK: usize = 64 * 1024;
 /// How long to wait for a command's stderr to reach EOF after the command
 /// exited: a background process it left behind may hold the pipe open.
 const STDERR_GRACE: Duration = Duration::from_secs(2);
-
-/// Splits a command line into words like a POSIX shell would, without any
-/// expansion: blanks separate words; `'…'` keeps everything literally;
-/// `"…"` keeps everything but `\"` and `\\`; outside quotes a backslash
-/// keeps the next character. `%T`/`%F` are left for [`MdaSink`] to replace.
-///
-/// An unterminated quote, a trailing backslash or an empty command is an
-/// error (for the configuration check).
-pub fn parse_command(text: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    // A word has started even if it is empty so far (`''`).
-    let mut in_word = false;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' | '\r' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err("unterminated single quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => word.push(c),
-                            Some(c) => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                            None => return Err("unterminated double quote".into()),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err("unterminated double quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => word.push(c),
-                    None => return Err("backslash at the end of the command".into()),
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    match words.first() {
-        None => Err("empty command".into()),
-        Some(program) if program.is_empty() => Err("empty program name".into()),
-        Some(_) => Ok(words),
-    }
-}
 
 /// Replaces `%T`, `%F` and `%%` in one word; other `%` sequences stay as
 /// they are. With `quote`, substituted values are single-quoted for a
@@ -247,28 +174,26 @@ impl Plan {
 }
 
 pub struct MdaSink {
-    plan: Result<Arc<Plan>, String>,
+    plan: Arc<Plan>,
     spool_dir: PathBuf,
 }
 
 impl MdaSink {
-    /// A sink running `target.command` for each message. A command that
-    /// does not parse (see [`parse_command`]) fails at the first message.
+    /// A sink running `target.command` for each message.
     pub fn new(
         target: MdaTarget,
         recipients: Vec<String>,
         envelope_from: EnvelopeFrom,
         spool_dir: PathBuf,
     ) -> MdaSink {
-        let plan = parse_command(&target.command).map(|words| {
-            Arc::new(Plan {
-                script: shell_script_index(&words),
-                words,
-                recipients,
-                envelope_from,
-                timeout: target.timeout,
-                label: target.command.clone(),
-            })
+        let words = target.command.words().to_vec();
+        let plan = Arc::new(Plan {
+            script: shell_script_index(&words),
+            words,
+            recipients,
+            envelope_from,
+            timeout: target.timeout,
+            label: target.command.to_string(),
         });
         MdaSink { plan, spool_dir }
     }
@@ -296,12 +221,6 @@ impl MdaSink {
             size: 0,
             dest,
         })
-    }
-
-    fn plan(&self) -> Result<Arc<Plan>, Error> {
-        self.plan
-            .clone()
-            .map_err(|err| Error::new(Kind::Config, format!("cannot use the MDA command: {err}")))
     }
 }
 
@@ -336,108 +255,6 @@ impl ToLf {
     fn end(&mut self, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.pending_cr) {
             out.push(b'\r');
-        }
-    }
-}
-
-/// A private file holding one message while it is being delivered; removed
-/// when dropped, whatever happened to the delivery. Shared with the IMAP
-/// APPEND sink.
-pub(crate) struct SpoolFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl SpoolFile {
-    /// Creates a new file (mode 0600) in `dir`, creating `dir` (mode 0700)
-    /// if it is missing: messages are private.
-    pub(crate) fn create(dir: &Path, prefix: &str) -> io::Result<SpoolFile> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        remove_orphans_once(dir);
-        loop {
-            let path = dir.join(format!(
-                "{prefix}.{}.{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => return Ok(SpoolFile { path, file }),
-                // Left by a crashed run with the same pid: take another name.
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    pub(crate) fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        // Page-cache writes take microseconds; done inline like the Maildir
-        // writer's, rather than a thread hand-off per chunk.
-        self.file.write_all(data)
-    }
-
-    /// A reader positioned at the start of the file.
-    pub(crate) fn reader(&self) -> io::Result<tokio::fs::File> {
-        let mut file = self.file.try_clone()?;
-        file.rewind()?;
-        Ok(tokio::fs::File::from_std(file))
-    }
-}
-
-/// Spool files are named `PREFIX.PID.N`; those the prefixes here name.
-const SPOOL_PREFIXES: &[&str] = &["mda", "append"];
-
-/// Removes, once per process and directory, spool files left by a process
-/// that died (a crash or `kill -9` mid-message): their messages are still on
-/// the server, and the files would otherwise stay forever.
-fn remove_orphans_once(dir: &Path) {
-    static CLEANED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-    {
-        let mut cleaned = CLEANED.lock().unwrap_or_else(|poison| poison.into_inner());
-        if cleaned.iter().any(|done| done == dir) {
-            return;
-        }
-        cleaned.push(dir.to_owned());
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = orphan_pid(&name.to_string_lossy()) else {
-            continue;
-        };
-        if super::process_is_gone(pid) {
-            debug!("removing orphaned spool file {}", entry.path().display());
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// The pid in a spool file name of another process, if it is one.
-fn orphan_pid(name: &str) -> Option<i32> {
-    let mut parts = name.split('.');
-    let (prefix, pid, counter) = (parts.next()?, parts.next()?, parts.next()?);
-    let pid: i32 = pid.parse().ok()?;
-    let ours = SPOOL_PREFIXES.contains(&prefix)
-        && counter.parse::<u64>().is_ok()
-        && parts.next().is_none();
-    (ours && pid > 0 && pid as u32 != std::process::id()).then_some(pid)
-}
-
-impl Drop for SpoolFile {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_file(&self.path) {
-            warn!("cannot remove spool file {}: {err}", self.path.display());
         }
     }
 }
@@ -698,20 +515,17 @@ impl Sink for MdaSink {
     type Committer = AlreadyDurable;
 
     fn describe(&self) -> String {
-        match &self.plan {
-            Ok(plan) => format!("mda {}", plan.label),
-            Err(_) => "mda".to_owned(),
-        }
+        format!("mda {}", self.plan.label)
     }
 
     async fn begin(&mut self) -> Result<MdaWriter, Error> {
-        self.begin_with(self.plan()?)
+        self.begin_with(Arc::clone(&self.plan))
     }
 
     async fn begin_to(&mut self, recipients: &[String]) -> Result<MdaWriter, Error> {
         let plan = Plan {
             recipients: recipients.to_vec(),
-            ..Plan::clone(&*self.plan()?)
+            ..Plan::clone(&self.plan)
         };
         self.begin_with(Arc::new(plan))
     }
@@ -865,60 +679,7 @@ mod tests {
     use super::*;
 
     fn words(text: &str) -> Vec<String> {
-        parse_command(text).unwrap()
-    }
-
-    #[test]
-    fn commands_split_like_a_shell_without_expansion() {
-        assert_eq!(
-            words("/usr/bin/procmail -d %T"),
-            ["/usr/bin/procmail", "-d", "%T"]
-        );
-        assert_eq!(words("  a\t b  "), ["a", "b"]);
-        assert_eq!(words(r#"a 'b c' "d e" f\ g"#), ["a", "b c", "d e", "f g"]);
-        assert_eq!(
-            words(r#"'it''s' "say \"hi\" \\ \n" x''y"#),
-            ["its", r#"say "hi" \ \n"#, "xy"]
-        );
-        assert_eq!(words(r#"a '' "" b"#), ["a", "", "", "b"]);
-        assert_eq!(
-            words("sh -c 'echo $HOME; cat > /tmp/x'"),
-            ["sh", "-c", "echo $HOME; cat > /tmp/x"]
-        );
-        assert_eq!(words(r"'\n'"), [r"\n"]);
-    }
-
-    #[test]
-    fn malformed_commands_are_refused() {
-        assert!(
-            parse_command("procmail 'oops")
-                .unwrap_err()
-                .contains("single quote")
-        );
-        assert!(
-            parse_command("procmail \"oops")
-                .unwrap_err()
-                .contains("double quote")
-        );
-        assert!(parse_command("procmail \"oops\\").is_err());
-        assert!(
-            parse_command("procmail \\")
-                .unwrap_err()
-                .contains("backslash")
-        );
-        assert!(parse_command("").is_err());
-        assert!(parse_command("   ").is_err());
-        assert!(parse_command("'' -d %T").unwrap_err().contains("program"));
-    }
-
-    #[test]
-    fn orphaned_spool_files_are_recognised_by_name() {
-        assert_eq!(orphan_pid("mda.12345.0"), Some(12345));
-        assert_eq!(orphan_pid("append.7.42"), Some(7));
-        assert_eq!(orphan_pid(&format!("mda.{}.3", std::process::id())), None);
-        assert_eq!(orphan_pid("other.12345.0"), None);
-        assert_eq!(orphan_pid("mda.12345.0.x"), None);
-        assert_eq!(orphan_pid("mda.x.0"), None);
+        crate::cmdline::split_words(text).unwrap()
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod intent;
 pub mod maildir;
 pub mod mda;
 pub mod smtp;
+pub mod spool;
 
 use std::future::Future;
 use std::io;

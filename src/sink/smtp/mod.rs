@@ -56,8 +56,6 @@ use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sin
 use crate::config::{EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, Secret};
 use crate::error::{Error, Kind};
 
-pub use self::bounce_send::send_bounce;
-
 /// Encoded data is handed to the socket in writes of about this size.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -482,70 +480,66 @@ impl Sink for SmtpSink {
     }
 }
 
-mod bounce_send {
-    use super::*;
-
-    /// Sends `message` (a complete bounce from [`crate::sink::bounce::compose`])
-    /// to `recipient` with the null envelope sender `MAIL FROM:<>`, on a
-    /// session of its own. Succeeds only when the server said 250 to the
-    /// data.
-    ///
-    /// Never call it for a message whose sender was the null sender (a
-    /// bounce of a bounce): that is the caller's check, as `Rejection::sender`
-    /// is `None` then.
-    pub async fn send_bounce(
-        target: &MtaTarget,
-        password: Option<&Secret>,
-        helo_name: &str,
-        recipient: &str,
-        message: &[u8],
-    ) -> Result<(), Error> {
-        let description = describe_target(target);
-        let fail = |what: String| Error::new(Kind::Delivery, format!("{description}: {what}"));
-        if !codec::is_safe_path(recipient) || recipient.is_empty() {
-            return Err(fail(format!(
-                "cannot send a bounce to {recipient:?}: not a usable address"
-            )));
-        }
-        let mut session = Session::open(target, password, helo_name)
-            .await
-            .map_err(|err| fail(err.message))?;
-        let smtputf8 = !recipient.is_ascii();
-        if smtputf8 && !session.capabilities.smtputf8 {
-            return Err(fail(format!(
-                "cannot send a bounce to {recipient}: the server does not offer SMTPUTF8"
-            )));
-        }
-        let recipients = [recipient.to_owned()];
-        let outcome = match session.envelope("", &recipients, smtputf8).await {
-            Ok(Envelope::Go { recipients }) => {
-                let mut encoder = DataEncoder::new();
-                let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 8);
-                encoder.encode(message, &mut out);
-                encoder.finish(&mut out);
-                match session.conn.write_all(&out).await {
-                    Ok(()) => match session.data_replies(recipients).await {
-                        Ok(DataReplies { refusal: None, .. }) => Ok(()),
-                        Ok(DataReplies {
-                            refusal: Some(Refusal::Temporary(reason) | Refusal::Permanent(reason)),
-                            ..
-                        }) => Err(fail(format!("the bounce was refused: {reason}"))),
-                        Err(err) => Err(fail(err.message)),
-                    },
-                    Err(err) => Err(fail(err.message)),
-                }
-            }
-            Ok(
-                Envelope::Refused(Refusal::Temporary(reason) | Refusal::Permanent(reason))
-                | Envelope::RefusedInData(Refusal::Temporary(reason) | Refusal::Permanent(reason)),
-            ) => {
-                return Err(fail(format!("the bounce was refused: {reason}")));
-            }
-            Err(err) => return Err(fail(err.message)),
-        };
-        if outcome.is_ok() {
-            session.quit().await;
-        }
-        outcome
+/// Sends `message` (a complete bounce, which the `bounce` module composes)
+/// to `recipient` with the null envelope sender `MAIL FROM:<>`, on a
+/// session of its own. Succeeds only when the server said 250 to the
+/// data.
+///
+/// Never call it for a message whose sender was the null sender (a
+/// bounce of a bounce): that is the caller's check, as `Rejection::sender`
+/// is `None` then.
+pub async fn send_bounce(
+    target: &MtaTarget,
+    password: Option<&Secret>,
+    helo_name: &str,
+    recipient: &str,
+    message: &[u8],
+) -> Result<(), Error> {
+    let description = describe_target(target);
+    let fail = |what: String| Error::new(Kind::Delivery, format!("{description}: {what}"));
+    if !codec::is_safe_path(recipient) || recipient.is_empty() {
+        return Err(fail(format!(
+            "cannot send a bounce to {recipient:?}: not a usable address"
+        )));
     }
+    let mut session = Session::open(target, password, helo_name)
+        .await
+        .map_err(|err| fail(err.message))?;
+    let smtputf8 = !recipient.is_ascii();
+    if smtputf8 && !session.capabilities.smtputf8 {
+        return Err(fail(format!(
+            "cannot send a bounce to {recipient}: the server does not offer SMTPUTF8"
+        )));
+    }
+    let recipients = [recipient.to_owned()];
+    let outcome = match session.envelope("", &recipients, smtputf8).await {
+        Ok(Envelope::Go { recipients }) => {
+            let mut encoder = DataEncoder::new();
+            let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 8);
+            encoder.encode(message, &mut out);
+            encoder.finish(&mut out);
+            match session.conn.write_all(&out).await {
+                Ok(()) => match session.data_replies(recipients).await {
+                    Ok(DataReplies { refusal: None, .. }) => Ok(()),
+                    Ok(DataReplies {
+                        refusal: Some(Refusal::Temporary(reason) | Refusal::Permanent(reason)),
+                        ..
+                    }) => Err(fail(format!("the bounce was refused: {reason}"))),
+                    Err(err) => Err(fail(err.message)),
+                },
+                Err(err) => Err(fail(err.message)),
+            }
+        }
+        Ok(
+            Envelope::Refused(Refusal::Temporary(reason) | Refusal::Permanent(reason))
+            | Envelope::RefusedInData(Refusal::Temporary(reason) | Refusal::Permanent(reason)),
+        ) => {
+            return Err(fail(format!("the bounce was refused: {reason}")));
+        }
+        Err(err) => return Err(fail(err.message)),
+    };
+    if outcome.is_ok() {
+        session.quit().await;
+    }
+    outcome
 }

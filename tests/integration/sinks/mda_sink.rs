@@ -48,7 +48,7 @@ impl Dir {
     fn sink(&self, command: &str, recipients: &[&str], timeout: Duration) -> MdaSink {
         MdaSink::new(
             MdaTarget {
-                command: command.to_owned(),
+                command: command.parse().unwrap(),
                 timeout,
             },
             recipients.iter().map(|r| r.to_string()).collect(),
@@ -341,7 +341,7 @@ async fn envelope_sender_is_substituted_and_hostile_ones_are_dropped() {
     );
     let mut sink = MdaSink::new(
         MdaTarget {
-            command: format!("{script} -f %F -- %T '100%%'"),
+            command: format!("{script} -f %F -- %T '100%%'").parse().unwrap(),
             timeout: LONG,
         },
         vec!["bob smith".into()],
@@ -415,8 +415,13 @@ async fn a_missing_program_stops_the_poll_instead_of_refusing_mail() {
     assert_eq!(err.kind, mailfetch::error::Kind::Delivery);
     assert!(err.message.contains("no-such-mda"), "{err}");
 
-    let mut sink = dir.sink("procmail 'unterminated", &["bob"], LONG);
-    assert!(sink.begin().await.is_err());
+    // A command that does not parse is refused where it is read, so no sink
+    // can hold one.
+    assert!(
+        "procmail 'unterminated"
+            .parse::<mailfetch::cmdline::CommandLine>()
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -164,7 +164,7 @@ async fn starttls_with_a_pinned_certificate() {
     };
     let mut t = target(&postfix);
     t.server.tls = TlsMode::StartTls;
-    t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()));
+    t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()).into());
     let mut sink = smtp_sink(t.clone(), &[Postfix::address("bob")]);
     let message = b"Return-Path: <tls@example.org>\r\nSubject: over TLS\r\n\r\nsecret\r\n";
     assert!(matches!(
@@ -180,7 +180,7 @@ async fn starttls_with_a_pinned_certificate() {
     );
 
     // Another pin: the handshake fails and nothing is sent.
-    t.server.fingerprint = Some([0; 32]);
+    t.server.fingerprint = Some([0; 32].into());
     let mut sink = smtp_sink(t, &[Postfix::address("bob")]);
     let err = sink.begin().await.err().expect("a wrong pin must fail");
     assert_eq!(err.kind, mailfetch::error::Kind::Delivery, "{err}");
@@ -255,7 +255,7 @@ async fn smtps_with_tls_from_the_first_byte() {
         port: postfix.smtps_port(),
     };
     t.server.tls = TlsMode::Implicit;
-    t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()));
+    t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()).into());
     let mut sink = smtp_sink(t, &[Postfix::address("carol")]);
     let message = b"Return-Path: <smtps@example.org>\r\nSubject: smtps\r\n\r\nwrapped\r\n";
     for _ in 0..2 {

@@ -1,0 +1,312 @@
+//! `deliver` and its `[account.delivery]` table, one scheme at a time.
+
+use toml::Spanned;
+
+use super::parse::Parser;
+use super::raw::{RawDelivery, RawValue};
+use super::values::*;
+use super::*;
+use crate::net::is_loopback_host;
+
+/// How `deliver` may be written, for error messages.
+const DELIVER_FORMS: &str = "maildir:PATH, smtp://HOST[:PORT], smtps://HOST[:PORT], \
+     lmtp:/PATH/TO/SOCKET, lmtp://HOST[:PORT], mda:COMMAND, imap://USER@HOST[:PORT]/FOLDER, \
+     imaps://USER@HOST[:PORT]/FOLDER";
+
+/// How long an MDA may take for one message when `timeout` is not set in
+/// `[account.delivery]`: spam filters can be slow.
+pub(super) const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Parser<'_> {
+    /// `deliver`, with the `[account.delivery]` table that goes with it.
+    pub(super) fn deliver_target(
+        &self,
+        value: &RawValue,
+        delivery: Option<&Spanned<RawDelivery>>,
+    ) -> Result<DeliverTarget, Error> {
+        let fail = |problem: String| self.error(value.span(), "deliver", problem);
+        let target = self.convert("deliver", value, |value| as_str(value).map(str::to_owned))?;
+        let (scheme, rest) = target.split_once(':').ok_or_else(|| {
+            fail(format!(
+                "`{target}` has no scheme; expected one of {DELIVER_FORMS}"
+            ))
+        })?;
+        let scheme = scheme.to_ascii_lowercase();
+        let raw = delivery
+            .map(|table| table.get_ref().clone())
+            .unwrap_or_default();
+        let target = match scheme.as_str() {
+            "maildir" => DeliverTarget::Maildir(self.expand_path(rest).map_err(fail)?),
+            "mda" => {
+                let command = rest.trim();
+                if command.is_empty() {
+                    return Err(fail(
+                        "`mda:` needs a command, e.g. \"mda:/usr/bin/procmail -d %T\"".to_owned(),
+                    ));
+                }
+                DeliverTarget::Mda(MdaTarget {
+                    command: command.parse().map_err(fail)?,
+                    timeout: self
+                        .optional("delivery.timeout", &raw.timeout, as_timeout)?
+                        .unwrap_or(DEFAULT_MDA_TIMEOUT),
+                })
+            }
+            "smtp" | "smtps" | "lmtp" => {
+                let protocol = if scheme == "lmtp" {
+                    MtaProtocol::Lmtp
+                } else {
+                    MtaProtocol::Smtp
+                };
+                let address = match rest.strip_prefix("//") {
+                    Some(authority) => {
+                        let (user, host, port) = parse_authority(authority).map_err(fail)?;
+                        if user.is_some() {
+                            return Err(fail(format!(
+                                "put the user name for {scheme} in [account.delivery] \
+                                 `username`, not in the URL"
+                            )));
+                        }
+                        let port = port.unwrap_or(match scheme.as_str() {
+                            "smtps" => 465,
+                            "lmtp" => 24,
+                            _ => 25,
+                        });
+                        MtaAddress::Tcp { host, port }
+                    }
+                    None if scheme == "lmtp" && rest.starts_with('/') => {
+                        MtaAddress::Unix(self.expand_path(rest).map_err(fail)?)
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "expected {scheme}://HOST[:PORT]{}",
+                            if scheme == "lmtp" {
+                                " or lmtp:/PATH/TO/SOCKET"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                };
+                let default_tls = match (&address, scheme.as_str()) {
+                    (_, "smtps") => TlsMode::Implicit,
+                    (MtaAddress::Unix(_), _) => TlsMode::None,
+                    (MtaAddress::Tcp { host, .. }, _) if is_loopback_host(host) => TlsMode::None,
+                    _ => TlsMode::StartTls,
+                };
+                let host = match &address {
+                    MtaAddress::Tcp { host, .. } => host.clone(),
+                    MtaAddress::Unix(_) => "localhost".to_owned(),
+                };
+                let server = self.delivery_server(&raw, &scheme, &host, default_tls, None)?;
+                DeliverTarget::Mta(MtaTarget {
+                    protocol,
+                    address,
+                    server,
+                })
+            }
+            "imap" | "imaps" => {
+                let Some(rest) = rest.strip_prefix("//") else {
+                    return Err(fail(format!(
+                        "expected {scheme}://[USER@]HOST[:PORT]/FOLDER"
+                    )));
+                };
+                let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
+                let (user, host, port) = parse_authority(authority).map_err(fail)?;
+                let folder = percent_decode(folder).map_err(fail)?;
+                let folder = if folder.is_empty() {
+                    INBOX.to_owned()
+                } else {
+                    folder
+                };
+                check_folder_name(&folder).map_err(fail)?;
+                let default_tls = if scheme == "imaps" {
+                    TlsMode::Implicit
+                } else {
+                    TlsMode::StartTls
+                };
+                let server = self.delivery_server(&raw, &scheme, &host, default_tls, user)?;
+                if server.username.is_none() {
+                    return Err(fail(format!(
+                        "IMAP delivery needs a user name: {scheme}://USER@{host}/… or \
+                         `username` in [account.delivery]"
+                    )));
+                }
+                let port = port.unwrap_or(if server.tls == TlsMode::Implicit {
+                    993
+                } else {
+                    143
+                });
+                DeliverTarget::Imap(ImapTarget {
+                    host,
+                    port,
+                    folder,
+                    seen: self
+                        .optional("delivery.seen", &raw.seen, as_bool)?
+                        .unwrap_or(false),
+                    server,
+                })
+            }
+            other => {
+                return Err(fail(format!(
+                    "unknown delivery scheme `{other}:`; expected one of {DELIVER_FORMS}"
+                )));
+            }
+        };
+        self.check_delivery_keys(&target, &raw)?;
+        Ok(target)
+    }
+
+    /// The keys of `[account.delivery]` that the delivery target uses.
+    fn delivery_server(
+        &self,
+        raw: &RawDelivery,
+        scheme: &str,
+        host: &str,
+        default_tls: TlsMode,
+        url_user: Option<String>,
+    ) -> Result<DeliveryServer, Error> {
+        let tls = self.optional("delivery.tls", &raw.tls, |value| {
+            as_str(value).and_then(parse_keyword)
+        })?;
+        if let (Some(value), Some(tls)) = (&raw.tls, tls)
+            && (scheme == "smtps" || scheme == "imaps")
+            && tls != TlsMode::Implicit
+        {
+            return Err(self.error(
+                value.span(),
+                "delivery.tls",
+                format!(
+                    "{scheme}:// always uses implicit TLS; for \"{}\" use {}://",
+                    keyword_name(tls),
+                    scheme.trim_end_matches('s')
+                ),
+            ));
+        }
+        let tls = tls.unwrap_or(default_tls);
+        let ca_file = match &raw.ca_file {
+            Some(value) => Some(self.existing_file("delivery.ca_file", value)?),
+            None => None,
+        };
+        let fingerprint = self.optional("delivery.fingerprint", &raw.fingerprint, |value| {
+            as_str(value)?.parse::<Fingerprint>()
+        })?;
+        let username = self
+            .optional("delivery.username", &raw.username, |value| {
+                as_non_empty_str(value).map(str::to_owned)
+            })?
+            .or(url_user);
+        let password = self.one_password_source([
+            ("delivery.password", &raw.password),
+            ("delivery.password_command", &raw.password_command),
+            ("delivery.password_file", &raw.password_file),
+        ])?;
+        let auth = self
+            .optional("delivery.auth", &raw.auth, |value| {
+                as_str(value).and_then(parse_keyword)
+            })?
+            .unwrap_or(AuthMethod::Auto);
+        let allow_plaintext_auth = self
+            .optional(
+                "delivery.allow_plaintext_auth",
+                &raw.allow_plaintext_auth,
+                as_bool,
+            )?
+            .unwrap_or(false);
+        let timeout = self
+            .optional("delivery.timeout", &raw.timeout, as_timeout)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let server = DeliveryServer {
+            tls,
+            ca_file,
+            fingerprint,
+            username,
+            password,
+            auth,
+            allow_plaintext_auth,
+            timeout,
+        };
+        if let Some(value) = &raw.auth {
+            let allowed: &[AuthMethod] = if scheme.starts_with("imap") {
+                &[
+                    AuthMethod::Auto,
+                    AuthMethod::User,
+                    AuthMethod::Plain,
+                    AuthMethod::Login,
+                    AuthMethod::CramMd5,
+                    AuthMethod::XOAuth2,
+                    AuthMethod::OAuthBearer,
+                    AuthMethod::ScramSha256,
+                ]
+            } else {
+                &[
+                    AuthMethod::Auto,
+                    AuthMethod::Plain,
+                    AuthMethod::Login,
+                    AuthMethod::XOAuth2,
+                ]
+            };
+            if !allowed.contains(&auth) {
+                let words: Vec<String> = allowed
+                    .iter()
+                    .map(|&method| format!("\"{}\"", keyword_name(method)))
+                    .collect();
+                return Err(self.error(
+                    value.span(),
+                    "delivery.auth",
+                    format!(
+                        "\"{}\" is not available for {scheme}; use one of {}",
+                        keyword_name(auth),
+                        words.join(", ")
+                    ),
+                ));
+            }
+        }
+        if server.username.is_some() != (server.password != PasswordSource::None) {
+            let (key, span) = match (
+                &raw.username,
+                &raw.password,
+                &raw.password_command,
+                &raw.password_file,
+            ) {
+                (Some(value), ..) => ("delivery.username", value.span()),
+                (_, Some(value), ..) | (_, _, Some(value), _) | (_, _, _, Some(value)) => {
+                    ("delivery.password", value.span())
+                }
+                _ => ("delivery.username", 0..0),
+            };
+            // An IMAP user from the URL with no password is reported here too.
+            if !(scheme.starts_with("imap") && server.username.is_none()) {
+                return Err(self.error(
+                    span,
+                    key,
+                    "set both a user name and a password (password, password_command or \
+                     password_file) to log in to the delivery server, or neither",
+                ));
+            }
+        }
+        // SMTP's `auto` ends up with PLAIN or LOGIN; IMAP's `auto` never
+        // reveals the password on a plain link (the login code refuses).
+        let reveals = match auth {
+            AuthMethod::Auto => !scheme.starts_with("imap"),
+            method => method.reveals_password(),
+        };
+        if tls == TlsMode::None
+            && server.password != PasswordSource::None
+            && reveals
+            && !allow_plaintext_auth
+            && !is_loopback_host(host)
+        {
+            let span = raw.tls.as_ref().map_or(0..0, |value| value.span());
+            return Err(self.error(
+                span,
+                "delivery.tls",
+                format!(
+                    "with tls = \"none\", the delivery password would travel unencrypted \
+                     to {host}; use tls = \"starttls\" or \"implicit\", or set \
+                     allow_plaintext_auth = true in [account.delivery] if you accept that risk"
+                ),
+            ));
+        }
+        Ok(server)
+    }
+}

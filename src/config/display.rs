@@ -1,0 +1,228 @@
+//! Printing the effective configuration (`--check-config`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::values::*;
+use super::*;
+
+/// Prints the effective configuration, with defaults filled in and paths
+/// expanded, as TOML that [`parse`] accepts. An inline password is shown as
+/// `****`; a password command or file is shown, as it is not a secret.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# Effective configuration read from {}",
+            toml_string(&self.path.to_string_lossy())
+        )?;
+        writeln!(f, "[general]")?;
+        writeln!(f, "state_dir = {}", toml_path(&self.general.state_dir))?;
+        writeln!(
+            f,
+            "poll_interval = \"{}\"",
+            format_duration(self.general.poll_interval)
+        )?;
+        writeln!(f, "max_connections = {}", self.general.max_connections)?;
+        for account in &self.accounts {
+            writeln!(f)?;
+            write_account(f, account)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
+    writeln!(f, "[[account]]")?;
+    writeln!(f, "name = {}", toml_string(&account.name))?;
+    writeln!(f, "protocol = \"{}\"", keyword_name(account.protocol))?;
+    writeln!(f, "host = {}", toml_string(&account.host))?;
+    writeln!(f, "port = {}", account.port)?;
+    write_tls(f, account.tls, &account.ca_file, &account.fingerprint)?;
+    writeln!(f, "username = {}", toml_string(&account.username))?;
+    write_password(f, &account.password)?;
+    writeln!(f, "auth = \"{}\"", keyword_name(account.auth))?;
+    writeln!(f, "allow_plaintext_auth = {}", account.allow_plaintext_auth)?;
+    writeln!(f, "keep = {}", account.keep)?;
+    match &account.deliver {
+        DeliverTarget::Maildir(path) => writeln!(
+            f,
+            "deliver = {}",
+            toml_string(&format!("maildir:{}", escape_path(path)))
+        )?,
+        other => writeln!(f, "deliver = {}", toml_string(&deliver_url(other)))?,
+    }
+    let to: Vec<String> = account.to.iter().map(|to| toml_string(to)).collect();
+    writeln!(f, "to = [{}]", to.join(", "))?;
+    match &account.envelope_from {
+        EnvelopeFrom::ReturnPath => writeln!(f, "envelope_from = \"return-path\"")?,
+        EnvelopeFrom::Fixed(sender) => writeln!(
+            f,
+            "envelope_from = {}",
+            toml_string(&format!("<{}>", sender.address()))
+        )?,
+    }
+    writeln!(f, "on_reject = \"{}\"", keyword_name(account.on_reject))?;
+    writeln!(f, "received_header = {}", account.received_header)?;
+    writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))?;
+    if let Some(max_size) = account.max_size {
+        writeln!(f, "max_size = \"{}\"", format_size(max_size))?;
+    }
+    if let Some(max_per_poll) = account.max_per_poll {
+        writeln!(f, "max_per_poll = {max_per_poll}")?;
+    }
+    if let Some(interval) = account.interval {
+        writeln!(f, "interval = \"{}\"", format_duration(interval))?;
+    }
+    // The IMAP-only keys, which a POP3 account must not have.
+    if account.protocol == Protocol::Imap {
+        let folders: Vec<String> = account
+            .folders
+            .iter()
+            .map(|folder| toml_string(folder))
+            .collect();
+        writeln!(f, "folders = [{}]", folders.join(", "))?;
+        writeln!(f, "fetch = \"{}\"", keyword_name(account.fetch))?;
+        writeln!(f, "mark_seen = {}", account.mark_seen)?;
+        if let Some(move_to) = &account.move_to {
+            writeln!(f, "move_to = {}", toml_string(move_to))?;
+        }
+        writeln!(f, "idle = {}", account.idle)?;
+        writeln!(
+            f,
+            "idle_timeout = \"{}\"",
+            format_duration(account.idle_timeout)
+        )?;
+    }
+    write_delivery(f, &account.deliver)
+}
+
+/// `tls`, and `ca_file` and `fingerprint` when set.
+fn write_tls(
+    f: &mut fmt::Formatter<'_>,
+    tls: TlsMode,
+    ca_file: &Option<PathBuf>,
+    fingerprint: &Option<Fingerprint>,
+) -> fmt::Result {
+    writeln!(f, "tls = \"{}\"", keyword_name(tls))?;
+    if let Some(ca_file) = ca_file {
+        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
+    }
+    if let Some(fingerprint) = fingerprint {
+        writeln!(f, "fingerprint = \"{fingerprint}\"")?;
+    }
+    Ok(())
+}
+
+/// The password source, never the password itself.
+fn write_password(f: &mut fmt::Formatter<'_>, password: &PasswordSource) -> fmt::Result {
+    match password {
+        PasswordSource::None => Ok(()),
+        PasswordSource::Inline(_) => writeln!(f, "password = \"****\""),
+        PasswordSource::Command(command) => {
+            writeln!(f, "password_command = {}", toml_string(command))
+        }
+        PasswordSource::File(path) => writeln!(f, "password_file = {}", toml_path(path)),
+    }
+}
+
+/// `deliver` as written in the file (the path of `maildir:` aside).
+fn deliver_url(target: &DeliverTarget) -> String {
+    let tcp = |host: &str, port: u16| {
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    };
+    match target {
+        DeliverTarget::Maildir(path) => format!("maildir:{}", escape_path(path)),
+        DeliverTarget::Mda(mda) => format!("mda:{}", mda.command),
+        DeliverTarget::Mta(mta) => match (&mta.address, mta.protocol) {
+            (MtaAddress::Unix(path), _) => format!("lmtp:{}", escape_path(path)),
+            (MtaAddress::Tcp { host, port }, MtaProtocol::Lmtp) => {
+                format!("lmtp://{}", tcp(host, *port))
+            }
+            (MtaAddress::Tcp { host, port }, MtaProtocol::Smtp) => {
+                let scheme = if mta.server.tls == TlsMode::Implicit {
+                    "smtps"
+                } else {
+                    "smtp"
+                };
+                format!("{scheme}://{}", tcp(host, *port))
+            }
+        },
+        DeliverTarget::Imap(imap) => format!(
+            "{}://{}/{}",
+            if imap.server.tls == TlsMode::Implicit {
+                "imaps"
+            } else {
+                "imap"
+            },
+            tcp(&imap.host, imap.port),
+            percent_encode(&imap.folder, b"/")
+        ),
+    }
+}
+
+/// The `[account.delivery]` table, when the target has one.
+fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Result {
+    let server = match target {
+        DeliverTarget::Maildir(_) => return Ok(()),
+        DeliverTarget::Mda(mda) => {
+            writeln!(f, "[account.delivery]")?;
+            return writeln!(f, "timeout = \"{}\"", format_duration(mda.timeout));
+        }
+        DeliverTarget::Mta(mta) => &mta.server,
+        DeliverTarget::Imap(imap) => &imap.server,
+    };
+    writeln!(f, "[account.delivery]")?;
+    write_tls(f, server.tls, &server.ca_file, &server.fingerprint)?;
+    if let Some(username) = &server.username {
+        writeln!(f, "username = {}", toml_string(username))?;
+    }
+    write_password(f, &server.password)?;
+    writeln!(f, "auth = \"{}\"", keyword_name(server.auth))?;
+    writeln!(f, "allow_plaintext_auth = {}", server.allow_plaintext_auth)?;
+    writeln!(f, "timeout = \"{}\"", format_duration(server.timeout))?;
+    if let DeliverTarget::Imap(imap) = target {
+        writeln!(f, "seen = {}", imap.seen)?;
+    }
+    Ok(())
+}
+
+/// A path as a TOML string that expands back to the same path.
+fn toml_path(path: &Path) -> String {
+    toml_string(&escape_path(path))
+}
+
+/// Undoes expansion: `$` becomes `$$`, and a leading `~` (which can only
+/// have come from a variable) is protected by `./`.
+fn escape_path(path: &Path) -> String {
+    let path = path.to_string_lossy().replace('$', "$$");
+    if path.starts_with('~') {
+        format!("./{path}")
+    } else {
+        path
+    }
+}
+
+/// `bytes` in the largest unit that divides it exactly, e.g. `25MB`.
+pub(super) fn format_size(bytes: u64) -> String {
+    let (unit, bytes_per_unit) = SIZE_UNITS
+        .iter()
+        .find(|&&(_, bytes_per_unit)| bytes.is_multiple_of(bytes_per_unit))
+        .copied()
+        .expect("the last unit, B, divides every size");
+    format!("{}{unit}", bytes / bytes_per_unit)
+}
+
+/// `90s`, or `1500ms` when not a whole number of seconds.
+fn format_duration(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}

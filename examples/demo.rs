@@ -9,15 +9,13 @@
 //! Exits non-zero if mailfetch's first run does not deliver every message or
 //! the second one fetches anything again.
 
-#[path = "../tests/support/dovecot.rs"]
-mod dovecot;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use dovecot::Dovecot;
+use testkit::dovecot::{self, Dovecot};
+use testkit::run::find_mailfetch;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse-battery-staple";
@@ -33,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let mailfetch = dovecot::find_mailfetch()?;
+    let mailfetch = find_mailfetch()?;
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
     let demo = cwd.join("mailfetch-demo");
     if demo.exists() {

@@ -1,14 +1,12 @@
 //! A 20 MB message goes through the IMAP APPEND sink in bounded memory.
 //! Alone in its test binary, so that the process's peak RSS is its own.
 
-mod support;
-
 use std::time::Duration;
 
 use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, MessageWriter, Sink};
-use support::dovecot::Dovecot;
+use testkit::dovecot::Dovecot;
 
 /// Peak resident memory of this process, in KiB.
 fn peak_rss_kib() -> u64 {

@@ -2,30 +2,26 @@
 //! sends takes mailfetch past 64 MiB, except what a huge mailbox
 //! legitimately costs, and a million-message mailbox stays under 128 MiB.
 //! Each test measures the peak RSS of the mailfetch process it runs. A
-//! child started with posix_spawn inherits the peak of this process as it
-//! was at the spawn, so this process stays small: the tests take turns,
-//! and the hostile servers write their bytes as they go rather than from
-//! a buffer.
-
-mod support;
+//! child starts with the size this process had at the spawn (see
+//! `testkit::run::Outcome::max_rss_kib`), so this process stays small: it
+//! is a test binary of its own, the tests take turns, and the hostile
+//! servers write their bytes as they go rather than from a buffer.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
 
-use support::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
-use support::run::{Measured, Scratch, run_measured};
+use testkit::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
+use testkit::run::{Outcome, RUN_LIMIT, Scratch, measure, spawn_mailfetch};
 
-const RUN_LIMIT: Duration = Duration::from_secs(60);
 const MIB: i64 = 1024;
 
 /// One test at a time (see the module's comment).
 static TURN: Mutex<()> = Mutex::new(());
 
 /// Runs mailfetch once against a server on `port`, with extra account keys.
-fn run(protocol: &str, port: u16, extra: &str) -> Measured {
+fn run(protocol: &str, port: u16, extra: &str) -> Outcome {
     let scratch = Scratch::new();
     let config = scratch.write_config(&format!(
         "[[account]]\nname = \"hostile\"\nprotocol = \"{protocol}\"\nhost = \"127.0.0.1\"\nport = {port}\n\
@@ -33,7 +29,7 @@ fn run(protocol: &str, port: u16, extra: &str) -> Measured {
          deliver = \"maildir:{}\"\n{extra}\n",
         scratch.maildir().display()
     ));
-    run_measured(&config, RUN_LIMIT)
+    measure(spawn_mailfetch(&config, &[]), RUN_LIMIT)
 }
 
 /// A server whose greeting to its one client `greet` writes, after which

@@ -1,0 +1,9 @@
+mod config_checks;
+mod daemon_dovecot;
+mod imap_append_e2e;
+mod imap_dovecot;
+mod imap_faults;
+mod mda_e2e;
+mod pop3_dovecot;
+mod pop3_faults;
+mod smtp_e2e;

@@ -1,0 +1,2 @@
+mod dovecot_harness;
+mod fake_imap_selftest;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::intent::{Intent, Recovered};
+use super::line_ends::ToLf;
 use super::{Acceptance, Committer, MessageWriter, Sink, Staged};
 use crate::error::{Error, Kind};
 use crate::state;
@@ -207,38 +208,16 @@ pub struct MaildirWriter {
     file: File,
     tmp_path: PathBuf,
     name: String,
+    /// Converted data (CRLF turned into LF, the line end Maildir readers
+    /// expect) waiting to be written.
     buffer: Vec<u8>,
-    /// The previous chunk ended in CR; whether it is dropped depends on the
-    /// next byte.
-    pending_cr: bool,
+    lf: ToLf,
     size: u64,
     /// Where the next writeback hint starts.
     writeback_from: u64,
 }
 
 impl MaildirWriter {
-    /// Appends `chunk` to the buffer with CRLF turned into LF, the line end
-    /// Maildir readers expect. A lone CR is kept.
-    fn convert(&mut self, chunk: &[u8]) {
-        let mut rest = chunk;
-        if self.pending_cr {
-            self.pending_cr = false;
-            if rest.first() != Some(&b'\n') {
-                self.buffer.push(b'\r');
-            }
-        }
-        while let Some(cr) = memchr::memchr(b'\r', rest) {
-            self.buffer.extend_from_slice(&rest[..cr]);
-            match rest.get(cr + 1) {
-                Some(b'\n') => {}
-                Some(_) => self.buffer.push(b'\r'),
-                None => self.pending_cr = true,
-            }
-            rest = &rest[cr + 1..];
-        }
-        self.buffer.extend_from_slice(rest);
-    }
-
     fn flush_buffer(&mut self) -> io::Result<()> {
         self.file.write_all(&self.buffer)?;
         self.size += self.buffer.len() as u64;
@@ -284,7 +263,7 @@ impl MessageWriter for MaildirWriter {
     // inline rather than paying a thread hand-off per chunk; the slow part,
     // fsync, runs on the committer's threads.
     async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.convert(chunk);
+        self.lf.convert(chunk, &mut self.buffer);
         if self.buffer.len() >= WRITE_BUFFER {
             self.flush_buffer()?;
         }
@@ -346,7 +325,7 @@ impl Sink for MaildirSink {
                         tmp_path,
                         name,
                         buffer: Vec::with_capacity(WRITE_BUFFER + WRITE_BUFFER / 8),
-                        pending_cr: false,
+                        lf: ToLf::default(),
                         size: 0,
                         writeback_from: 0,
                     });
@@ -365,9 +344,7 @@ impl Sink for MaildirSink {
     }
 
     async fn finish(&mut self, mut writer: MaildirWriter) -> Result<Acceptance<StagedFile>, Error> {
-        if writer.pending_cr {
-            writer.buffer.push(b'\r');
-        }
+        writer.lf.end(&mut writer.buffer);
         if let Err(err) = writer.flush_buffer() {
             let message = format!("cannot write {}: {err}", writer.tmp_path.display());
             self.abort(writer);

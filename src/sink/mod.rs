@@ -11,6 +11,7 @@ pub mod bounce;
 pub mod envelope;
 pub mod imap_append;
 pub mod intent;
+mod line_ends;
 pub mod maildir;
 pub mod mda;
 pub mod smtp;

@@ -18,7 +18,21 @@ use hmac::{Hmac, Mac as _};
 use md5::{Digest as _, Md5};
 use ring::rand::SecureRandom as _;
 
+use crate::config::AuthMethod;
 use crate::error::{Error, Kind};
+
+/// Why a method that puts the password on the wire is not used over an
+/// unencrypted link, and what the user can do about it.
+pub fn reveal_refusal(method: &str) -> String {
+    format!(
+        "refusing to send the password with {method} over an unencrypted connection; \
+         use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
+    )
+}
+
+/// Why `auth = "auto"` found no method to use on an unencrypted link.
+pub const NO_SECRET_KEEPING_METHOD: &str = "the connection is not encrypted and the server offers no login method that keeps the password secret; \
+     use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk";
 
 /// A SASL mechanism we can authenticate with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +54,20 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// The mechanism an explicit `auth` setting names; `None` for the
+    /// settings that are not SASL (`auto`, `user`, `apop`).
+    pub fn configured(method: AuthMethod) -> Option<Mechanism> {
+        match method {
+            AuthMethod::Plain => Some(Mechanism::Plain),
+            AuthMethod::Login => Some(Mechanism::Login),
+            AuthMethod::CramMd5 => Some(Mechanism::CramMd5),
+            AuthMethod::XOAuth2 => Some(Mechanism::XOAuth2),
+            AuthMethod::OAuthBearer => Some(Mechanism::OAuthBearer),
+            AuthMethod::ScramSha256 => Some(Mechanism::ScramSha256),
+            AuthMethod::Auto | AuthMethod::User | AuthMethod::Apop => None,
+        }
+    }
+
     /// Every mechanism, for name lookups.
     const ALL: [Mechanism; 6] = [
         Mechanism::ScramSha256,

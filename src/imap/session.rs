@@ -14,7 +14,7 @@ use super::codec::{
     self, Code, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, ResponseBudget, Status, Untagged,
 };
 use super::utf7;
-use crate::auth::{Mechanism, SaslSession};
+use crate::auth::{self, Mechanism, SaslSession};
 use crate::config::{AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::TlsOptions;
@@ -545,9 +545,7 @@ fn choose_login(
                 _ if login_allowed && may_reveal => Ok(Login::Command),
                 Some(mechanism) => Ok(Login::Sasl(mechanism)),
                 None => Err(if login_allowed {
-                    "the connection is not encrypted and the server offers no login method that keeps the password secret; \
-                     use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
-                        .to_owned()
+                    auth::NO_SECRET_KEEPING_METHOD.to_owned()
                 } else {
                     "the server offers no login method mailfetch can use (LOGINDISABLED and no known AUTH= mechanism)".to_owned()
                 }),
@@ -561,18 +559,15 @@ fn choose_login(
                 );
             }
             if !may_reveal {
-                return Err(reveal_refusal("LOGIN"));
+                return Err(auth::reveal_refusal("LOGIN"));
             }
             return Ok(Login::Command);
         }
-        AuthMethod::Plain => Mechanism::Plain,
-        AuthMethod::Login => Mechanism::Login,
-        AuthMethod::CramMd5 => Mechanism::CramMd5,
-        AuthMethod::XOAuth2 => Mechanism::XOAuth2,
-        AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
-        AuthMethod::ScramSha256 => Mechanism::ScramSha256,
         AuthMethod::Apop => {
             return Err("APOP is a POP3 method; it does not exist in IMAP".to_owned());
+        }
+        explicit => {
+            Mechanism::configured(explicit).expect("every other setting is a SASL mechanism")
         }
     };
     if !offered
@@ -591,16 +586,9 @@ fn choose_login(
     }
     let login = Login::Sasl(mechanism);
     if login.reveals_secret() && !may_reveal {
-        return Err(reveal_refusal(mechanism.name()));
+        return Err(auth::reveal_refusal(mechanism.name()));
     }
     Ok(login)
-}
-
-fn reveal_refusal(method: &str) -> String {
-    format!(
-        "refusing to send the password with {method} over an unencrypted connection; \
-         use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
-    )
 }
 
 #[cfg(test)]

@@ -147,18 +147,12 @@ impl Session {
                     },
                 )?
             }
-            AuthMethod::Plain => Mechanism::Plain,
-            AuthMethod::Login => Mechanism::Login,
-            AuthMethod::CramMd5 => Mechanism::CramMd5,
-            AuthMethod::XOAuth2 => Mechanism::XOAuth2,
-            AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
-            AuthMethod::ScramSha256 => Mechanism::ScramSha256,
-            AuthMethod::User | AuthMethod::Apop => {
-                return Err(Error::new(
+            explicit => Mechanism::configured(explicit).ok_or_else(|| {
+                Error::new(
                     Kind::Config,
                     format!("{peer}: this AUTH method does not exist in SMTP"),
-                ));
-            }
+                )
+            })?,
         };
         if !offered.iter().any(|name| name == mechanism.name()) {
             return Err(Error::new(

@@ -670,30 +670,18 @@ fn choose_login(
 ) -> Result<Login, String> {
     let offered = |name: &str| caps.sasl.iter().any(|m| m.eq_ignore_ascii_case(name));
     let login = match configured {
-        AuthMethod::Auto => {
-            auto_candidates(caps, apop_stamp, may_reveal)
-                .first()
-                .copied()
-                .ok_or_else(|| {
-                    "the connection is not encrypted and the server offers no login method that keeps the password secret; \
-                     use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
-                        .to_owned()
-                })?
-        }
+        AuthMethod::Auto => auto_candidates(caps, apop_stamp, may_reveal)
+            .first()
+            .copied()
+            .ok_or_else(|| auth::NO_SECRET_KEEPING_METHOD.to_owned())?,
         AuthMethod::User => Login::User,
         AuthMethod::Apop => {
             apop_stamp.ok_or("auth = \"apop\" but the server's greeting has no APOP timestamp")?;
             Login::Apop
         }
         explicit => {
-            let mechanism = match explicit {
-                AuthMethod::Plain => Mechanism::Plain,
-                AuthMethod::Login => Mechanism::Login,
-                AuthMethod::CramMd5 => Mechanism::CramMd5,
-                AuthMethod::XOAuth2 => Mechanism::XOAuth2,
-                AuthMethod::OAuthBearer => Mechanism::OAuthBearer,
-                _ => Mechanism::ScramSha256,
-            };
+            let mechanism =
+                Mechanism::configured(explicit).expect("every other setting is a SASL mechanism");
             if caps.known && !offered(mechanism.name()) {
                 return Err(format!(
                     "auth = {:?} but the server does not offer SASL {} (it offers: {})",
@@ -710,11 +698,7 @@ fn choose_login(
         }
     };
     if login.reveals_secret() && !may_reveal {
-        return Err(format!(
-            "refusing to send the password with {} over an unencrypted connection; \
-             use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk",
-            login.describe()
-        ));
+        return Err(auth::reveal_refusal(login.describe()));
     }
     Ok(login)
 }

@@ -57,42 +57,14 @@ fn clean(text: &str) -> String {
         .collect()
 }
 
-/// `Sun, 22 Nov 2026 00:10:25 +0000`, in UTC (no time zone database needed).
+/// `Sun, 22 Nov 2026 00:10:25 +0000`, in UTC (no time zone database needed;
+/// mail-parser, which mailfetch reads headers with, does the calendar).
 pub fn rfc5322_date(when: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let secs = when
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let days = secs / 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[month as usize - 1],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    mail_parser::DateTime::from_timestamp(secs as i64).to_rfc822()
 }
 
 #[cfg(test)]
@@ -107,6 +79,10 @@ mod tests {
         assert_eq!(
             rfc5322_date(at(1_795_310_625)),
             "Sun, 22 Nov 2026 01:23:45 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(1_795_310_831)),
+            "Sun, 22 Nov 2026 01:27:11 +0000"
         );
         assert_eq!(
             rfc5322_date(at(951_782_400)),

@@ -4,6 +4,7 @@
 //!
 //! The crate is layered so that each protocol is ignorant of the others:
 //!
+//! * [`cli`] defines the command line (flags and subcommands) once.
 //! * [`config`] reads and checks the user's configuration (one table of
 //!   keys, [`config::keys`]); [`permissions`] and [`lock`] guard the files
 //!   mailfetch trusts.
@@ -19,6 +20,7 @@
 //!   TCP/TLS, and SASL.
 
 pub mod auth;
+pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod error;

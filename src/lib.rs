@@ -4,6 +4,7 @@
 //!
 //! The crate is layered so that each protocol is ignorant of the others:
 //!
+//! * [`cli`] defines the command line (flags and subcommands) once.
 //! * [`config`] reads and checks the user's configuration (one table of
 //!   keys, [`config::keys`]; every server is a [`config::Endpoint`]);
 //!   [`permissions`] and [`lock`] guard the files mailfetch trusts.
@@ -24,6 +25,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod error;

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use mailfetch::cli::{Cli, LogFormat};
+use mailfetch::cli::{self, Cli, Command, LogFormat};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::lock::StateLock;
@@ -14,7 +13,8 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = match Cli::try_parse() {
+    cli::completions::answer();
+    let args = match Cli::from_args() {
         Ok(args) => args,
         // --help and --version go to stdout and exit 0; bad usage is a
         // configuration error for scripts (exit 5).
@@ -27,6 +27,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    match args.command {
+        None => {}
+        Some(Command::Completions { shell }) => {
+            return print_with(|out| cli::completions::write_script(shell, out));
+        }
+        Some(Command::Man { section }) => {
+            return print_with(|out| cli::man::write_page(section, out));
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::new(args.verbosity().directive()))
@@ -49,6 +58,19 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err}");
             ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
+/// Writes what `write` produces to stdout: exit 0, or 23 if stdout fails
+/// (a closed pipe or a full disk must not look like success).
+fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: cannot write to stdout: {err}");
+            ExitCode::from(Kind::Local.exit_code() as u8)
         }
     }
 }

@@ -109,6 +109,16 @@ pub async fn source_server(account: &Account) -> Result<Server, Error> {
     })
 }
 
+/// Connects to the account's IMAP server and logs in, then identifies
+/// mailfetch (IMAP ID) unless the account says not to.
+pub async fn connect_imap(account: &Account, server: &Server) -> Result<Imap, Error> {
+    let mut source = Imap::connect(server, after_delivery(account)).await?;
+    if account.imap_id {
+        source.identify().await?;
+    }
+    Ok(source)
+}
+
 /// What the IMAP source does with a delivered message.
 pub fn after_delivery(account: &Account) -> After {
     After::configured(account.keep, account.move_to.as_deref())
@@ -173,7 +183,7 @@ async fn poll_imap<K: Sink>(
         })
         .collect();
     let connected = match source_server(account).await {
-        Ok(server) => Imap::connect(&server, after_delivery(account)).await,
+        Ok(server) => connect_imap(account, &server).await,
         Err(err) => Err(err),
     };
     let mut source = match connected {

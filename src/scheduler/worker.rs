@@ -14,7 +14,7 @@ use crate::error::{Error, Kind};
 use crate::notify::notify;
 use crate::pipeline::{self};
 use crate::source::Source;
-use crate::source::imap::{Imap, Woken};
+use crate::source::imap::Woken;
 use crate::state;
 
 use super::backoff::*;
@@ -197,7 +197,7 @@ impl Worker {
             }
         };
         let connected = match pipeline::source_server(&account).await {
-            Ok(server) => Imap::connect(&server, pipeline::after_delivery(&account)).await,
+            Ok(server) => pipeline::connect_imap(&account, &server).await,
             Err(err) => Err(err),
         };
         let mut session = match connected {

@@ -558,6 +558,15 @@ pub fn mailbox_key(account: &Account, folder: &str) -> String {
     }
 }
 
+/// Where the status record of the mailbox `key` lives: beside its
+/// journal, named like it (`.status` for `.state`), so that nothing that
+/// reads journals ever reads it.
+pub fn status_path(state_dir: &Path, key: &str) -> PathBuf {
+    let journal = file_name_for(key);
+    let stem = journal.strip_suffix(".state").unwrap_or(&journal);
+    state_dir.join(format!("{stem}.status"))
+}
+
 /// The longest file name (`.state` included) a mailbox key maps to: well
 /// under the 255 bytes of common filesystems, leaving room for the `.new`
 /// of a rewrite.

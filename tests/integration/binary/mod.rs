@@ -9,3 +9,4 @@ mod mda_e2e;
 mod pop3_dovecot;
 mod pop3_faults;
 mod smtp_e2e;
+mod status;

@@ -23,6 +23,7 @@ destination has durably taken it.
 USAGE:
     mailfetch [OPTIONS]
     mailfetch --daemon [OPTIONS]
+    mailfetch import fetchmailrc|getmailrc|mpoprc [FILE…] [--output FILE] [--state]
 
 Polls every configured account once (or only those named with --account;
 for IMAP, each configured folder), up to max_connections at a time,
@@ -80,6 +81,11 @@ DAEMON SIGNALS:
     SIGUSR1          poll every account now
     In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
     configuration at start-up and 8 if another mailfetch holds the lock.
+
+IMPORT:
+    mailfetch import translates a fetchmail, getmail6 or mpop configuration
+    (and with --state, what that tool already fetched); see
+    `mailfetch import --help`.
 
 See fetchrc.example for every configuration key.
 ";
@@ -178,6 +184,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("import") {
+        return import(std::env::args().skip(2));
+    }
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Exit(text)) => {
@@ -210,6 +219,32 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             tracing::error!("{err}");
+            ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
+/// `mailfetch import …`: exits 0 when it wrote a config, notes or not.
+fn import(args: impl Iterator<Item = String>) -> ExitCode {
+    let options = match mailfetch::import::command::parse(args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{}", mailfetch::import::command::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!(
+                "mailfetch: {message}\n\n{}",
+                mailfetch::import::command::USAGE
+            );
+            return ExitCode::from(Kind::Config.exit_code() as u8);
+        }
+    };
+    match mailfetch::import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: {err}");
             ExitCode::from(err.kind.exit_code() as u8)
         }
     }

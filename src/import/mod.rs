@@ -15,6 +15,7 @@
 //! mailbox, so that a first poll in keep mode fetches only what the old
 //! tool never did.
 
+pub mod command;
 pub mod fetchmail;
 pub mod getmail;
 pub mod mpop;

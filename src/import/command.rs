@@ -1,7 +1,7 @@
 //! `mailfetch import fetchmailrc|getmailrc|mpoprc [FILE…] [--output FILE]
-//! [--state]`: reads the old configs, writes the mailfetch config (checked
-//! first), prints every note on stderr and, with `--state`, imports what
-//! the old tool already fetched.
+//! [--state]` (its arguments are defined in `cli`): reads the old configs,
+//! writes the mailfetch config (checked first), prints every note on
+//! stderr and, with `--state`, imports what the old tool already fetched.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -11,28 +11,6 @@ use std::path::{Path, PathBuf};
 use super::{Import, Peer, read, state};
 use crate::error::{Error, Kind};
 
-pub const USAGE: &str = "\
-USAGE:
-    mailfetch import fetchmailrc [FILE] [--output FILE] [--state]
-    mailfetch import getmailrc FILE… [--output FILE] [--state]
-    mailfetch import mpoprc [FILE] [--output FILE] [--state]
-
-Translates another fetcher's configuration into mailfetch's and writes it to
-standard output, or to --output FILE (created with mode 0600; an existing
-file is not overwritten). FILE defaults to ~/.fetchmailrc (passwords missing
-from it are looked up in ~/.netrc, as fetchmail does), or ~/.mpoprc, else
-~/.config/mpop/config. Every setting that does not carry over is listed on
-standard error with its file and line. The config is checked as
---check-config would before it is written.
-
-    --output FILE   write the config to FILE instead of standard output
-    --state         also import what the old tool already fetched
-                    (fetchmail's .fetchids, getmail's oldmail-* files next
-                    to the rc file, mpop's UIDL files) into mailfetch's state
-                    directory, so that the first poll in keep mode fetches
-                    only new mail
-";
-
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -40,45 +18,6 @@ pub struct Options {
     pub files: Vec<PathBuf>,
     pub output: Option<PathBuf>,
     pub state: bool,
-}
-
-/// Parses the words after `import`. `Ok(None)` means help was asked for.
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut args = args.into_iter();
-    let kind = args
-        .next()
-        .ok_or("import needs fetchmailrc, getmailrc or mpoprc")?;
-    if kind == "-h" || kind == "--help" {
-        return Ok(None);
-    }
-    let peer = Peer::from_rc_name(&kind)
-        .ok_or_else(|| format!("import: {kind:?} is not fetchmailrc, getmailrc or mpoprc"))?;
-    let mut options = Options {
-        peer,
-        files: Vec::new(),
-        output: None,
-        state: false,
-    };
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--state" => options.state = true,
-            "-o" | "--output" => {
-                options.output = Some(args.next().ok_or("--output needs a file")?.into())
-            }
-            other if other.starts_with("--output=") => {
-                options.output = Some(other["--output=".len()..].into())
-            }
-            other if other.starts_with('-') => {
-                return Err(format!("import: unknown option {other:?}"));
-            }
-            file => options.files.push(file.into()),
-        }
-    }
-    if options.peer == Peer::Getmail && options.files.is_empty() {
-        return Err("import getmailrc needs the rc files to read".into());
-    }
-    Ok(Some(options))
 }
 
 /// The file a peer reads when none is named.
@@ -93,7 +32,14 @@ fn default_file(peer: Peer, home: &Path) -> PathBuf {
                 home.join(".config/mpop/config")
             }
         }
-        Peer::Getmail => home.join(".getmail/getmailrc"),
+        Peer::Getmail => {
+            let legacy = home.join(".getmail/getmailrc");
+            if legacy.exists() {
+                legacy
+            } else {
+                home.join(".config/getmail/getmailrc")
+            }
+        }
     }
 }
 
@@ -164,27 +110,4 @@ pub fn run(options: &Options, out: &mut dyn Write, notes: &mut dyn Write) -> Res
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn words(line: &str) -> Vec<String> {
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn command_line() {
-        let options = parse(words("fetchmailrc rc --state --output out"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(options.peer, Peer::Fetchmail);
-        assert_eq!(options.files, [PathBuf::from("rc")]);
-        assert_eq!(options.output, Some(PathBuf::from("out")));
-        assert!(options.state);
-        assert!(parse(words("getmailrc")).is_err());
-        assert!(parse(words("procmailrc x")).is_err());
-        assert_eq!(parse(words("mpoprc --help")).unwrap(), None);
-    }
 }

@@ -38,18 +38,6 @@ pub enum Peer {
     Mpop,
 }
 
-impl Peer {
-    /// The name the command line uses: `fetchmailrc`, `getmailrc`, `mpoprc`.
-    pub fn from_rc_name(name: &str) -> Option<Peer> {
-        match name {
-            "fetchmailrc" | "fetchmail" => Some(Peer::Fetchmail),
-            "getmailrc" | "getmail" => Some(Peer::Getmail),
-            "mpoprc" | "mpop" => Some(Peer::Mpop),
-            _ => None,
-        }
-    }
-}
-
 /// Something the user should know about one line of the old config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {

@@ -20,7 +20,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::{Account, Note};
-use crate::config::{self, Config, Protocol};
+use crate::config::{Config, Protocol};
 use crate::error::{Error, Kind};
 use crate::state::{Entry, IDENTITY, MailboxState, mailbox_key};
 
@@ -405,12 +405,6 @@ pub fn import(config: &Config, accounts: &[Account]) -> Result<Vec<Note>, Error>
         }
     }
     Ok(notes)
-}
-
-/// Where `mailfetch import` writes a config by default: mailfetch's own
-/// default config path.
-pub fn default_output() -> Option<PathBuf> {
-    config::default_path()
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ fn missing_password_still_checks_and_is_noted() {
     fs::write(&rc, "poll pop.example.com proto pop3 user alice ssl\n").unwrap();
     let import = read(Peer::Fetchmail, &rc, dir.path()).unwrap();
     let config = import.check(&rc, Path::new("fetchrc")).unwrap();
-    assert_eq!(config.accounts[0].host, "pop.example.com");
+    assert_eq!(config.accounts[0].server.host, "pop.example.com");
     assert!(
         import
             .notes

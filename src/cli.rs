@@ -8,46 +8,80 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCandidates;
 
-/// Shown after the options by `--help`: what the exit code means, and how
-/// the daemon answers signals.
-const AFTER_LONG_HELP: &str = "\
-Exit codes (as fetchmail's):
-    0   mail was delivered (with several accounts or folders: by any one
-        whose poll completed)
-    1   no new mail
-    2   connection error with the server mail is fetched from (including
-        TLS and certificate failures)
-    3   authentication failed (at the source, or at the IMAP or SMTP
-        server mail is delivered to)
-    4   protocol error
-    5   configuration error, or bad usage of the command line
-    6   a file mailfetch trusts is unsafe: the configuration or a password
-        file readable by others, or the configuration (or its directory), a
-        password file or the state directory writable by others or owned
-        by another user
-    7   server error or timeout
-    8   another mailfetch holds the lock on the state directory
-    10  delivery failed: the destination refused a message (it stays on
-        the server unless on_reject says otherwise), or could not be
-        reached or written to
-    23  mailfetch itself could not work: its state or lock file could not
-        be read or written, or a poll crashed
-    A poll that delivered some mail and then failed counts as failed. With
-    several accounts or folders and none of them succeeding with mail, the
-    highest code wins.
+pub mod completions;
+pub mod man;
 
-Daemon signals:
-    SIGTERM, SIGINT  stop: finish or abandon the message in progress (never
-                     delivering part of one, never deleting one that is not
-                     safely delivered), and exit 0 within 10 s
-    SIGHUP           reload the configuration; if the new one is invalid,
-                     log why and keep running the old one
-    SIGUSR1          poll every account now
-    In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
-    configuration at start-up and 8 if another mailfetch holds the lock.
+/// What each exit code means, for `--help`, the man page and README.
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (
+        0,
+        "mail was delivered (with several accounts or folders: by any one whose poll completed)",
+    ),
+    (1, "no new mail"),
+    (
+        2,
+        "connection error with the server mail is fetched from (including TLS and certificate failures)",
+    ),
+    (
+        3,
+        "authentication failed (at the source, or at the IMAP or SMTP server mail is delivered to)",
+    ),
+    (4, "protocol error"),
+    (5, "configuration error, or bad usage of the command line"),
+    (
+        6,
+        "a file mailfetch trusts is unsafe: the configuration or a password file readable by others, or the configuration (or its directory), a password file or the state directory writable by others or owned by another user",
+    ),
+    (7, "server error or timeout"),
+    (8, "another mailfetch holds the lock on the state directory"),
+    (
+        10,
+        "delivery failed: the destination refused a message (it stays on the server unless on_reject says otherwise), or could not be reached or written to",
+    ),
+    (
+        23,
+        "mailfetch itself could not work: its state or lock file could not be read or written, or a poll crashed",
+    ),
+];
 
-See fetchrc.example for every configuration key.";
+/// What follows the exit codes.
+pub const EXIT_CODES_NOTE: &str = "A poll that delivered some mail and then failed counts as failed. \
+With several accounts or folders and none of them succeeding with mail, the highest code wins.";
+
+/// How the daemon answers signals.
+pub const SIGNALS: &[(&str, &str)] = &[
+    (
+        "SIGTERM, SIGINT",
+        "stop: finish or abandon the message in progress (never delivering part of one, never deleting one that is not safely delivered), and exit 0 within 10 s",
+    ),
+    (
+        "SIGHUP",
+        "reload the configuration; if the new one is invalid, log why and keep running the old one",
+    ),
+    ("SIGUSR1", "poll every account now"),
+];
+
+/// What follows the signals.
+pub const SIGNALS_NOTE: &str = "In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad \
+configuration at start-up and 8 if another mailfetch holds the lock.";
+
+/// Shown after the options by `--help`: [`EXIT_CODES`] and [`SIGNALS`].
+fn after_long_help() -> String {
+    let mut text = String::from("Exit codes (as fetchmail's):\n");
+    for (code, meaning) in EXIT_CODES {
+        text += &format!("  {code:<3} {meaning}\n");
+    }
+    text += &format!("  {EXIT_CODES_NOTE}\n\nDaemon signals:\n");
+    for (signal, meaning) in SIGNALS {
+        text += &format!("  {signal}: {meaning}\n");
+    }
+    text += &format!(
+        "  {SIGNALS_NOTE}\n\nSee mailfetch.toml(5) (mailfetch man 5) or fetchrc.example for every configuration key."
+    );
+    text
+}
 
 /// Fetch mail from POP3 and IMAP servers, never losing a message.
 ///
@@ -66,8 +100,7 @@ See fetchrc.example for every configuration key.";
     name = "mailfetch",
     version,
     after_help = "See 'mailfetch --help' for the exit codes and the daemon's signals.",
-    after_long_help = AFTER_LONG_HELP,
-    args_conflicts_with_subcommands = true,
+    after_long_help = after_long_help(),
 )]
 pub struct Cli {
     /// Configuration file [default: $XDG_CONFIG_HOME/mailfetch/fetchrc,
@@ -76,7 +109,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Poll only this account (repeatable)
-    #[arg(long = "account", value_name = "NAME")]
+    #[arg(long = "account", value_name = "NAME", add = ArgValueCandidates::new(completions::account_names))]
     pub accounts: Vec<String>,
 
     /// Validate the configuration, print it with secrets masked, and exit
@@ -115,6 +148,26 @@ pub struct Cli {
 /// What mailfetch is asked to do, besides polling (no command).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the shell completion script for SHELL
+    ///
+    /// It completes subcommands, flags, and account names from the
+    /// configuration (the default one, or the file given with -c earlier
+    /// on the line) by asking mailfetch itself. For bash:
+    /// `mailfetch completions bash > ~/.local/share/bash-completion/completions/mailfetch`;
+    /// zsh: a file `_mailfetch` in a directory of $fpath; fish:
+    /// `~/.config/fish/completions/mailfetch.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print a manual page (roff) on stdout
+    ///
+    /// Section 1 is the command, section 5 the configuration file. Read one
+    /// with `mailfetch man 5 | man -l -`.
+    Man {
+        #[arg(value_enum, default_value_t)]
+        section: ManSection,
+    },
     /// Translate a fetchmail, getmail6 or mpop configuration into
     /// mailfetch's, and with --state what that tool already fetched
     ///
@@ -123,6 +176,26 @@ pub enum Command {
     /// its file and line; the config is checked as --check-config would
     /// before it is written, and the command exits 0 when it wrote one.
     Import(ImportArgs),
+}
+
+/// The shells `mailfetch completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The manual pages `mailfetch man` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ManSection {
+    /// mailfetch(1): the command
+    #[default]
+    #[value(name = "1")]
+    Command,
+    /// mailfetch.toml(5): the configuration file
+    #[value(name = "5")]
+    Config,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +268,34 @@ impl Verbosity {
 }
 
 impl Cli {
+    /// Parses the process's arguments. The flags that only polling reads
+    /// (`--account`, `--check-config`, `--daemon`) are refused with a
+    /// command; the global ones (`-c`, `-v`, `-q`, `--log-format`) may
+    /// stand before or after it.
+    pub fn from_args() -> Result<Cli, clap::Error> {
+        Cli::checked(Cli::try_parse()?)
+    }
+
+    fn checked(cli: Cli) -> Result<Cli, clap::Error> {
+        if cli.command.is_none() {
+            return Ok(cli);
+        }
+        let polling_flag = [
+            (!cli.accounts.is_empty(), "--account"),
+            (cli.check_config, "--check-config"),
+            (cli.daemon, "--daemon"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        match polling_flag {
+            None => Ok(cli),
+            Some(flag) => Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{flag} is for polling and cannot be used with a command"),
+            )),
+        }
+    }
+
     /// What bad usage prints (then mailfetch exits 5): one line with the
     /// reason and clap's hint, and the usage line of the command at fault.
     pub fn bad_usage(err: &clap::Error) -> String {
@@ -233,7 +334,9 @@ mod tests {
     use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("mailfetch").chain(args.iter().copied()))
+        Cli::checked(Cli::try_parse_from(
+            std::iter::once("mailfetch").chain(args.iter().copied()),
+        )?)
     }
 
     #[test]
@@ -269,6 +372,21 @@ mod tests {
             LogFormat::Text
         );
         assert!(parse(&["--"]).is_ok());
+        // The global flags stand before or after a command.
+        for args in [
+            &["-c", "f", "-q", "man", "5"][..],
+            &["man", "5", "-c", "f", "-q"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.config, Some(PathBuf::from("f")), "{args:?}");
+            assert_eq!(cli.verbosity(), Verbosity::Quiet, "{args:?}");
+            assert!(matches!(
+                cli.command,
+                Some(Command::Man {
+                    section: ManSection::Config
+                })
+            ));
+        }
         for (args, verbosity) in [
             (&[][..], Verbosity::Normal),
             (&["-v"], Verbosity::Verbose),
@@ -313,6 +431,10 @@ mod tests {
             &["--log-format", "xml"],
             &["--config"],
             &["stray"],
+            &["--daemon", "man"],
+            &["man", "--account", "home"],
+            &["man", "7"],
+            &["completions", "tcsh"],
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.use_stderr(), "{args:?}: {err}");

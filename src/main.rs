@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use mailfetch::cli::{Cli, Command, LogFormat, RcKind};
+use mailfetch::cli::{self, Cli, Command, ImportArgs, LogFormat, RcKind};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::import::{self, Peer};
@@ -15,7 +14,8 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = match Cli::try_parse() {
+    cli::completions::answer();
+    let args = match Cli::from_args() {
         Ok(args) => args,
         // --help and --version go to stdout and exit 0; bad usage is a
         // configuration error for scripts (exit 5).
@@ -28,6 +28,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    match args.command {
+        None => {}
+        Some(Command::Completions { shell }) => {
+            return print_with(|out| cli::completions::write_script(shell, out));
+        }
+        Some(Command::Man { section }) => {
+            return print_with(|out| cli::man::write_page(section, out));
+        }
+        Some(Command::Import(ref import)) => return import_configuration(import),
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::new(args.verbosity().directive()))
@@ -54,21 +64,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Cli) -> Result<u8, Error> {
-    if let Some(Command::Import(import)) = &args.command {
-        let options = import::command::Options {
-            peer: match import.kind {
-                RcKind::Fetchmailrc => Peer::Fetchmail,
-                RcKind::Getmailrc => Peer::Getmail,
-                RcKind::Mpoprc => Peer::Mpop,
-            },
-            files: import.files.clone(),
-            output: import.output.clone(),
-            state: import.state,
-        };
-        import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr())?;
-        return Ok(0);
+/// Writes what `write` produces to stdout: exit 0, or 23 if stdout fails
+/// (a closed pipe or a full disk must not look like success).
+fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: cannot write to stdout: {err}");
+            ExitCode::from(Kind::Local.exit_code() as u8)
+        }
     }
+}
+
+/// `mailfetch import`: exits 0 when it wrote a config, notes or not.
+fn import_configuration(args: &ImportArgs) -> ExitCode {
+    let options = import::command::Options {
+        peer: match args.kind {
+            RcKind::Fetchmailrc => Peer::Fetchmail,
+            RcKind::Getmailrc => Peer::Getmail,
+            RcKind::Mpoprc => Peer::Mpop,
+        },
+        files: args.files.clone(),
+        output: args.output.clone(),
+        state: args.state,
+    };
+    match import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: {err}");
+            ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
+fn run(args: &Cli) -> Result<u8, Error> {
     let path = match &args.config {
         Some(path) => path.clone(),
         None => config::default_path().ok_or_else(|| {

@@ -33,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod fingerprint;
 pub mod imap;
+pub mod import;
 pub mod lock;
 pub mod net;
 pub mod notify;

@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use mailfetch::cli::{self, Cli, Command, LogFormat};
+use mailfetch::cli::{self, Cli, Command, ImportArgs, LogFormat, RcKind};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
+use mailfetch::import::{self, Peer};
 use mailfetch::lock::StateLock;
 use mailfetch::{pipeline, scheduler, status};
 use std::io::IsTerminal;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Some(Command::Man { section }) => {
             return print_with(|out| cli::man::write_page(section, out));
         }
+        Some(Command::Import(ref import)) => return import_configuration(import),
         Some(Command::Status { .. }) => {}
     }
     let logs = tracing_subscriber::fmt()
@@ -72,6 +74,27 @@ fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>
         Err(err) => {
             eprintln!("mailfetch: cannot write to stdout: {err}");
             ExitCode::from(Kind::Local.exit_code() as u8)
+        }
+    }
+}
+
+/// `mailfetch import`: exits 0 when it wrote a config, notes or not.
+fn import_configuration(args: &ImportArgs) -> ExitCode {
+    let options = import::command::Options {
+        peer: match args.kind {
+            RcKind::Fetchmailrc => Peer::Fetchmail,
+            RcKind::Getmailrc => Peer::Getmail,
+            RcKind::Mpoprc => Peer::Mpop,
+        },
+        files: args.files.clone(),
+        output: args.output.clone(),
+        state: args.state,
+    };
+    match import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: {err}");
+            ExitCode::from(err.kind.exit_code() as u8)
         }
     }
 }

@@ -33,6 +33,11 @@ use crate::percent;
 
 const HEADER: &str = "mailfetch-state 1";
 
+/// The meta key under which a mailbox's identity (IMAP UIDVALIDITY) is
+/// kept: the ids recorded are valid only while the server's identity
+/// matches it.
+pub const IDENTITY: &str = "identity";
+
 /// One delivered message, as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

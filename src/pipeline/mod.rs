@@ -38,7 +38,7 @@ use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
-use crate::state::{Entry, MailboxState, mailbox_key};
+use crate::state::{Entry, IDENTITY, MailboxState, mailbox_key};
 use crate::status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -486,9 +486,6 @@ async fn poll_mailbox<S: Source, K: Sink>(
     }
     Ok(())
 }
-
-/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
-const IDENTITY: &str = "identity";
 
 /// After the server renumbered a mailbox, finds the messages delivered
 /// before by their digests; returns them under their new ids.

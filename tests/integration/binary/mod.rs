@@ -5,6 +5,7 @@ mod daemon_dovecot;
 mod imap_append_e2e;
 mod imap_dovecot;
 mod imap_faults;
+mod imap_unchanged;
 mod import_peers;
 mod mda_e2e;
 mod pop3_dovecot;

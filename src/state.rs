@@ -36,6 +36,11 @@ use crate::percent;
 
 const HEADER: &str = "mailfetch-state 1";
 
+/// The meta key under which a mailbox's identity (IMAP UIDVALIDITY) is
+/// kept: the ids recorded are valid only while the server's identity
+/// matches it.
+pub const IDENTITY: &str = "identity";
+
 /// One delivered message, as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -624,6 +629,15 @@ pub fn mailbox_key(account: &Account, folder: &str) -> String {
         Protocol::Pop3 => format!("pop3 {server}"),
         Protocol::Imap => format!("imap {server}/{folder}"),
     }
+}
+
+/// Where the status record of the mailbox `key` lives: beside its
+/// journal, named like it (`.status` for `.state`), so that nothing that
+/// reads journals ever reads it.
+pub fn status_path(state_dir: &Path, key: &str) -> PathBuf {
+    let journal = file_name_for(key);
+    let stem = journal.strip_suffix(".state").unwrap_or(&journal);
+    state_dir.join(format!("{stem}.status"))
 }
 
 /// The longest file name (`.state` included) a mailbox key maps to: well

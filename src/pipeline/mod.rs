@@ -38,7 +38,8 @@ use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
-use crate::state::{Entry, MailboxState, last_clean, mailbox_key};
+use crate::state::{Entry, IDENTITY, MailboxState, last_clean, mailbox_key};
+use crate::status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::received::{Trace, local_hostname};
@@ -81,7 +82,7 @@ pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
 /// Polls some of the account's mailboxes: `folders`, a part of its IMAP
 /// folders (POP3 has only its one mailbox, whatever `folders` says).
 pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Path) -> Vec<Report> {
-    async {
+    let reports = async {
         let opened = match AnySink::resolve_secret(account).await {
             Ok(secret) => {
                 AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret))
@@ -96,7 +97,11 @@ pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Pat
         }
     }
     .instrument(tracing::info_span!("poll", account = %account.name))
-    .await
+    .await;
+    for report in &reports {
+        status::record(state_dir, account, folders, report);
+    }
+    reports
 }
 
 /// The account's server, with its password resolved: once per poll (or
@@ -144,7 +149,7 @@ async fn poll_pop3<K: Sink>(
     mut sink: K,
 ) -> Report {
     let started = Instant::now();
-    let mut report = Report::new(account.name.clone(), &sink.describe(), account);
+    let mut report = Report::new(account, None, &sink.describe());
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
         let mut source = Pop3::connect(&source_server(account).await?).await?;
@@ -174,13 +179,7 @@ async fn poll_imap<K: Sink>(
     let started = Instant::now();
     let mut reports: Vec<Report> = folders
         .iter()
-        .map(|folder| {
-            Report::new(
-                format!("{}/{folder}", account.name),
-                &sink.describe(),
-                account,
-            )
-        })
+        .map(|folder| Report::new(account, Some(folder), &sink.describe()))
         .collect();
     let connected = match source_server(account).await {
         Ok(server) => connect_imap(account, &server).await,
@@ -264,9 +263,11 @@ pub async fn poll_imap_folder(
     state_dir: &Path,
 ) -> Report {
     let span = tracing::info_span!("poll", account = %account.name, folder = %folder);
-    poll_open_folder(source, account, folder, state_dir)
+    let report = poll_open_folder(source, account, folder, state_dir)
         .instrument(span)
-        .await
+        .await;
+    status::record(state_dir, account, &[], &report);
+    report
 }
 
 async fn poll_open_folder(
@@ -276,7 +277,7 @@ async fn poll_open_folder(
     state_dir: &Path,
 ) -> Report {
     let started = Instant::now();
-    let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
+    let mut report = Report::new(account, Some(folder), "");
     let opened = match AnySink::resolve_secret(account).await {
         Ok(secret) => AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret)),
         Err(failure) => Err(failure),
@@ -538,7 +539,12 @@ async fn poll_mailbox<S: Source, K: Sink>(
     // recorded, the next poll deletes them like delivered ones.
     let mut state = committed.state;
     let settled = match &mut state {
-        Some(state) => settle_rejections(delivery, rejections, state, report).await?,
+        Some(state) => {
+            let settled = settle_rejections(delivery, rejections, state, report).await?;
+            report.known = Some(state.len());
+            report.pending = Some(state.pending_intents().len());
+            settled
+        }
         None => Vec::new(),
     };
     if let Some(err) = error {
@@ -587,9 +593,6 @@ async fn poll_mailbox<S: Source, K: Sink>(
     }
     Ok(())
 }
-
-/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
-const IDENTITY: &str = "identity";
 
 /// After the server renumbered a mailbox, finds the messages delivered
 /// before by their digests; returns them under their new ids.

@@ -265,7 +265,7 @@ async fn poll_source(
     mut source: MemorySource,
     mut sink: VerdictSink,
 ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
-    let mut report = Report::new("t".into(), "verdicts", account);
+    let mut report = Report::new(account, None, "verdicts");
     let state = StateOpening::start(state_dir, "key".to_owned());
     let result = poll_mailbox(
         &mut source,
@@ -467,7 +467,7 @@ async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
     *sink.failing.lock().unwrap() = vec!["b".into()];
     let poll = async |sink: &RecipientSink| {
         let mut source = MemorySource::new(&MESSAGES[..1]);
-        let mut report = Report::new("t".into(), "recipients", &account);
+        let mut report = Report::new(&account, None, "recipients");
         let state = StateOpening::start(dir.path(), "key".to_owned());
         let mut sink = sink.clone();
         poll_mailbox(
@@ -509,7 +509,7 @@ async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
     let account = account("to = [\"a\"]\n");
     let mut source = MemorySource::new(&MESSAGES[..1]);
     let mut sink = RecipientSink::default();
-    let mut report = Report::new("t".into(), "recipients", &account);
+    let mut report = Report::new(&account, None, "recipients");
     let state = StateOpening::start(dir.path(), "key".to_owned());
     poll_mailbox(
         &mut source,
@@ -531,7 +531,7 @@ async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
 async fn only_a_poll_that_left_nothing_to_do_is_recorded_clean() {
     let clean_after = async |account: &Account, messages: &[&str]| {
         let dir = tempfile::tempdir().unwrap();
-        let mut report = Report::new("t".into(), "verdicts", account);
+        let mut report = Report::new(account, None, "verdicts");
         let state = StateOpening::start(dir.path(), "key".to_owned());
         let result = poll_mailbox(
             &mut MemorySource::new(messages),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::lock::StateLock;
-use mailfetch::{pipeline, scheduler};
+use mailfetch::{oauth, pipeline, scheduler};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -23,11 +23,19 @@ destination has durably taken it.
 USAGE:
     mailfetch [OPTIONS]
     mailfetch --daemon [OPTIONS]
+    mailfetch [-c FILE] login ACCOUNT
 
 Polls every configured account once (or only those named with --account;
 for IMAP, each configured folder), up to max_connections at a time,
 delivers new mail, and exits. With --daemon, keeps polling (and, for
 accounts with idle = true, waiting for mail with IMAP IDLE) until stopped.
+
+`mailfetch login ACCOUNT` signs in an account that uses OAuth2 (an
+[account.oauth] table) once: it prints a URL (and a code to enter there,
+or opens a listener on 127.0.0.1 for the browser to come back to), waits
+for you to sign in, and stores the tokens under state_dir; from then on
+mailfetch refreshes them itself. Accounts with flow = \"client_credentials\"
+need no login (this then only checks that a token can be had).
 
 OPTIONS:
     -c, --config FILE    configuration file
@@ -86,6 +94,8 @@ See fetchrc.example for every configuration key.
 
 struct Args {
     config: Option<PathBuf>,
+    /// `login ACCOUNT`: sign in that account instead of polling.
+    login: Option<String>,
     accounts: Vec<String>,
     check_config: bool,
     daemon: bool,
@@ -121,6 +131,7 @@ enum Parsed {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
     let mut parsed = Args {
         config: None,
+        login: None,
         accounts: Vec::new(),
         check_config: false,
         daemon: false,
@@ -145,6 +156,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "-c" | "--config" => parsed.config = Some(PathBuf::from(value(&name)?)),
             "--account" => parsed.accounts.push(value(&name)?),
             "--check-config" => parsed.check_config = true,
+            "login" => parsed.login = Some(value("login")?),
             "--daemon" => parsed.daemon = true,
             "--log-format" => {
                 parsed.json = match value(&name)?.as_str() {
@@ -230,12 +242,18 @@ fn run(args: &Args) -> Result<u8, Error> {
         print!("{config}");
         return Ok(0);
     }
+    if let Some(name) = &args.login {
+        let config = select_accounts(config, std::slice::from_ref(name))?;
+        return runtime()?
+            .block_on(oauth::login::login_account(
+                &config.accounts[0],
+                &mut std::io::stdout(),
+            ))
+            .map(|()| 0);
+    }
     let config = select_accounts(config, &args.accounts)?;
     let _lock = StateLock::acquire(&config.general.state_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Error::new(Kind::Local, format!("cannot start the runtime: {err}")))?;
+    let runtime = runtime()?;
     if args.daemon {
         let reload = || config::load(&path).and_then(|new| select_accounts(new, &args.accounts));
         let result = runtime.block_on(scheduler::run_daemon(config, reload));
@@ -266,6 +284,13 @@ fn run(args: &Args) -> Result<u8, Error> {
         ));
     }
     Ok(exit_code(&reports))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::new(Kind::Local, format!("cannot start the runtime: {err}")))
 }
 
 /// SIGTERM or SIGINT; never if the handlers cannot be installed.

@@ -140,7 +140,8 @@ impl Session {
             .filter_map(|cap| cap.strip_prefix("AUTH="))
             .collect();
         let login_allowed = !self.caps.contains("LOGINDISABLED");
-        let login = choose_login(server.auth, &offered, login_allowed, may_reveal)
+        let method = auth::method_for_secret(server.auth, secret, offered.iter().copied());
+        let login = choose_login(method, &offered, login_allowed, may_reveal)
             .map_err(|message| self.error(Kind::Auth, &message))?;
         debug!(target: TRACE, "{}: logging in with {}", self.host, login.describe());
         let result = match login {
@@ -244,6 +245,10 @@ impl Session {
                     code,
                     text,
                 } if done == tag => {
+                    let text = match sasl.token_refusal() {
+                        Some(refusal) => format!("{text} (the token was refused: {refusal})"),
+                        None => text,
+                    };
                     if status == Status::Ok && !sasl.is_complete() {
                         return Err(self.error(
                             Kind::Auth,

@@ -34,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Account, FetchMode, Protocol, TlsMode};
+use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
@@ -96,8 +96,12 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     let mut report = Report::new(account.name.clone(), &sink.describe(), account);
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
-        let secret = account.password.resolve(&account.name).await?;
-        let mut source = Pop3::connect(account, secret.as_ref()).await?;
+        let mut source = account
+            .password
+            .log_in(&account.name, |secret| async move {
+                Pop3::connect(account, secret.as_ref()).await
+            })
+            .await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
         poll_mailbox(&mut source, &mut sink, account, state, &mut report).await?;
@@ -123,11 +127,9 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             )
         })
         .collect();
-    let secret = match account.password.resolve(&account.name).await {
-        Ok(secret) => secret,
-        Err(err) => return fail_all(reports, err),
-    };
-    let mut source = match Imap::connect(account, secret.as_ref()).await {
+    let connect =
+        |secret: Option<Secret>| async move { Imap::connect(account, secret.as_ref()).await };
+    let mut source = match account.password.log_in(&account.name, connect).await {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),
     };

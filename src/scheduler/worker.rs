@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tracing::{error, warn};
 
-use crate::config::Account;
+use crate::config::{Account, Secret};
 use crate::error::{Error, Kind};
 use crate::notify::notify;
 use crate::pipeline::{self};
@@ -203,15 +203,14 @@ impl Worker {
                 () = shutdown.stopped() => return SessionEnd::Stopped,
             }
         };
-        let secret = match account.password.resolve(&account.name).await {
-            Ok(secret) => secret,
-            Err(err) => return SessionEnd::Failed(err),
+        let connect = |secret: Option<Secret>| {
+            let account = &account;
+            async move { Imap::connect(account, secret.as_ref()).await }
         };
-        let mut session = match Imap::connect(&account, secret.as_ref()).await {
+        let mut session = match account.password.log_in(&account.name, connect).await {
             Ok(session) => session,
             Err(err) => return SessionEnd::Failed(err),
         };
-        drop(secret);
         if !session.has_idle() {
             let _ = session.finish().await;
             return SessionEnd::NoIdle;

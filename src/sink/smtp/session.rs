@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::codec::{self, Capabilities, Reply};
 use super::conn::Conn;
-use crate::auth::{Mechanism, SaslSession};
+use crate::auth::{self, Mechanism, SaslSession};
 use crate::config::{AuthMethod, MtaAddress, MtaProtocol, MtaTarget, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::TlsOptions;
@@ -124,7 +124,9 @@ impl Session {
         let peer = self.conn.peer().to_owned();
         let may_reveal = self.conn.is_tls() || self.conn.is_local() || server.allow_plaintext_auth;
         let offered = &self.capabilities.auth;
-        let mechanism = match server.auth {
+        let method =
+            auth::method_for_secret(server.auth, password, offered.iter().map(String::as_str));
+        let mechanism = match method {
             AuthMethod::Auto => {
                 Mechanism::strongest(offered.iter().map(String::as_str), may_reveal).ok_or_else(
                     || {

@@ -167,7 +167,9 @@ impl Pop3 {
     ) -> Result<(), Error> {
         let (secret, may_reveal) = super::credentials(account, secret, self.wire.is_tls())?;
         let apop_stamp = codec::apop_timestamp(greeting);
-        let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal)
+        let offered = self.caps.sasl.iter().map(String::as_str);
+        let method = auth::method_for_secret(account.auth, secret, offered);
+        let plan = choose_login(method, &self.caps, apop_stamp, may_reveal)
             .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;
         let mut refused = match self.try_login(plan, account, secret, apop_stamp).await? {
             Status::Ok(_) => return Ok(()),
@@ -260,7 +262,16 @@ impl Pop3 {
         port: u16,
     ) -> Result<Status, Error> {
         let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
-        let command = match sasl.initial_response() {
+        // The bearer-token mechanisms always take two steps (`AUTH XOAUTH2`,
+        // `+`, then the token): Microsoft's POP3 answers the one-line form
+        // with `-ERR Protocol error`, and every server accepts two steps.
+        let two_steps = matches!(mechanism, Mechanism::XOAuth2 | Mechanism::OAuthBearer);
+        let initial = if two_steps {
+            None
+        } else {
+            sasl.initial_response()
+        };
+        let command = match initial {
             Some(initial) if initial.is_empty() => format!("AUTH {} =", mechanism.name()),
             Some(initial) => format!("AUTH {} {}", mechanism.name(), BASE64.encode(initial)),
             None => format!("AUTH {}", mechanism.name()),
@@ -293,6 +304,12 @@ impl Pop3 {
             self.in_flight -= 1;
             let status =
                 codec::parse_status(&line).ok_or_else(|| self.unexpected("AUTH reply", &line))?;
+            let status = match (status, sasl.token_refusal()) {
+                (Status::Err(text), Some(refusal)) => {
+                    Status::Err(format!("{text} (the token was refused: {refusal})"))
+                }
+                (status, _) => status,
+            };
             if matches!(status, Status::Ok(_)) && !sasl.is_complete() {
                 return Err(Error::new(
                     Kind::Auth,

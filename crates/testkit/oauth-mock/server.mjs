@@ -19,8 +19,10 @@
 // * a client listed in MOCK_CLIENT_SECRETS ({"id": "secret"}) must present
 //   its secret (form or HTTP Basic), else 401 invalid_client;
 // * refresh tokens are remembered: an unknown or revoked one gets 400
-//   invalid_grant, and each use rotates it (the old one dies), as Microsoft
-//   does;
+//   invalid_grant, and each use rotates it, as Microsoft does; the used one
+//   stays valid until its successor is first used (so a client killed
+//   before it stored the successor is not locked out, as with Microsoft,
+//   whose old refresh tokens stay valid);
 // * the device authorization grant (RFC 8628), which the mock lacks:
 //   POST /devicecode, then token polls answered authorization_pending once,
 //   slow_down when polled faster than the interval, then tokens.
@@ -28,6 +30,7 @@
 // Test controls (plain HTTP, loopback only):
 // * POST /test/revoke: every refresh token issued so far becomes invalid;
 // * POST /test/ttl?seconds=N: later access tokens live N seconds;
+// * POST /test/delay?ms=N: refresh requests are answered N ms late;
 // * GET /test/stats: {"grants": {grant_type: count}, "slow_down": n}.
 import { createServer } from "node:http";
 import { createPublicKey, randomUUID } from "node:crypto";
@@ -54,7 +57,9 @@ mkdirSync(join(keyDir, "default", "RS256"), { recursive: true });
 writeFileSync(join(keyDir, "default", "RS256", "mailfetch"), pem);
 
 const service = new OAuth2Service(issuer);
-const liveRefreshTokens = new Set();
+// refresh token -> the token it replaced (which dies when this one is used)
+const liveRefreshTokens = new Map();
+let refreshDelayMs = 0;
 const stats = { grants: {}, slow_down: 0 };
 // device_code -> { polls, lastPoll (ms), scope }
 const devices = new Map();
@@ -70,7 +75,7 @@ service.on("beforeResponse", (response, req) => {
   const body = req.body;
   if (response.statusCode !== 200) return;
   if (body.grant_type === "refresh_token") {
-    if (!liveRefreshTokens.delete(body.refresh_token)) {
+    if (!liveRefreshTokens.has(body.refresh_token)) {
       response.statusCode = 400;
       response.body = {
         error: "invalid_grant",
@@ -80,7 +85,11 @@ service.on("beforeResponse", (response, req) => {
     }
   }
   response.body.expires_in = ttl;
-  if (response.body.refresh_token) liveRefreshTokens.add(response.body.refresh_token);
+  if (body.grant_type === "refresh_token") {
+    liveRefreshTokens.delete(liveRefreshTokens.get(body.refresh_token));
+  }
+  const predecessor = body.grant_type === "refresh_token" ? body.refresh_token : undefined;
+  if (response.body.refresh_token) liveRefreshTokens.set(response.body.refresh_token, predecessor);
 });
 
 function clientOf(req, form) {
@@ -123,7 +132,7 @@ async function deviceToken(res, form) {
     payload.scope = device.scope;
   });
   const refresh = randomUUID();
-  liveRefreshTokens.add(refresh);
+  liveRefreshTokens.set(refresh, undefined);
   return json(res, 200, {
     access_token: access,
     token_type: "Bearer",
@@ -148,6 +157,9 @@ const server = createServer(async (req, res) => {
       case "/test/ttl":
         ttl = Number(url.searchParams.get("seconds"));
         return json(res, 200, {});
+      case "/test/delay":
+        refreshDelayMs = Number(url.searchParams.get("ms"));
+        return json(res, 200, {});
       case "/devicecode": {
         const deviceCode = randomUUID();
         devices.set(deviceCode, { polls: 0, scope: form.scope ?? "" });
@@ -167,6 +179,9 @@ const server = createServer(async (req, res) => {
         }
         stats.grants[form.grant_type] = (stats.grants[form.grant_type] ?? 0) + 1;
         if (form.grant_type === DEVICE_GRANT) return await deviceToken(res, form);
+        if (form.grant_type === "refresh_token" && refreshDelayMs > 0) {
+          await new Promise((resolve) => setTimeout(resolve, refreshDelayMs));
+        }
         break;
       }
     }

@@ -136,7 +136,12 @@ impl OAuthProvider {
         self.request("POST", &format!("/test/ttl?seconds={seconds}"), "");
     }
 
-    /// How many token requests of `grant_type` the provider answered.
+    /// Refresh requests are answered `millis` late from now on.
+    pub fn delay_refreshes(&self, millis: u64) {
+        self.request("POST", &format!("/test/delay?ms={millis}"), "");
+    }
+
+    /// How many token requests of `grant_type` the provider received.
     pub fn grants(&self, grant_type: &str) -> u64 {
         self.stat(grant_type)
     }
@@ -176,6 +181,17 @@ impl OAuthProvider {
             .to_owned()
     }
 
+    /// Plays the browser of the authorization code flow: opens
+    /// `authorization_url` at the provider, which signs the user in at
+    /// once and redirects, and follows the redirect to mailfetch's
+    /// loopback listener. The listener's status line.
+    pub fn sign_in_with_browser(&self, authorization_url: &str) -> String {
+        let (status, location) = http_get(authorization_url);
+        assert!(status.contains(" 302 "), "{authorization_url}: {status}");
+        let location = location.expect("a redirect has a Location");
+        http_get(&location).0
+    }
+
     /// One HTTP/1.0 request to the provider (a form body, if any); the
     /// response's body.
     fn request(&self, method: &str, path: &str, form: &str) -> String {
@@ -210,4 +226,28 @@ impl Drop for OAuthProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GETs an `http://HOST:PORT/…` URL: the status line and the `Location`.
+fn http_get(url: &str) -> (String, Option<String>) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let location = response
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_owned())
+        });
+    (status, location)
 }

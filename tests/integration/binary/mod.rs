@@ -4,6 +4,7 @@ mod imap_append_e2e;
 mod imap_dovecot;
 mod imap_faults;
 mod mda_e2e;
+mod oauth_dovecot;
 mod pop3_dovecot;
 mod pop3_faults;
 mod smtp_e2e;

@@ -35,32 +35,6 @@ impl PasswordSource {
             PasswordSource::OAuth(oauth) => access_token(oauth, Freshness::Reuse).await.map(Some),
         }
     }
-
-    /// Logs in with `attempt`, given the secret. With OAuth2, a token the
-    /// server refuses ([`Kind::Auth`]) is renewed and tried once more:
-    /// the provider may have revoked it before its time (a changed
-    /// password, an admin's action), or the clocks disagree.
-    ///
-    /// (`attempt` takes the secret by value, not as an `AsyncFn` taking a
-    /// reference, whose future the compiler cannot yet prove `Send`.)
-    pub async fn log_in<T, Attempt>(
-        &self,
-        account: &str,
-        attempt: impl Fn(Option<Secret>) -> Attempt,
-    ) -> Result<T, Error>
-    where
-        Attempt: Future<Output = Result<T, Error>>,
-    {
-        let secret = self.resolve(account).await?;
-        match (self, attempt(secret).await) {
-            (PasswordSource::OAuth(oauth), Err(err)) if err.kind == Kind::Auth => {
-                tracing::info!("{err}; renewing the OAuth2 access token and trying once more");
-                let token = access_token(oauth, Freshness::Renew).await?;
-                attempt(Some(token)).await
-            }
-            (_, result) => result,
-        }
-    }
 }
 
 /// How long a `password_command` may run. Not the account's `timeout`,

@@ -32,7 +32,7 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// (the server mail is fetched from, then the one it is delivered to).
 pub async fn login_account(account: &Account, out: &mut (dyn Write + Send)) -> Result<(), Error> {
     let delivery = account.deliver.server().map(|server| &server.password);
-    let tables: Vec<&OAuth> = [Some(&account.password), delivery]
+    let tables: Vec<&OAuth> = [Some(&account.server.password), delivery]
         .into_iter()
         .flatten()
         .filter_map(|password| match password {

@@ -34,8 +34,9 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
+use crate::config::{Account, FetchMode, PasswordSource, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
+use crate::oauth::{self, Freshness};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
 use crate::state::{Entry, MailboxState, mailbox_key};
@@ -43,8 +44,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::received::{Trace, local_hostname};
 use crate::sink::any::{AnySink, with_sink};
-use crate::source::imap::Imap;
+use crate::source::imap::{After, Imap};
 use crate::source::pop3::Pop3;
+use crate::wire::Server;
 use commit::*;
 use plan::*;
 use reject::*;
@@ -74,9 +76,23 @@ pub fn is_stopping() -> bool {
 /// (and a `folder` span for each IMAP folder), so that each line says which
 /// mailbox it is about while several polls run at once.
 pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
+    poll_folders(account, &account.folders, state_dir).await
+}
+
+/// Polls some of the account's mailboxes: `folders`, a part of its IMAP
+/// folders (POP3 has only its one mailbox, whatever `folders` says).
+pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Path) -> Vec<Report> {
     async {
-        match AnySink::open(account, state_dir).await {
-            Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
+        let opened = match AnySink::resolve_secret(account).await {
+            Ok(secret) => {
+                AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret))
+            }
+            Err(failure) => Err(failure),
+        };
+        match opened {
+            Ok((sink, secret)) => with_sink!(sink, sink => {
+                poll_into(account, folders, secret.as_ref(), state_dir, sink).await
+            }),
             Err((destination, err)) => vec![Report::failed(account, &destination, err)],
         }
     }
@@ -84,27 +100,84 @@ pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
     .await
 }
 
-async fn poll_into<K: Sink>(account: &Account, state_dir: &Path, sink: K) -> Vec<Report> {
-    match account.protocol {
-        Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
-        Protocol::Imap => poll_imap(account, state_dir, sink).await,
+/// The account's server, with its password resolved: once per poll (or
+/// per IDLE session), since a password_command may be slow or ask a human.
+pub async fn source_server(account: &Account) -> Result<Server, Error> {
+    Ok(Server {
+        label: format!("account {}", account.name),
+        endpoint: account.server.clone(),
+        secret: account.server.password.resolve(&account.name).await?,
+    })
+}
+
+/// Logs in to the account's server with `connect`, given the server with
+/// its secret. With OAuth2, a token the server refuses ([`Kind::Auth`]) is
+/// renewed and tried once more: the provider may have revoked it before
+/// its time (a changed password, an admin's action), or the clocks
+/// disagree.
+///
+/// (`connect` takes the server by value rather than as an `AsyncFn` of a
+/// reference, whose future the compiler cannot yet prove `Send`.)
+pub async fn connect_source<T, Attempt>(
+    account: &Account,
+    connect: impl Fn(Server) -> Attempt,
+) -> Result<T, Error>
+where
+    Attempt: Future<Output = Result<T, Error>>,
+{
+    let server = source_server(account).await?;
+    match (&account.server.password, connect(server).await) {
+        (PasswordSource::OAuth(oauth), Err(err)) if err.kind == Kind::Auth => {
+            tracing::info!("{err}; renewing the OAuth2 access token and trying once more");
+            let token = oauth::access_token(oauth, Freshness::Renew).await?;
+            connect(Server {
+                label: format!("account {}", account.name),
+                endpoint: account.server.clone(),
+                secret: Some(token),
+            })
+            .await
+        }
+        (_, result) => result,
     }
 }
 
-async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Report {
+/// What the IMAP source does with a delivered message.
+pub fn after_delivery(account: &Account) -> After {
+    After::configured(account.keep, account.move_to.as_deref())
+}
+
+async fn poll_into<K: Sink>(
+    account: &Account,
+    folders: &[String],
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    sink: K,
+) -> Vec<Report> {
+    match account.protocol {
+        Protocol::Pop3 => vec![poll_pop3(account, delivery_secret, state_dir, sink).await],
+        Protocol::Imap => poll_imap(account, folders, delivery_secret, state_dir, sink).await,
+    }
+}
+
+async fn poll_pop3<K: Sink>(
+    account: &Account,
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    mut sink: K,
+) -> Report {
     let started = Instant::now();
     let mut report = Report::new(account.name.clone(), &sink.describe(), account);
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
-        let mut source = account
-            .password
-            .log_in(&account.name, |secret| async move {
-                Pop3::connect(account, secret.as_ref()).await
-            })
-            .await?;
+        let connect = |server: Server| async move { Pop3::connect(&server).await };
+        let mut source = connect_source(account, connect).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
-        poll_mailbox(&mut source, &mut sink, account, state, &mut report).await?;
+        let delivery = Delivery {
+            account,
+            secret: delivery_secret,
+        };
+        poll_mailbox(&mut source, &mut sink, delivery, state, &mut report).await?;
         source.finish().await
     }
     .await;
@@ -114,10 +187,15 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     report
 }
 
-async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Vec<Report> {
+async fn poll_imap<K: Sink>(
+    account: &Account,
+    folders: &[String],
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    mut sink: K,
+) -> Vec<Report> {
     let started = Instant::now();
-    let mut reports: Vec<Report> = account
-        .folders
+    let mut reports: Vec<Report> = folders
         .iter()
         .map(|folder| {
             Report::new(
@@ -128,17 +206,21 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
         })
         .collect();
     let connect =
-        |secret: Option<Secret>| async move { Imap::connect(account, secret.as_ref()).await };
-    let mut source = match account.password.log_in(&account.name, connect).await {
+        |server: Server| async move { Imap::connect(&server, after_delivery(account)).await };
+    let mut source = match connect_source(account, connect).await {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),
+    };
+    let delivery = Delivery {
+        account,
+        secret: delivery_secret,
     };
     // Connecting and logging in count towards the first folder.
     let mut folder_started = started;
     // Nothing is changed in a folder in keep mode without mark_seen.
     let read_only = account.keep && !account.mark_seen;
     let mut broken = None;
-    for (index, folder) in account.folders.iter().enumerate() {
+    for (index, folder) in folders.iter().enumerate() {
         let report = &mut reports[index];
         let span = tracing::info_span!("folder", folder = %folder);
         let state = StateOpening::start(state_dir, mailbox_key(account, folder));
@@ -156,7 +238,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             broken = Some(index);
             break;
         }
-        let result = poll_mailbox(&mut source, &mut sink, account, state, report)
+        let result = poll_mailbox(&mut source, &mut sink, delivery, state, report)
             .instrument(span)
             .await;
         report.elapsed = folder_started.elapsed();
@@ -211,13 +293,21 @@ async fn poll_open_folder(
 ) -> Report {
     let started = Instant::now();
     let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
-    let sink = match AnySink::open(account, state_dir).await {
-        Ok(sink) => sink,
+    let opened = match AnySink::resolve_secret(account).await {
+        Ok(secret) => AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret)),
+        Err(failure) => Err(failure),
+    };
+    let (sink, secret) = match opened {
+        Ok(opened) => opened,
         Err((destination, err)) => {
             report.destination = destination;
             report.error = Some(err);
             return report;
         }
+    };
+    let delivery = Delivery {
+        account,
+        secret: secret.as_ref(),
     };
     let result = with_sink!(sink, mut sink => {
         report.destination = sink.describe();
@@ -226,7 +316,7 @@ async fn poll_open_folder(
             source
                 .select(folder, account.keep && !account.mark_seen)
                 .await?;
-            poll_mailbox(source, &mut sink, account, state, &mut report).await
+            poll_mailbox(source, &mut sink, delivery, state, &mut report).await
         }
         .await;
         sink.close().await;
@@ -235,6 +325,14 @@ async fn poll_open_folder(
     report.error = result.err();
     report.elapsed = started.elapsed();
     report
+}
+
+/// The account a mailbox is polled for, with the password of the server
+/// it delivers to (resolved once per poll), which bounces use too.
+#[derive(Clone, Copy)]
+struct Delivery<'a> {
+    account: &'a Account,
+    secret: Option<&'a Secret>,
 }
 
 fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
@@ -269,10 +367,11 @@ impl StateOpening {
 async fn poll_mailbox<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
-    account: &Account,
+    delivery: Delivery<'_>,
     state: StateOpening,
     report: &mut Report,
 ) -> Result<(), Error> {
+    let account = delivery.account;
     let state_error = |err: std::io::Error| {
         Error::new(Kind::Local, format!("cannot update the state file: {err}"))
     };
@@ -311,7 +410,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
             format!(
                 "{}: the server does not support UIDL, so mailfetch cannot tell old messages from new ones; \
                  keep = true needs UIDL (with keep = false, every message is fetched and deleted)",
-                account.host
+                account.server.host
             ),
         ));
     }
@@ -346,15 +445,15 @@ async fn poll_mailbox<S: Source, K: Sink>(
     }
 
     let trace = Trace {
-        server: &account.host,
+        server: &account.server.host,
         local_host: &local_hostname(),
         protocol: match account.protocol {
             Protocol::Pop3 => "POP3",
             Protocol::Imap => "IMAP",
         },
-        tls: account.tls != TlsMode::None,
+        tls: account.server.tls != TlsMode::None,
         account: &account.name,
-        username: &account.username,
+        username: account.server.username.as_deref().unwrap_or_default(),
     };
     let header = account
         .received_header
@@ -387,7 +486,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     // Refused messages are settled even when the session broke: once
     // recorded, the next poll deletes them like delivered ones.
     let settled = match committed.state {
-        Some(mut state) => settle_rejections(account, rejections, &mut state, report).await?,
+        Some(mut state) => settle_rejections(delivery, rejections, &mut state, report).await?,
         None => Vec::new(),
     };
     if let Some(err) = error {

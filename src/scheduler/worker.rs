@@ -9,23 +9,23 @@ use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tracing::{error, warn};
 
-use crate::config::{Account, Secret};
+use crate::config::Account;
 use crate::error::{Error, Kind};
 use crate::notify::notify;
 use crate::pipeline::{self};
 use crate::source::Source;
 use crate::source::imap::{Imap, Woken};
 use crate::state;
+use crate::wire::Server;
 
 use super::backoff::*;
 use super::log_report;
 use super::shutdown::Shutdown;
 
-/// The state keys of the server mailboxes an account polls; two sessions
-/// never work on one of them at once.
-pub(super) fn mailbox_keys(account: &Account) -> Vec<String> {
-    let mut keys: Vec<String> = account
-        .folders
+/// The state keys of the server mailboxes `folders` of an account; two
+/// sessions never work on one of them at once.
+pub(super) fn mailbox_keys(account: &Account, folders: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = folders
         .iter()
         .map(|folder| state::mailbox_key(account, folder))
         .collect();
@@ -80,10 +80,12 @@ impl Worker {
         self.shutdown.sleep(delay).await
     }
 
-    /// Polls the account at its interval until told to stop.
-    pub(super) async fn poll_loop(mut self) {
+    /// Polls `folders` of the account (all of them, or the one whose
+    /// server turned out to have no IDLE) at its interval until told to
+    /// stop.
+    pub(super) async fn poll_loop(mut self, folders: Vec<String>) {
         let mut schedule = Schedule::new(self.interval, POLL_BACKOFF);
-        let keys = mailbox_keys(&self.account);
+        let keys = mailbox_keys(&self.account, &folders);
         loop {
             let reports = {
                 let mut shutdown = self.shutdown.clone();
@@ -96,7 +98,7 @@ impl Worker {
                     held = ready => held,
                     () = shutdown.stopped() => return,
                 };
-                pipeline::poll(&self.account, &self.state_dir).await
+                pipeline::poll_folders(&self.account, &folders, &self.state_dir).await
             };
             for report in &reports {
                 log_report(report);
@@ -125,8 +127,8 @@ impl Worker {
                 "{name}: LOGIN REJECTED by {} for user {}: check the password. mailfetch waits {} \
                  before trying again, so that the server does not lock the account; after fixing \
                  the configuration, reload it (SIGHUP, `systemctl reload mailfetch`)",
-                self.account.host,
-                self.account.username,
+                self.account.server.host,
+                self.account.server.username.as_deref().unwrap_or_default(),
                 human_duration(delay)
             ),
         }
@@ -137,11 +139,7 @@ impl Worker {
     /// server without IDLE gets this folder polled at the interval instead.
     pub(super) async fn idle_loop(mut self, folder: String) {
         let mut schedule = Schedule::new(self.interval, IDLE_BACKOFF);
-        let keys = {
-            let mut one = (*self.account).clone();
-            one.folders = vec![folder.clone()];
-            mailbox_keys(&one)
-        };
+        let keys = mailbox_keys(&self.account, std::slice::from_ref(&folder));
         // The folder is ours for as long as this task runs.
         let guards = {
             let mut shutdown = self.shutdown.clone();
@@ -157,15 +155,11 @@ impl Worker {
                     warn!(
                         "{}: {} does not support IDLE; polling {folder} every {} instead",
                         self.account.name,
-                        self.account.host,
+                        self.account.server.host,
                         human_duration(self.interval)
                     );
-                    let mut account = (*self.account).clone();
-                    account.folders = vec![folder];
-                    account.idle = false;
-                    self.account = Arc::new(account);
                     drop(guards);
-                    return self.poll_loop().await;
+                    return self.poll_loop(vec![folder]).await;
                 }
                 SessionEnd::Failed(err) => err,
             };
@@ -203,11 +197,11 @@ impl Worker {
                 () = shutdown.stopped() => return SessionEnd::Stopped,
             }
         };
-        let connect = |secret: Option<Secret>| {
+        let connect = |server: Server| {
             let account = &account;
-            async move { Imap::connect(account, secret.as_ref()).await }
+            async move { Imap::connect(&server, pipeline::after_delivery(account)).await }
         };
-        let mut session = match account.password.log_in(&account.name, connect).await {
+        let mut session = match pipeline::connect_source(&account, connect).await {
             Ok(session) => session,
             Err(err) => return SessionEnd::Failed(err),
         };

@@ -1,3 +1,4 @@
+mod command_line;
 mod config_checks;
 mod daemon_dovecot;
 mod imap_append_e2e;

@@ -1,0 +1,316 @@
+//! The command line, defined once with clap's derive: parsing, `--help`,
+//! and (being plain data) anything else that must describe it.
+//!
+//! Every flag is a field of [`Cli`] and every subcommand a variant of
+//! [`Command`]; a new subcommand is one variant there (its doc comment is
+//! its help) and one arm in `main.rs`'s dispatch.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Shown after the options by `--help`: what the exit code means, and how
+/// the daemon answers signals.
+const AFTER_LONG_HELP: &str = "\
+Exit codes (as fetchmail's):
+    0   mail was delivered (with several accounts or folders: by any one
+        whose poll completed)
+    1   no new mail
+    2   connection error with the server mail is fetched from (including
+        TLS and certificate failures)
+    3   authentication failed (at the source, or at the IMAP or SMTP
+        server mail is delivered to)
+    4   protocol error
+    5   configuration error, or bad usage of the command line
+    6   a file mailfetch trusts is unsafe: the configuration or a password
+        file readable by others, or the configuration (or its directory), a
+        password file or the state directory writable by others or owned
+        by another user
+    7   server error or timeout
+    8   another mailfetch holds the lock on the state directory
+    10  delivery failed: the destination refused a message (it stays on
+        the server unless on_reject says otherwise), or could not be
+        reached or written to
+    23  mailfetch itself could not work: its state or lock file could not
+        be read or written, or a poll crashed
+    A poll that delivered some mail and then failed counts as failed. With
+    several accounts or folders and none of them succeeding with mail, the
+    highest code wins.
+
+Daemon signals:
+    SIGTERM, SIGINT  stop: finish or abandon the message in progress (never
+                     delivering part of one, never deleting one that is not
+                     safely delivered), and exit 0 within 10 s
+    SIGHUP           reload the configuration; if the new one is invalid,
+                     log why and keep running the old one
+    SIGUSR1          poll every account now
+    In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
+    configuration at start-up and 8 if another mailfetch holds the lock.
+
+See fetchrc.example for every configuration key.";
+
+/// Fetch mail from POP3 and IMAP servers, never losing a message.
+///
+/// Delivers into a Maildir, to an MTA (SMTP, LMTP), to an MDA command or
+/// into another IMAP server (deliver = "maildir:…", "smtp://…", "lmtp:…",
+/// "mda:…", "imap://…"). A message leaves the server only once its
+/// destination has durably taken it.
+///
+/// Without a command, polls every configured account once (or only those
+/// named with --account; for IMAP, each configured folder), up to
+/// max_connections at a time, delivers new mail, and exits. With --daemon,
+/// keeps polling (and, for accounts with idle = true, waiting for mail with
+/// IMAP IDLE) until stopped.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailfetch",
+    version,
+    after_help = "See 'mailfetch --help' for the exit codes and the daemon's signals.",
+    after_long_help = AFTER_LONG_HELP,
+)]
+pub struct Cli {
+    /// Configuration file [default: $XDG_CONFIG_HOME/mailfetch/fetchrc,
+    /// else ~/.config/mailfetch/fetchrc]
+    #[arg(short, long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Poll only this account (repeatable)
+    #[arg(long = "account", value_name = "NAME")]
+    pub accounts: Vec<String>,
+
+    /// Validate the configuration, print it with secrets masked, and exit
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Run until stopped: poll every account at its interval
+    /// (poll_interval, interval), IDLE where idle = true; logs to stderr,
+    /// for journald
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Log lines as text, or as one JSON object per line
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log protocol traces (passwords and AUTH payloads masked); -vv also
+    /// logs the TLS library's details
+    #[arg(short, long, action = ArgAction::Count, global = true, overrides_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log only errors
+    #[arg(short, long, global = true, overrides_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What mailfetch is asked to do, besides polling (no command).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sign in an account that uses OAuth2 ([account.oauth]), once
+    ///
+    /// Prints a URL to open, with a code to enter there (flow = "device"),
+    /// or for a browser on this machine, which comes back to a listener on
+    /// 127.0.0.1 (flow = "browser"); waits for you to sign in; and stores
+    /// the tokens under state_dir (mode 0600). From then on mailfetch
+    /// refreshes them itself, in cron and in the daemon. The account's
+    /// delivery server, if it uses OAuth2 too, is signed in after it.
+    /// Accounts with flow = "client_credentials" need no login: this only
+    /// checks that the provider issues a token.
+    Login {
+        /// The account's name
+        account: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event (journald adds the time)
+    #[default]
+    Text,
+    /// One JSON object per line, with the time and the poll's fields
+    Json,
+}
+
+/// How much to log: `-q`, nothing, `-v`, `-vv`. Of `-q` and `-v`, the last
+/// one given wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+    Debug,
+}
+
+impl Verbosity {
+    /// The `tracing` filter directive: our own traces at `-v`, other
+    /// crates' (rustls) only at `-vv`.
+    pub fn directive(self) -> &'static str {
+        match self {
+            Verbosity::Quiet => "error",
+            Verbosity::Normal => "warn,mailfetch=info",
+            Verbosity::Verbose => "warn,mailfetch=debug",
+            Verbosity::Debug => "debug",
+        }
+    }
+}
+
+impl Cli {
+    /// What bad usage prints (then mailfetch exits 5): one line with the
+    /// reason and clap's hint, and the usage line of the command at fault.
+    pub fn bad_usage(err: &clap::Error) -> String {
+        let text = err.render().to_string();
+        let reason: Vec<&str> = text
+            .lines()
+            .take_while(|line| !line.is_empty())
+            .map(str::trim)
+            .collect();
+        let reason = reason.join(" ");
+        let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
+        // The usage, with its continuation lines (one per form).
+        let usage: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("Usage: "))
+            .take_while(|line| !line.trim().is_empty())
+            .collect();
+        let usage = match usage.is_empty() {
+            false => usage.join("\n"),
+            true => Cli::command().render_usage().to_string(),
+        };
+        format!("mailfetch: {reason}\n{usage}\n")
+    }
+
+    /// Parses the process's arguments, refusing polling options given with
+    /// a command, which would ignore them. (clap's
+    /// `args_conflicts_with_subcommands` would also refuse the global
+    /// `-c FILE` before the command.)
+    pub fn parse_checked() -> Result<Cli, clap::Error> {
+        Cli::try_parse().and_then(Cli::checked)
+    }
+
+    fn checked(self) -> Result<Cli, clap::Error> {
+        let polling = self.daemon || self.check_config || !self.accounts.is_empty();
+        if self.command.is_some() && polling {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--daemon, --check-config and --account apply to polling, not to a command",
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            (false, _) => Verbosity::Debug,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mailfetch").chain(args.iter().copied()))
+            .and_then(Cli::checked)
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_of_the_hand_written_parser_still_parses() {
+        let cli = parse(&[
+            "-c",
+            "a.toml",
+            "--account",
+            "one",
+            "--account=two",
+            "--check-config",
+            "--daemon",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("a.toml")));
+        assert_eq!(cli.accounts, ["one", "two"]);
+        assert!(cli.check_config && cli.daemon);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(
+            parse(&["--config=b"]).unwrap().config,
+            Some(PathBuf::from("b"))
+        );
+        assert_eq!(parse(&["-cFILE"]).unwrap().config, Some("FILE".into()));
+        assert_eq!(
+            parse(&["--log-format=text"]).unwrap().log_format,
+            LogFormat::Text
+        );
+        assert!(parse(&["--"]).is_ok());
+        for (args, verbosity) in [
+            (&[][..], Verbosity::Normal),
+            (&["-v"], Verbosity::Verbose),
+            (&["--verbose"], Verbosity::Verbose),
+            (&["-vv"], Verbosity::Debug),
+            (&["-v", "-v"], Verbosity::Debug),
+            (&["-vvv"], Verbosity::Debug),
+            (&["-q"], Verbosity::Quiet),
+            (&["--quiet"], Verbosity::Quiet),
+            (&["-qv"], Verbosity::Verbose),
+            (&["-vq"], Verbosity::Quiet),
+        ] {
+            assert_eq!(parse(args).unwrap().verbosity(), verbosity, "{args:?}");
+        }
+        for (flag, kind) in [
+            ("-h", ErrorKind::DisplayHelp),
+            ("--help", ErrorKind::DisplayHelp),
+            ("-V", ErrorKind::DisplayVersion),
+            ("--version", ErrorKind::DisplayVersion),
+        ] {
+            assert_eq!(parse(&[flag]).unwrap_err().kind(), kind, "{flag}");
+        }
+    }
+
+    #[test]
+    fn login_takes_one_account() {
+        let cli = parse(&["-c", "rc", "login", "work"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Login { account }) if account == "work"));
+        assert_eq!(cli.config, Some(PathBuf::from("rc")));
+        assert!(parse(&["login"]).is_err());
+        assert!(parse(&["--daemon", "login", "work"]).is_err());
+        assert!(parse(&["login", "work", "--account", "home"]).is_err());
+    }
+
+    #[test]
+    fn bad_usage_is_refused() {
+        for args in [
+            &["--nope"][..],
+            &["--log-format", "xml"],
+            &["--config"],
+            &["stray"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.use_stderr(), "{args:?}: {err}");
+            let message = Cli::bad_usage(&err);
+            let lines: Vec<&str> = message.lines().collect();
+            assert!(lines[0].starts_with("mailfetch: "), "{message}");
+            assert!(lines[1].starts_with("Usage: mailfetch "), "{message}");
+            // Then one line per other form of the command.
+            for form in &lines[2..] {
+                assert!(form.trim_start().starts_with("mailfetch "), "{message}");
+            }
+        }
+    }
+}

@@ -331,3 +331,31 @@ fn kill_9_during_a_refresh_loses_neither_the_account_nor_mail() {
     assert_eq!(setup.dovecot.message_count("alice"), 0);
     assert_eq!(setup.provider.grants("refresh_token"), 2);
 }
+
+#[test]
+fn an_imap_destination_logs_in_with_its_own_oauth2_tokens() {
+    let Some(setup) = setup(3600) else { return };
+    setup.dovecot.add_user("bob", "bob-Pa55");
+    for n in 1..=2 {
+        setup.dovecot.save("bob", "INBOX", &sample_message(n));
+    }
+    let ca = setup.dovecot.ca_file().display().to_string();
+    setup.scratch.write_config(&format!(
+        "[[account]]\nname = \"work\"\nprotocol = \"pop3\"\nhost = \"127.0.0.1\"\n\
+         port = {pop3s}\nca_file = \"{ca}\"\nusername = \"bob\"\npassword = \"bob-Pa55\"\n\
+         deliver = \"imaps://alice%40example.com@127.0.0.1:{imaps}/INBOX\"\n\n\
+         [account.delivery]\nca_file = \"{ca}\"\n\n[account.delivery.oauth]\n\
+         provider = \"custom\"\nflow = \"client_credentials\"\nclient_id = \"{APP}\"\n\
+         client_secret = \"{APP_SECRET}\"\ntoken_url = \"{token_url}\"\n",
+        pop3s = setup.dovecot.pop3s_port(),
+        imaps = setup.dovecot.imaps_port(),
+        token_url = setup.provider.token_url(),
+    ));
+    let outcome = setup.poll(&[]);
+    assert_eq!(outcome.code, Some(0), "{outcome:?}");
+    assert_eq!(setup.dovecot.message_count("alice"), 2);
+    assert_eq!(setup.dovecot.message_count("bob"), 0);
+    let tokens = setup.scratch.path().join("state/oauth/work.delivery.json");
+    let mode = fs::metadata(tokens).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

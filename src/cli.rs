@@ -7,47 +7,81 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCandidates;
 
-/// Shown after the options by `--help`: what the exit code means, and how
-/// the daemon answers signals.
-const AFTER_LONG_HELP: &str = "\
-Exit codes (as fetchmail's):
-    0   mail was delivered (with several accounts or folders: by any one
-        whose poll completed)
-    1   no new mail
-    2   connection error with the server mail is fetched from (including
-        TLS and certificate failures)
-    3   authentication failed (at the source, or at the IMAP or SMTP
-        server mail is delivered to)
-    4   protocol error
-    5   configuration error, or bad usage of the command line
-    6   a file mailfetch trusts is unsafe: the configuration or a password
-        file readable by others, or the configuration (or its directory), a
-        password file or the state directory writable by others or owned
-        by another user
-    7   server error or timeout
-    8   another mailfetch holds the lock on the state directory
-    10  delivery failed: the destination refused a message (it stays on
-        the server unless on_reject says otherwise), or could not be
-        reached or written to
-    23  mailfetch itself could not work: its state or lock file could not
-        be read or written, or a poll crashed
-    A poll that delivered some mail and then failed counts as failed. With
-    several accounts or folders and none of them succeeding with mail, the
-    highest code wins.
+pub mod completions;
+pub mod man;
 
-Daemon signals:
-    SIGTERM, SIGINT  stop: finish or abandon the message in progress (never
-                     delivering part of one, never deleting one that is not
-                     safely delivered), and exit 0 within 10 s
-    SIGHUP           reload the configuration; if the new one is invalid,
-                     log why and keep running the old one
-    SIGUSR1          poll every account now
-    In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
-    configuration at start-up and 8 if another mailfetch holds the lock.
+/// What each exit code means, for `--help`, the man page and README.
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (
+        0,
+        "mail was delivered (with several accounts or folders: by any one whose poll completed)",
+    ),
+    (1, "no new mail"),
+    (
+        2,
+        "connection error with the server mail is fetched from (including TLS and certificate failures)",
+    ),
+    (
+        3,
+        "authentication failed (at the source, or at the IMAP or SMTP server mail is delivered to)",
+    ),
+    (4, "protocol error"),
+    (5, "configuration error, or bad usage of the command line"),
+    (
+        6,
+        "a file mailfetch trusts is unsafe: the configuration or a password file readable by others, or the configuration (or its directory), a password file or the state directory writable by others or owned by another user",
+    ),
+    (7, "server error or timeout"),
+    (8, "another mailfetch holds the lock on the state directory"),
+    (
+        10,
+        "delivery failed: the destination refused a message (it stays on the server unless on_reject says otherwise), or could not be reached or written to",
+    ),
+    (
+        23,
+        "mailfetch itself could not work: its state or lock file could not be read or written, or a poll crashed",
+    ),
+];
 
-See fetchrc.example for every configuration key.";
+/// What follows the exit codes.
+pub const EXIT_CODES_NOTE: &str = "A poll that delivered some mail and then failed counts as failed. \
+With several accounts or folders and none of them succeeding with mail, the highest code wins.";
+
+/// How the daemon answers signals.
+pub const SIGNALS: &[(&str, &str)] = &[
+    (
+        "SIGTERM, SIGINT",
+        "stop: finish or abandon the message in progress (never delivering part of one, never deleting one that is not safely delivered), and exit 0 within 10 s",
+    ),
+    (
+        "SIGHUP",
+        "reload the configuration; if the new one is invalid, log why and keep running the old one",
+    ),
+    ("SIGUSR1", "poll every account now"),
+];
+
+/// What follows the signals.
+pub const SIGNALS_NOTE: &str = "In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad \
+configuration at start-up and 8 if another mailfetch holds the lock.";
+
+/// Shown after the options by `--help`: [`EXIT_CODES`] and [`SIGNALS`].
+fn after_long_help() -> String {
+    let mut text = String::from("Exit codes (as fetchmail's):\n");
+    for (code, meaning) in EXIT_CODES {
+        text += &format!("  {code:<3} {meaning}\n");
+    }
+    text += &format!("  {EXIT_CODES_NOTE}\n\nDaemon signals:\n");
+    for (signal, meaning) in SIGNALS {
+        text += &format!("  {signal}: {meaning}\n");
+    }
+    text += &format!(
+        "  {SIGNALS_NOTE}\n\nSee mailfetch.toml(5) (mailfetch man 5) or fetchrc.example for every configuration key."
+    );
+    text
+}
 
 /// Fetch mail from POP3 and IMAP servers, never losing a message.
 ///
@@ -66,7 +100,7 @@ See fetchrc.example for every configuration key.";
     name = "mailfetch",
     version,
     after_help = "See 'mailfetch --help' for the exit codes and the daemon's signals.",
-    after_long_help = AFTER_LONG_HELP,
+    after_long_help = after_long_help(),
 )]
 pub struct Cli {
     /// Configuration file [default: $XDG_CONFIG_HOME/mailfetch/fetchrc,
@@ -75,7 +109,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Poll only this account (repeatable)
-    #[arg(long = "account", value_name = "NAME")]
+    #[arg(long = "account", value_name = "NAME", add = ArgValueCandidates::new(completions::account_names))]
     pub accounts: Vec<String>,
 
     /// Validate the configuration, print it with secrets masked, and exit
@@ -128,6 +162,106 @@ pub enum Command {
         /// The account's name
         account: String,
     },
+    /// Show how the last poll of each account and folder went
+    ///
+    /// For each mailbox of the configuration: when it was last polled and
+    /// how that ended (the exit code that poll alone would give, and its
+    /// summary line), what it delivered, the last poll that succeeded, how
+    /// many messages the state knows, and how many deliveries a crash left
+    /// for recovery. Read from the status record each poll writes beside
+    /// its state: no lock, no network, so it answers while a daemon runs.
+    Status {
+        /// Print a JSON array, one object per mailbox (account, folder,
+        /// last_poll, last_success, exit_code, message, delivered, known,
+        /// pending; times in RFC 3339, null when unknown)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the shell completion script for SHELL
+    ///
+    /// It completes subcommands, flags, and account names from the
+    /// configuration (the default one, or the file given with -c earlier
+    /// on the line) by asking mailfetch itself. For bash:
+    /// `mailfetch completions bash > ~/.local/share/bash-completion/completions/mailfetch`;
+    /// zsh: a file `_mailfetch` in a directory of $fpath; fish:
+    /// `~/.config/fish/completions/mailfetch.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print a manual page (roff) on stdout
+    ///
+    /// Section 1 is the command, section 5 the configuration file. Read one
+    /// with `mailfetch man 5 | man -l -`.
+    Man {
+        #[arg(value_enum, default_value_t)]
+        section: ManSection,
+    },
+    /// Translate a fetchmail, getmail6 or mpop configuration into
+    /// mailfetch's, and with --state what that tool already fetched
+    ///
+    /// Writes the config to standard output, or to --output FILE. Every
+    /// setting that does not carry over is listed on standard error with
+    /// its file and line; the config is checked as --check-config would
+    /// before it is written, and the command exits 0 when it wrote one.
+    Import(ImportArgs),
+}
+
+/// The shells `mailfetch completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The manual pages `mailfetch man` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ManSection {
+    /// mailfetch(1): the command
+    #[default]
+    #[value(name = "1")]
+    Command,
+    /// mailfetch.toml(5): the configuration file
+    #[value(name = "5")]
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Whose configuration it is
+    #[arg(value_enum)]
+    pub kind: RcKind,
+
+    /// The files to read [default: ~/.fetchmailrc (passwords it lacks are
+    /// looked up in ~/.netrc); ~/.getmail/getmailrc, else
+    /// ~/.config/getmail/getmailrc (one account per file); ~/.mpoprc, else
+    /// ~/.config/mpop/config]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Write the config to FILE (created with mode 0600, never
+    /// overwritten) instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Also import what the old tool already fetched (fetchmail's
+    /// .fetchids, getmail's oldmail-* files beside the rc file, mpop's UIDL
+    /// files) into mailfetch's state directory, so that the first poll in
+    /// keep mode fetches only new mail
+    #[arg(long)]
+    pub state: bool,
+}
+
+/// The configurations `mailfetch import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RcKind {
+    /// fetchmail's .fetchmailrc
+    Fetchmailrc,
+    /// getmail6's rc files
+    Getmailrc,
+    /// mpop's configuration
+    Mpoprc,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -163,6 +297,34 @@ impl Verbosity {
 }
 
 impl Cli {
+    /// Parses the process's arguments. The flags that only polling reads
+    /// (`--account`, `--check-config`, `--daemon`) are refused with a
+    /// command; the global ones (`-c`, `-v`, `-q`, `--log-format`) may
+    /// stand before or after it.
+    pub fn from_args() -> Result<Cli, clap::Error> {
+        Cli::checked(Cli::try_parse()?)
+    }
+
+    fn checked(cli: Cli) -> Result<Cli, clap::Error> {
+        if cli.command.is_none() {
+            return Ok(cli);
+        }
+        let polling_flag = [
+            (!cli.accounts.is_empty(), "--account"),
+            (cli.check_config, "--check-config"),
+            (cli.daemon, "--daemon"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        match polling_flag {
+            None => Ok(cli),
+            Some(flag) => Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{flag} is for polling and cannot be used with a command"),
+            )),
+        }
+    }
+
     /// What bad usage prints (then mailfetch exits 5): one line with the
     /// reason and clap's hint, and the usage line of the command at fault.
     pub fn bad_usage(err: &clap::Error) -> String {
@@ -174,36 +336,15 @@ impl Cli {
             .collect();
         let reason = reason.join(" ");
         let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
-        // The usage, with its continuation lines (one per form).
-        let usage: Vec<&str> = text
-            .lines()
-            .skip_while(|line| !line.starts_with("Usage: "))
-            .take_while(|line| !line.trim().is_empty())
-            .collect();
-        let usage = match usage.is_empty() {
-            false => usage.join("\n"),
-            true => Cli::command().render_usage().to_string(),
+        let usage = match text.lines().find(|line| line.starts_with("Usage: ")) {
+            Some(line) => line.to_owned(),
+            // Its first line: with subcommands, clap adds one per form.
+            None => {
+                let usage = Cli::command().render_usage().to_string();
+                usage.lines().next().unwrap_or_default().to_owned()
+            }
         };
         format!("mailfetch: {reason}\n{usage}\n")
-    }
-
-    /// Parses the process's arguments, refusing polling options given with
-    /// a command, which would ignore them. (clap's
-    /// `args_conflicts_with_subcommands` would also refuse the global
-    /// `-c FILE` before the command.)
-    pub fn parse_checked() -> Result<Cli, clap::Error> {
-        Cli::try_parse().and_then(Cli::checked)
-    }
-
-    fn checked(self) -> Result<Cli, clap::Error> {
-        let polling = self.daemon || self.check_config || !self.accounts.is_empty();
-        if self.command.is_some() && polling {
-            return Err(Cli::command().error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--daemon, --check-config and --account apply to polling, not to a command",
-            ));
-        }
-        Ok(self)
     }
 
     pub fn verbosity(&self) -> Verbosity {
@@ -222,8 +363,9 @@ mod tests {
     use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("mailfetch").chain(args.iter().copied()))
-            .and_then(Cli::checked)
+        Cli::checked(Cli::try_parse_from(
+            std::iter::once("mailfetch").chain(args.iter().copied()),
+        )?)
     }
 
     #[test]
@@ -259,6 +401,21 @@ mod tests {
             LogFormat::Text
         );
         assert!(parse(&["--"]).is_ok());
+        // The global flags stand before or after a command.
+        for args in [
+            &["-c", "f", "-q", "man", "5"][..],
+            &["man", "5", "-c", "f", "-q"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.config, Some(PathBuf::from("f")), "{args:?}");
+            assert_eq!(cli.verbosity(), Verbosity::Quiet, "{args:?}");
+            assert!(matches!(
+                cli.command,
+                Some(Command::Man {
+                    section: ManSection::Config
+                })
+            ));
+        }
         for (args, verbosity) in [
             (&[][..], Verbosity::Normal),
             (&["-v"], Verbosity::Verbose),
@@ -294,23 +451,37 @@ mod tests {
     }
 
     #[test]
+    fn import_takes_a_kind_files_and_options() {
+        let cli = parse(&["import", "getmailrc", "a", "b", "--state", "-o", "out"]).unwrap();
+        let Some(Command::Import(args)) = cli.command else {
+            panic!("not import: {cli:?}")
+        };
+        assert_eq!(args.kind, RcKind::Getmailrc);
+        assert_eq!(args.files, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert!(args.state);
+        assert!(parse(&["import", "procmailrc"]).is_err());
+    }
+
+    #[test]
     fn bad_usage_is_refused() {
         for args in [
             &["--nope"][..],
             &["--log-format", "xml"],
             &["--config"],
             &["stray"],
+            &["--daemon", "man"],
+            &["man", "--account", "home"],
+            &["man", "7"],
+            &["completions", "tcsh"],
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.use_stderr(), "{args:?}: {err}");
             let message = Cli::bad_usage(&err);
             let lines: Vec<&str> = message.lines().collect();
+            assert_eq!(lines.len(), 2, "{message}");
             assert!(lines[0].starts_with("mailfetch: "), "{message}");
             assert!(lines[1].starts_with("Usage: mailfetch "), "{message}");
-            // Then one line per other form of the command.
-            for form in &lines[2..] {
-                assert!(form.trim_start().starts_with("mailfetch "), "{message}");
-            }
         }
     }
 }

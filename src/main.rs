@@ -2,18 +2,20 @@
 
 use std::process::ExitCode;
 
-use mailfetch::cli::{Cli, Command, LogFormat};
+use mailfetch::cli::{self, Cli, Command, ImportArgs, LogFormat, RcKind};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
+use mailfetch::import::{self, Peer};
 use mailfetch::lock::StateLock;
-use mailfetch::{oauth, pipeline, scheduler};
+use mailfetch::{oauth, pipeline, scheduler, status};
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = match Cli::parse_checked() {
+    cli::completions::answer();
+    let args = match Cli::from_args() {
         Ok(args) => args,
         // --help and --version go to stdout and exit 0; bad usage is a
         // configuration error for scripts (exit 5).
@@ -26,6 +28,17 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    match args.command {
+        None => {}
+        Some(Command::Completions { shell }) => {
+            return print_with(|out| cli::completions::write_script(shell, out));
+        }
+        Some(Command::Man { section }) => {
+            return print_with(|out| cli::man::write_page(section, out));
+        }
+        Some(Command::Import(ref import)) => return import_configuration(import),
+        Some(Command::Status { .. } | Command::Login { .. }) => {}
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::new(args.verbosity().directive()))
@@ -52,6 +65,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes what `write` produces to stdout: exit 0, or 23 if stdout fails
+/// (a closed pipe or a full disk must not look like success).
+fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: cannot write to stdout: {err}");
+            ExitCode::from(Kind::Local.exit_code() as u8)
+        }
+    }
+}
+
+/// `mailfetch import`: exits 0 when it wrote a config, notes or not.
+fn import_configuration(args: &ImportArgs) -> ExitCode {
+    let options = import::command::Options {
+        peer: match args.kind {
+            RcKind::Fetchmailrc => Peer::Fetchmail,
+            RcKind::Getmailrc => Peer::Getmail,
+            RcKind::Mpoprc => Peer::Mpop,
+        },
+        files: args.files.clone(),
+        output: args.output.clone(),
+        state: args.state,
+    };
+    match import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: {err}");
+            ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
 fn run(args: &Cli) -> Result<u8, Error> {
     let path = match &args.config {
         Some(path) => path.clone(),
@@ -63,9 +110,8 @@ fn run(args: &Cli) -> Result<u8, Error> {
         })?,
     };
     let config = config::load(&path)?;
-    if args.check_config {
-        print!("{config}");
-        return Ok(0);
+    if let Some(Command::Status { json }) = args.command {
+        return print_status(&config, json);
     }
     if let Some(Command::Login { account }) = &args.command {
         // No state lock: a running daemon keeps it, and the token file is
@@ -77,6 +123,10 @@ fn run(args: &Cli) -> Result<u8, Error> {
                 &mut std::io::stdout(),
             ))
             .map(|()| 0);
+    }
+    if args.check_config {
+        print!("{config}");
+        return Ok(0);
     }
     let config = select_accounts(config, &args.accounts)?;
     let _lock = StateLock::acquire(&config.general.state_dir)?;
@@ -111,6 +161,19 @@ fn run(args: &Cli) -> Result<u8, Error> {
         ));
     }
     Ok(exit_code(&reports))
+}
+
+/// `mailfetch status`: 0, or 23 if stdout cannot be written.
+fn print_status(config: &Config, json: bool) -> Result<u8, Error> {
+    let lines = status::lines(config);
+    let text = if json {
+        serde_json::to_string_pretty(&lines).expect("status lines are plain data") + "\n"
+    } else {
+        lines.iter().map(|line| line.text() + "\n").collect()
+    };
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+        .map_err(|err| Error::new(Kind::Local, format!("cannot write to stdout: {err}")))?;
+    Ok(0)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {

@@ -14,4 +14,4 @@ pub mod run;
 
 mod host;
 
-pub use host::find_binary;
+pub use host::{find_binary, require_program};

@@ -1,11 +1,15 @@
 mod command_line;
+mod completions_man;
 mod config_checks;
 mod daemon_dovecot;
 mod imap_append_e2e;
 mod imap_dovecot;
 mod imap_faults;
+mod imap_unchanged;
+mod import_peers;
 mod mda_e2e;
 mod oauth_dovecot;
 mod pop3_dovecot;
 mod pop3_faults;
 mod smtp_e2e;
+mod status;

@@ -148,6 +148,21 @@ pub struct Cli {
 /// What mailfetch is asked to do, besides polling (no command).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show how the last poll of each account and folder went
+    ///
+    /// For each mailbox of the configuration: when it was last polled and
+    /// how that ended (the exit code that poll alone would give, and its
+    /// summary line), what it delivered, the last poll that succeeded, how
+    /// many messages the state knows, and how many deliveries a crash left
+    /// for recovery. Read from the status record each poll writes beside
+    /// its state: no lock, no network, so it answers while a daemon runs.
+    Status {
+        /// Print a JSON array, one object per mailbox (account, folder,
+        /// last_poll, last_success, exit_code, message, delivered, known,
+        /// pending; times in RFC 3339, null when unknown)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL
     ///
     /// It completes subcommands, flags, and account names from the

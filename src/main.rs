@@ -7,7 +7,7 @@ use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::import::{self, Peer};
 use mailfetch::lock::StateLock;
-use mailfetch::{pipeline, scheduler};
+use mailfetch::{pipeline, scheduler, status};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             return print_with(|out| cli::man::write_page(section, out));
         }
         Some(Command::Import(ref import)) => return import_configuration(import),
+        Some(Command::Status { .. }) => {}
     }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -109,6 +110,9 @@ fn run(args: &Cli) -> Result<u8, Error> {
         })?,
     };
     let config = config::load(&path)?;
+    if let Some(Command::Status { json }) = args.command {
+        return print_status(&config, json);
+    }
     if args.check_config {
         print!("{config}");
         return Ok(0);
@@ -149,6 +153,19 @@ fn run(args: &Cli) -> Result<u8, Error> {
         ));
     }
     Ok(exit_code(&reports))
+}
+
+/// `mailfetch status`: 0, or 23 if stdout cannot be written.
+fn print_status(config: &Config, json: bool) -> Result<u8, Error> {
+    let lines = status::lines(config);
+    let text = if json {
+        serde_json::to_string_pretty(&lines).expect("status lines are plain data") + "\n"
+    } else {
+        lines.iter().map(|line| line.text() + "\n").collect()
+    };
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+        .map_err(|err| Error::new(Kind::Local, format!("cannot write to stdout: {err}")))?;
+    Ok(0)
 }
 
 /// SIGTERM or SIGINT; never if the handlers cannot be installed.

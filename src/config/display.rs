@@ -105,6 +105,7 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             writeln!(f, "move_to = {}", toml_string(move_to))?;
         }
         writeln!(f, "idle = {}", account.idle)?;
+        writeln!(f, "imap_id = {}", account.imap_id)?;
         writeln!(
             f,
             "idle_timeout = \"{}\"",

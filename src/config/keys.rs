@@ -129,6 +129,7 @@ pub const KEYS: &[Key] = &[
     key("interval", Account, All, "Daemon mode: this account's poll interval."),
     key("idle", Account, IMAP_ONLY, "Daemon mode: wait for new mail with IDLE."),
     key("idle_timeout", Account, IMAP_ONLY, "How long one IDLE may last."),
+    key("imap_id", Account, IMAP_ONLY, "Name mailfetch to servers that offer IMAP ID (RFC 2971)."),
     key("tls", Delivery, SERVERS, "TLS to the delivery server."),
     key("ca_file", Delivery, SERVERS, "Extra certificate authorities for the delivery server."),
     key("fingerprint", Delivery, SERVERS, "Pins the delivery server's certificate."),

@@ -386,6 +386,10 @@ pub struct Account {
     /// IMAP: how long one IDLE command may last before it is re-issued
     /// (servers drop idle clients after 30 minutes, RFC 9051).
     pub idle_timeout: Duration,
+    /// IMAP: send `ID` (RFC 2971) with mailfetch's name and version after
+    /// login, where the server offers it: some providers refuse or limit
+    /// clients that do not say who they are.
+    pub imap_id: bool,
 }
 
 /// The user running mailfetch, the default envelope recipient: `$USER`,

@@ -230,6 +230,9 @@ impl Parser<'_> {
         let idle_timeout = self
             .optional("idle_timeout", &raw.idle_timeout, as_idle_timeout)?
             .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let imap_id = self
+            .optional("imap_id", &raw.imap_id, as_bool)?
+            .unwrap_or(true);
 
         let account = Account {
             name,
@@ -261,6 +264,7 @@ impl Parser<'_> {
             interval,
             idle,
             idle_timeout,
+            imap_id,
         };
         self.check_auth_for_protocol(raw, &account)?;
         self.check_token_source(raw, &account)?;

@@ -81,6 +81,7 @@ raw_section! {
         interval,
         idle,
         idle_timeout,
+        imap_id,
     }
     tables {
         oauth: Option<Spanned<RawOAuth>>,

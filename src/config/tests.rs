@@ -569,6 +569,7 @@ fn imap_defaults() {
     assert!(!account.mark_seen);
     assert_eq!(account.move_to, None);
     assert!(!account.keep);
+    assert!(account.imap_id);
     for tls in ["starttls", "none"] {
         let config = parse_ok(&imap_account_with(&format!("tls = \"{tls}\"\n")));
         assert_eq!(config.accounts[0].server.port, 143, "{tls}");
@@ -673,6 +674,7 @@ fn imap_only_keys_are_refused_for_pop3() {
         "move_to = \"Archive\"",
         "idle = true",
         "idle_timeout = \"20m\"",
+        "imap_id = true",
     ] {
         let key = setting.split_once(' ').unwrap().0;
         let text = account_with(&format!("keep = true\n{setting}\n"));

@@ -146,6 +146,16 @@ where
     }
 }
 
+/// Connects to the account's IMAP server and logs in, then identifies
+/// mailfetch (IMAP ID) unless the account says not to.
+pub async fn connect_imap(account: &Account, server: &Server) -> Result<Imap, Error> {
+    let mut source = Imap::connect(server, after_delivery(account)).await?;
+    if account.imap_id {
+        source.identify().await?;
+    }
+    Ok(source)
+}
+
 /// What the IMAP source does with a delivered message.
 pub fn after_delivery(account: &Account) -> After {
     After::configured(account.keep, account.move_to.as_deref())
@@ -204,8 +214,7 @@ async fn poll_imap<K: Sink>(
         .iter()
         .map(|folder| Report::new(account, Some(folder), &sink.describe()))
         .collect();
-    let connect =
-        |server: Server| async move { Imap::connect(&server, after_delivery(account)).await };
+    let connect = |server: Server| async move { connect_imap(account, &server).await };
     let mut source = match connect_source(account, connect).await {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),

@@ -14,7 +14,7 @@ use crate::error::{Error, Kind};
 use crate::notify::notify;
 use crate::pipeline::{self};
 use crate::source::Source;
-use crate::source::imap::{Imap, Woken};
+use crate::source::imap::Woken;
 use crate::state;
 use crate::wire::Server;
 
@@ -199,7 +199,7 @@ impl Worker {
         };
         let connect = |server: Server| {
             let account = &account;
-            async move { Imap::connect(&server, pipeline::after_delivery(account)).await }
+            async move { pipeline::connect_imap(account, &server).await }
         };
         let mut session = match pipeline::connect_source(&account, connect).await {
             Ok(session) => session,

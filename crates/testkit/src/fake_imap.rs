@@ -744,6 +744,9 @@ impl<'c> Session<'c> {
             ("LOGIN", false) => self.login(&tag, &arg(0), &arg(1)),
             ("AUTHENTICATE", false) => self.authenticate(&tag, &arg(0), args.get(1)),
             ("ENABLE", true) => self.send(&format!("* ENABLED\r\n{tag} OK Enabled\r\n")),
+            ("ID", _) if self.has_cap("ID") => self.send(&format!(
+                "* ID (\"name\" \"fake\")\r\n{tag} OK ID completed\r\n"
+            )),
             ("LIST", true) => self.list(&tag, &arg(1)),
             ("STATUS", true) => self.status(&tag, &arg(0), args.get(1)),
             ("SELECT" | "EXAMINE", true) => self.select(&tag, &arg(0), verb == "EXAMINE"),

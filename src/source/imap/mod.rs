@@ -100,6 +100,21 @@ impl Imap {
         })
     }
 
+    /// Tells the server which client this is (IMAP ID, RFC 2971), if it
+    /// offers ID: mailfetch's name and version, nothing about the user or
+    /// the machine. A refusal is only logged: the server asked nothing.
+    pub async fn identify(&mut self) -> Result<(), Error> {
+        if !self.session.caps.contains("ID") {
+            return Ok(());
+        }
+        let tag = self.session.send(&id_command()).await?;
+        let (status, _, text) = self.finish_tagged(&tag).await?;
+        if status != Status::Ok {
+            debug!("{}: ID refused: {text}", self.session.host);
+        }
+        Ok(())
+    }
+
     // ---- commands and responses ------------------------------------------
 
     /// Reads a response that cannot carry a message body of ours.
@@ -503,6 +518,14 @@ impl Imap {
         self.simple("EXPUNGE").await?;
         Ok(uids.len())
     }
+}
+
+/// The `ID` command mailfetch sends: its name and version.
+fn id_command() -> String {
+    format!(
+        "ID (\"name\" \"mailfetch\" \"version\" \"{}\")",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// The largest body the server may send for a message of `size` bytes

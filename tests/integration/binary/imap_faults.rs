@@ -920,6 +920,42 @@ fn fetch_unseen_without_condstore_lists_the_folder_at_every_poll() {
     );
 }
 
+/// IMAP ID goes after login to a server that offers it, unless the account
+/// says `imap_id = false`; a server without ID never gets it.
+#[test]
+fn imap_id_is_sent_only_where_offered_and_wanted() {
+    let mail = messages(1);
+    let id = format!(
+        "ID (\"name\" \"mailfetch\" \"version\" \"{}\")",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (offered, setting, expected) in [
+        (true, "true", true),
+        (true, "false", false),
+        (false, "true", false),
+    ] {
+        let mut script = Script::default();
+        if offered {
+            script.capabilities.push("ID".into());
+        }
+        let server = FakeImap::inbox(mail.clone(), script);
+        let case = Case::new(server.port())
+            .set("keep", "true")
+            .set("imap_id", setting);
+        let run = case.run();
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let commands = commands(&server, 0);
+        let sent_at = commands.iter().position(|c| *c == id);
+        assert_eq!(
+            sent_at.is_some(),
+            expected,
+            "{offered} {setting}: {commands:?}"
+        );
+        let login = commands.iter().position(|c| c.starts_with("LOGIN "));
+        assert!(sent_at.is_none_or(|at| Some(at) > login), "{commands:?}");
+    }
+}
+
 // ---- 13. flags changed by another client ------------------------------------------------------
 
 #[test]

@@ -34,6 +34,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A word for logs (`error_kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Connection => "connection",
+            Kind::Auth => "auth",
+            Kind::Protocol => "protocol",
+            Kind::Config => "config",
+            Kind::Permissions => "permissions",
+            Kind::Server => "server",
+            Kind::Locked => "locked",
+            Kind::Delivery => "delivery",
+            Kind::Local => "local",
+        }
+    }
+
     /// The process exit code for this kind of failure.
     pub fn exit_code(self) -> i32 {
         self as i32

@@ -5,6 +5,7 @@ mod daemon_dovecot;
 mod imap_append_e2e;
 mod imap_dovecot;
 mod imap_faults;
+mod log_fields;
 mod mda_e2e;
 mod pop3_dovecot;
 mod pop3_faults;

@@ -26,6 +26,10 @@ pub enum Kind {
     Locked = 8,
     /// A message could not be delivered.
     Delivery = 10,
+    /// A server's name could not be resolved (DNS). Not fetchmail's: it
+    /// counts that as a connection error (2), which hides a typo in the
+    /// configuration or a broken resolver behind "the server is down".
+    Dns = 11,
     /// mailfetch itself could not work: a file of its own (the state
     /// journal, the lock file) could not be read or written, the runtime
     /// or the signal handlers could not start, or a poll crashed. The
@@ -45,6 +49,7 @@ impl Kind {
             Kind::Server => "server",
             Kind::Locked => "locked",
             Kind::Delivery => "delivery",
+            Kind::Dns => "dns",
             Kind::Local => "local",
         }
     }

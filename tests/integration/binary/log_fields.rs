@@ -73,3 +73,20 @@ fn json_summaries_carry_named_fields_and_text_stays_one_line() {
         "{summary}"
     );
 }
+
+/// A host name that does not resolve (`.invalid`, RFC 2606) exits 11, and
+/// says so in the summary's `error_kind`.
+#[test]
+fn a_dns_failure_exits_11() {
+    let case = Case::account("pop3", 110, PASSWORD, "10s")
+        .set("host", "\"nosuch.invalid\"")
+        .set("allow_plaintext_auth", "true");
+    let run = case.run_with(&["--log-format", "json"]);
+    assert_eq!(run.code, Some(11), "{run:?}");
+    let fields = &summary(&run.stderr)["fields"];
+    assert_eq!(fields["error_kind"], "dns", "{fields}");
+    assert!(
+        fields["error"].as_str().unwrap().contains("nosuch.invalid"),
+        "{fields}"
+    );
+}

@@ -226,7 +226,7 @@ fn sha256_fingerprint(certificate: &[u8]) -> Fingerprint {
 
 /// The crypto provider for every TLS connection, passed explicitly so we
 /// never depend on (or fight over) a process-wide default.
-fn ring_provider() -> CryptoProvider {
+pub(crate) fn ring_provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
@@ -305,7 +305,7 @@ async fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error
 
 /// The certificate authorities trusted for one connection: the system's,
 /// plus those of `ca_file`.
-async fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
+pub(crate) async fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {
         for certificate in read_ca_file(path).await? {

@@ -34,11 +34,12 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
+use crate::config::{Account, FetchMode, PasswordSource, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
+use crate::oauth::{self, Freshness};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
-use crate::state::{Entry, MailboxState, mailbox_key};
+use crate::state::{Entry, IDENTITY, MailboxState, last_clean, mailbox_key};
 use crate::status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -114,6 +115,37 @@ pub async fn source_server(account: &Account) -> Result<Server, Error> {
     })
 }
 
+/// Logs in to the account's server with `connect`, given the server with
+/// its secret. With OAuth2, a token the server refuses ([`Kind::Auth`]) is
+/// renewed and tried once more: the provider may have revoked it before
+/// its time (a changed password, an admin's action), or the clocks
+/// disagree.
+///
+/// (`connect` takes the server by value rather than as an `AsyncFn` of a
+/// reference, whose future the compiler cannot yet prove `Send`.)
+pub async fn connect_source<T, Attempt>(
+    account: &Account,
+    connect: impl Fn(Server) -> Attempt,
+) -> Result<T, Error>
+where
+    Attempt: Future<Output = Result<T, Error>>,
+{
+    let server = source_server(account).await?;
+    match (&account.server.password, connect(server).await) {
+        (PasswordSource::OAuth(oauth), Err(err)) if err.kind == Kind::Auth => {
+            tracing::info!("{err}; renewing the OAuth2 access token and trying once more");
+            let token = oauth::access_token(oauth, Freshness::Renew).await?;
+            connect(Server {
+                label: format!("account {}", account.name),
+                endpoint: account.server.clone(),
+                secret: Some(token),
+            })
+            .await
+        }
+        (_, result) => result,
+    }
+}
+
 /// What the IMAP source does with a delivered message.
 pub fn after_delivery(account: &Account) -> After {
     After::configured(account.keep, account.move_to.as_deref())
@@ -142,14 +174,15 @@ async fn poll_pop3<K: Sink>(
     let mut report = Report::new(account, None, &sink.describe());
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
-        let mut source = Pop3::connect(&source_server(account).await?).await?;
+        let connect = |server: Server| async move { Pop3::connect(&server).await };
+        let mut source = connect_source(account, connect).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
         let delivery = Delivery {
             account,
             secret: delivery_secret,
         };
-        poll_mailbox(&mut source, &mut sink, delivery, state, &mut report).await?;
+        poll_mailbox(&mut source, &mut sink, delivery, state, None, &mut report).await?;
         source.finish().await
     }
     .await;
@@ -171,11 +204,9 @@ async fn poll_imap<K: Sink>(
         .iter()
         .map(|folder| Report::new(account, Some(folder), &sink.describe()))
         .collect();
-    let connected = match source_server(account).await {
-        Ok(server) => Imap::connect(&server, after_delivery(account)).await,
-        Err(err) => Err(err),
-    };
-    let mut source = match connected {
+    let connect =
+        |server: Server| async move { Imap::connect(&server, after_delivery(account)).await };
+    let mut source = match connect_source(account, connect).await {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),
     };
@@ -185,28 +216,33 @@ async fn poll_imap<K: Sink>(
     };
     // Connecting and logging in count towards the first folder.
     let mut folder_started = started;
-    // Nothing is changed in a folder in keep mode without mark_seen.
-    let read_only = account.keep && !account.mark_seen;
     let mut broken = None;
     for (index, folder) in folders.iter().enumerate() {
         let report = &mut reports[index];
         let span = tracing::info_span!("folder", folder = %folder);
-        let state = StateOpening::start(state_dir, mailbox_key(account, folder));
-        if let Err(err) = source
-            .select(folder, read_only)
+        let opened = open_folder(&mut source, account, folder, state_dir)
             .instrument(span.clone())
-            .await
-        {
-            // A folder the server refuses to open does not stop the others.
-            let refused = err.kind == Kind::Server;
-            report.error = Some(err);
-            if refused {
+            .await;
+        let (state, clean) = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => {
+                report.unchanged = true;
+                report.elapsed = folder_started.elapsed();
+                folder_started = Instant::now();
                 continue;
             }
-            broken = Some(index);
-            break;
-        }
-        let result = poll_mailbox(&mut source, &mut sink, delivery, state, report)
+            Err(err) => {
+                // A folder the server refuses to open does not stop the others.
+                let refused = err.kind == Kind::Server;
+                report.error = Some(err);
+                if refused {
+                    continue;
+                }
+                broken = Some(index);
+                break;
+            }
+        };
+        let result = poll_mailbox(&mut source, &mut sink, delivery, state, clean, report)
             .instrument(span)
             .await;
         report.elapsed = folder_started.elapsed();
@@ -284,9 +320,9 @@ async fn poll_open_folder(
         let result = async {
             let state = StateOpening::start(state_dir, mailbox_key(account, folder));
             source
-                .select(folder, account.keep && !account.mark_seen)
+                .select(folder, opens_read_only(account))
                 .await?;
-            poll_mailbox(source, &mut sink, delivery, state, &mut report).await
+            poll_mailbox(source, &mut sink, delivery, state, None, &mut report).await
         }
         .await;
         sink.close().await;
@@ -332,13 +368,80 @@ impl StateOpening {
     }
 }
 
+/// Opens a folder of a one-shot poll, with its state, unless the no-op
+/// check finds it unchanged (`None`). The state is read only once the
+/// folder needs it: an unchanged folder costs no journal replay.
+async fn open_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Result<Option<(StateOpening, Option<String>)>, Error> {
+    let key = mailbox_key(account, folder);
+    let clean = match check_unchanged(source, account, folder, state_dir, &key).await? {
+        Unchanged::Yes => return Ok(None),
+        Unchanged::No(clean) => clean,
+    };
+    let state = StateOpening::start(state_dir, key);
+    source.select(folder, opens_read_only(account)).await?;
+    Ok(Some((state, clean)))
+}
+
+/// Nothing is changed in a folder in keep mode without mark_seen: it is
+/// opened with EXAMINE.
+fn opens_read_only(account: &Account) -> bool {
+    account.keep && !account.mark_seen
+}
+
+/// Whether an IMAP folder can be skipped, before it is opened.
+enum Unchanged {
+    /// The server is where the last poll left nothing to do, and nothing
+    /// was journaled since.
+    Yes,
+    /// A full poll is needed; if it leaves nothing to do, it records this
+    /// `~` line (taken before the poll's listing: see docs/design.md).
+    No(Option<String>),
+}
+
+/// The no-op check: one `STATUS` of the folder against the journal's last
+/// record, read from the file's tail (see "The no-op poll" in
+/// docs/design.md for why equal lines prove there is nothing to do).
+async fn check_unchanged(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+    key: &str,
+) -> Result<Unchanged, Error> {
+    let status = source
+        .status(folder, account.fetch == FetchMode::Unseen)
+        .await?;
+    let Some(clean) = clean_marker(&status, account) else {
+        return Ok(Unchanged::No(None));
+    };
+    // A few hundred bytes: read here rather than on a blocking thread.
+    let recorded = last_clean(state_dir, key).map_err(|err| {
+        Error::new(
+            Kind::Local,
+            format!("reading the state file of {folder:?}: {err}"),
+        )
+    })?;
+    if recorded.as_deref() == Some(clean.as_str()) {
+        tracing::debug!("unchanged since the last poll ({clean}): not opened");
+        return Ok(Unchanged::Yes);
+    }
+    Ok(Unchanged::No(Some(clean)))
+}
+
 /// The part of a poll common to every protocol, on one mailbox of an open
-/// session.
+/// session. `clean` is the `~` line to journal if the poll leaves nothing
+/// to do (see [`check_unchanged`]); `None` records none.
 async fn poll_mailbox<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     delivery: Delivery<'_>,
     state: StateOpening,
+    clean: Option<String>,
     report: &mut Report,
 ) -> Result<(), Error> {
     let account = delivery.account;
@@ -455,9 +558,10 @@ async fn poll_mailbox<S: Source, K: Sink>(
     };
     // Refused messages are settled even when the session broke: once
     // recorded, the next poll deletes them like delivered ones.
-    let settled = match committed.state {
-        Some(mut state) => {
-            let settled = settle_rejections(delivery, rejections, &mut state, report).await?;
+    let mut state = committed.state;
+    let settled = match &mut state {
+        Some(state) => {
+            let settled = settle_rejections(delivery, rejections, state, report).await?;
             report.known = Some(state.len());
             report.pending = Some(state.pending_intents().len());
             settled
@@ -474,6 +578,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
         .iter()
         .map(|(number, _)| *number)
         .collect();
+    let mut all_removed = true;
     if account.keep {
         if account.mark_seen {
             source.mark_seen(&delivered).await?;
@@ -483,12 +588,32 @@ async fn poll_mailbox<S: Source, K: Sink>(
         // or a dropped connection came before their deletion) go too.
         let doomed: Vec<u32> = old.into_iter().chain(delivered).chain(settled).collect();
         report.deleted = source.delete(&doomed).await?;
+        all_removed = report.deleted == doomed.len();
+    }
+    if let (Some(clean), Some(mut state)) = (clean, state) {
+        // The next poll of an unchanged server would find nothing to do:
+        // every message planned is recorded (delivered, or settled after a
+        // refusal), none was left by max_size or max_per_poll, fetch = "all"
+        // in keep mode had nothing to fetch again, and every removal
+        // happened.
+        let everything_recorded = new.iter().all(|message| {
+            message
+                .uid
+                .as_deref()
+                .is_some_and(|uid| state.is_delivered(uid))
+        });
+        let fetches_again = account.fetch == FetchMode::All && account.keep && report.new > 0;
+        if everything_recorded
+            && report.skipped == 0
+            && report.deferred == 0
+            && !fetches_again
+            && all_removed
+        {
+            state.record_clean(&clean).map_err(state_error)?;
+        }
     }
     Ok(())
 }
-
-/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
-const IDENTITY: &str = "identity";
 
 /// After the server renumbered a mailbox, finds the messages delivered
 /// before by their digests; returns them under their new ids.

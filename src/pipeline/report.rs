@@ -42,6 +42,9 @@ pub struct Report {
     /// How delivered messages leave the server: "deleted" or "moved to X".
     pub removal: String,
     pub elapsed: Duration,
+    /// The folder was not opened: the server showed it as the last poll
+    /// left it, with nothing to do.
+    pub unchanged: bool,
     /// Why the poll stopped early, if it did.
     pub error: Option<Error>,
     /// Messages the state knows as delivered after the poll; `None` if
@@ -120,12 +123,11 @@ impl Report {
                 fates.join(", ")
             ));
         }
-        line.push_str(&format!(
-            ", {} {}, {:.1} s",
-            self.deleted,
-            self.removal,
-            self.elapsed.as_secs_f64()
-        ));
+        line.push_str(&format!(", {} {}", self.deleted, self.removal));
+        if self.unchanged {
+            line.push_str(", unchanged since the last poll");
+        }
+        line.push_str(&format!(", {:.1} s", self.elapsed.as_secs_f64()));
         if let Some(error) = &self.error {
             line.push_str(&format!("; stopped: {error}"));
         }

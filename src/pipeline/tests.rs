@@ -272,6 +272,7 @@ async fn poll_source(
         &mut sink,
         without_secret(account),
         state,
+        None,
         &mut report,
     )
     .await;
@@ -474,6 +475,7 @@ async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
             &mut sink,
             without_secret(&account),
             state,
+            None,
             &mut report,
         )
         .await
@@ -514,12 +516,50 @@ async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
         &mut sink,
         without_secret(&account),
         state,
+        None,
         &mut report,
     )
     .await
     .unwrap();
     assert!(sink.got.lock().unwrap().is_empty());
     assert_eq!(source.deleted, [1]);
+}
+
+/// The `~` record of the no-op check is journaled only by a poll that
+/// left nothing to do.
+#[tokio::test]
+async fn only_a_poll_that_left_nothing_to_do_is_recorded_clean() {
+    let clean_after = async |account: &Account, messages: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = Report::new(account, None, "verdicts");
+        let state = StateOpening::start(dir.path(), "key".to_owned());
+        let result = poll_mailbox(
+            &mut MemorySource::new(messages),
+            &mut VerdictSink::default(),
+            without_secret(account),
+            state,
+            Some("uidnext=9".into()),
+            &mut report,
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        crate::state::last_clean(dir.path(), "key").unwrap()
+    };
+    let fine = ["Subject: fine\r\n\r\nok\r\n"; 3];
+    let clean = Some("uidnext=9".to_string());
+    assert_eq!(clean_after(&account(""), &fine).await, clean);
+    assert_eq!(clean_after(&account("keep = true\n"), &fine).await, clean);
+    assert_eq!(clean_after(&account("keep = true\n"), &[]).await, clean);
+    // A temporary failure, a rejection kept on the server, mail left by
+    // max_per_poll or max_size: the next poll has work.
+    assert_eq!(clean_after(&account(""), &MESSAGES[..2]).await, None);
+    let keep_rejected = account("on_reject = \"keep\"\n");
+    assert_eq!(clean_after(&keep_rejected, &MESSAGES[2..3]).await, None);
+    assert_eq!(
+        clean_after(&account("max_per_poll = 2\n"), &fine).await,
+        None
+    );
+    assert_eq!(clean_after(&account("max_size = 5\n"), &fine).await, None);
 }
 
 /// A sink that forks gets several answers awaited at once, never more

@@ -69,7 +69,7 @@ configuration at start-up and 8 if another mailfetch holds the lock.";
 
 /// Shown after the options by `--help`: [`EXIT_CODES`] and [`SIGNALS`].
 fn after_long_help() -> String {
-    let mut text = String::from("Exit codes (as fetchmail's):\n");
+    let mut text = String::from("Exit codes (fetchmail's, and 11 for DNS):\n");
     for (code, meaning) in EXIT_CODES {
         text += &format!("  {code:<3} {meaning}\n");
     }

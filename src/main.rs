@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             .with_current_span(false)
             .with_span_list(true)
             .init();
+        scheduler::log_summary_fields();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal())
             .without_time()

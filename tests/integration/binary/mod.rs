@@ -7,6 +7,7 @@ mod imap_dovecot;
 mod imap_faults;
 mod imap_unchanged;
 mod import_peers;
+mod log_fields;
 mod mda_e2e;
 mod oauth_dovecot;
 mod pop3_dovecot;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs mailfetch's whole test suite: unit tests, the fault tests against the
 # in-tree fake servers, and the integration tests against a real Dovecot
-# and a real Postfix that the tests start themselves on loopback.
+# and a real Postfix that the tests start themselves on loopback, and an
+# OAuth2 identity provider from npm (installed by install-oauth-mock.sh).
 #
 # Installs Dovecot and Postfix from Debian packages first if it is missing (as root, or
 # with sudo when available). Without Dovecot the integration tests are
@@ -39,6 +40,10 @@ fi
 if [ "$(id -u)" -eq 0 ] && postfix status >/dev/null 2>&1; then
     postfix stop || true
 fi
+
+# The OAuth2 identity provider (npm's oauth2-mock-server) for the OAuth2
+# tests.
+contrib/install-oauth-mock.sh
 
 # Release mode: the tests move messages of tens of megabytes.
 cargo test --release "$@"

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac as _};
 use md5::{Digest as _, Md5};
 use ring::rand::SecureRandom as _;
 
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, Secret};
 use crate::error::{Error, Kind};
 
 /// Why a method that puts the password on the wire is not used over an
@@ -140,6 +140,29 @@ impl Mechanism {
     }
 }
 
+/// What `auth = configured` means for `secret`: with an OAuth2 access
+/// token, `auto` is OAUTHBEARER (RFC 7628) when the server offers it, else
+/// XOAUTH2, which Microsoft offers alone (and some servers do not list).
+/// Anything else stays as configured.
+pub fn method_for_secret<'a>(
+    configured: AuthMethod,
+    secret: &Secret,
+    offered: impl IntoIterator<Item = &'a str>,
+) -> AuthMethod {
+    if configured != AuthMethod::Auto || !secret.is_bearer_token() {
+        return configured;
+    }
+    let oauthbearer = Mechanism::OAuthBearer.name();
+    if offered
+        .into_iter()
+        .any(|name| name.eq_ignore_ascii_case(oauthbearer))
+    {
+        AuthMethod::OAuthBearer
+    } else {
+        AuthMethod::XOAuth2
+    }
+}
+
 /// One authentication exchange with one mechanism.
 ///
 /// The protocol drives it: it sends [`SaslSession::initial_response`] with
@@ -225,8 +248,12 @@ impl SaslSession {
             // response, after which the server fails the command.
             Exchange::Single {
                 errors_as_challenge: true,
+                server_error,
                 ..
-            } => Ok(Vec::new()),
+            } => {
+                *server_error = Some(oauth_error_status(challenge));
+                Ok(Vec::new())
+            }
             Exchange::Single { .. } => Err(unexpected_challenge(mechanism)),
             Exchange::Login {
                 username,
@@ -269,6 +296,15 @@ impl SaslSession {
             Exchange::Login { answered, .. } => *answered == 2,
             Exchange::CramMd5 { answered, .. } => *answered,
             Exchange::Scram(scram) => scram.state == ScramState::Verified,
+        }
+    }
+
+    /// Why the server refused an OAuth2 token, from the JSON challenge of
+    /// XOAUTH2 or OAUTHBEARER (`status 401`), for the error message.
+    pub fn token_refusal(&self) -> Option<&str> {
+        match &self.exchange {
+            Exchange::Single { server_error, .. } => server_error.as_deref(),
+            _ => None,
         }
     }
 
@@ -369,6 +405,12 @@ impl SaslDriver {
         Ok(BASE64.encode(response))
     }
 
+    /// Why the server refused an OAuth2 token, if it said so in an error
+    /// challenge (see [`SaslSession::token_refusal`]).
+    pub fn token_refusal(&self) -> Option<&str> {
+        self.session.token_refusal()
+    }
+
     /// Checks the server's success reply: a server that claims success
     /// before the mechanism is complete (for SCRAM: before proving it
     /// knows the password) is not trusted.
@@ -405,6 +447,8 @@ enum Exchange {
         /// True for the OAuth mechanisms, whose servers explain a failure
         /// in a challenge sent after the message.
         errors_as_challenge: bool,
+        /// What that challenge said, once it came.
+        server_error: Option<String>,
     },
     /// LOGIN: the username, then the password, each on request.
     Login {
@@ -427,7 +471,31 @@ impl Exchange {
             message,
             sent: false,
             errors_as_challenge,
+            server_error: None,
         }
+    }
+}
+
+/// The `status` of an XOAUTH2 or OAUTHBEARER error challenge
+/// (`{"status":"401","schemes":"bearer","scope":"…"}`), as `status 401`;
+/// a challenge that is not such JSON is described, not quoted.
+fn oauth_error_status(challenge: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Challenge {
+        status: String,
+    }
+    match serde_json::from_slice::<Challenge>(challenge) {
+        Ok(challenge)
+            if !challenge.status.is_empty()
+                && challenge.status.len() <= 64
+                && challenge
+                    .status
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) =>
+        {
+            format!("status {}", challenge.status)
+        }
+        _ => "an error challenge without a readable status".to_owned(),
     }
 }
 
@@ -872,7 +940,70 @@ mod tests {
             b"user=user\x01auth=Bearer secret\x01\x01"
         );
         let error = br#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#;
+        assert_eq!(session.token_refusal(), None);
         assert_eq!(session.respond(error).unwrap(), b"");
+        assert_eq!(session.token_refusal(), Some("status 401"));
+    }
+
+    #[test]
+    fn xoauth2_two_step_sends_the_payload_after_the_go_ahead() {
+        // Microsoft's POP3: `AUTH XOAUTH2`, `+ `, then the payload.
+        let mut session = SaslSession::new(
+            Mechanism::XOAuth2,
+            "alice@contoso.com",
+            "EwBAA",
+            "outlook.office365.com",
+            995,
+        );
+        assert_eq!(
+            session.respond(b"").unwrap(),
+            b"user=alice@contoso.com\x01auth=Bearer EwBAA\x01\x01"
+        );
+        assert!(session.is_complete());
+        let error = br#"{"status":"400","schemes":"Bearer"}"#;
+        assert_eq!(session.respond(error).unwrap(), b"");
+        assert_eq!(session.token_refusal(), Some("status 400"));
+    }
+
+    #[test]
+    fn a_token_refusal_never_quotes_what_the_server_sent() {
+        for challenge in [&b"not json"[..], br#"{"status":"4 01 injected"}"#] {
+            let mut session = session(Mechanism::OAuthBearer);
+            session.initial_response();
+            session.respond(challenge).unwrap();
+            let refusal = session.token_refusal().unwrap();
+            assert!(
+                !refusal.contains("json") && !refusal.contains("injected"),
+                "{refusal}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_with_a_token_prefers_oauthbearer_then_xoauth2() {
+        let token = Secret::bearer_token("t".to_owned());
+        let password = Secret::new("p".to_owned());
+        let both = ["PLAIN", "XOAUTH2", "OAUTHBEARER"];
+        assert_eq!(
+            method_for_secret(AuthMethod::Auto, &token, both),
+            AuthMethod::OAuthBearer
+        );
+        assert_eq!(
+            method_for_secret(AuthMethod::Auto, &token, ["XOAUTH2"]),
+            AuthMethod::XOAuth2
+        );
+        assert_eq!(
+            method_for_secret(AuthMethod::Auto, &token, []),
+            AuthMethod::XOAuth2
+        );
+        assert_eq!(
+            method_for_secret(AuthMethod::XOAuth2, &token, both),
+            AuthMethod::XOAuth2
+        );
+        assert_eq!(
+            method_for_secret(AuthMethod::Auto, &password, both),
+            AuthMethod::Auto
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ configuration at start-up and 8 if another mailfetch holds the lock.";
 
 /// Shown after the options by `--help`: [`EXIT_CODES`] and [`SIGNALS`].
 fn after_long_help() -> String {
-    let mut text = String::from("Exit codes (as fetchmail's):\n");
+    let mut text = String::from("Exit codes (fetchmail's, and 11 for DNS):\n");
     for (code, meaning) in EXIT_CODES {
         text += &format!("  {code:<3} {meaning}\n");
     }
@@ -148,6 +148,20 @@ pub struct Cli {
 /// What mailfetch is asked to do, besides polling (no command).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Sign in an account that uses OAuth2 ([account.oauth]), once
+    ///
+    /// Prints a URL to open, with a code to enter there (flow = "device"),
+    /// or for a browser on this machine, which comes back to a listener on
+    /// 127.0.0.1 (flow = "browser"); waits for you to sign in; and stores
+    /// the tokens under state_dir (mode 0600). From then on mailfetch
+    /// refreshes them itself, in cron and in the daemon. The account's
+    /// delivery server, if it uses OAuth2 too, is signed in after it.
+    /// Accounts with flow = "client_credentials" need no login: this only
+    /// checks that the provider issues a token.
+    Login {
+        /// The account's name
+        account: String,
+    },
     /// Show how the last poll of each account and folder went
     ///
     /// For each mailbox of the configuration: when it was last polled and
@@ -424,6 +438,16 @@ mod tests {
         ] {
             assert_eq!(parse(&[flag]).unwrap_err().kind(), kind, "{flag}");
         }
+    }
+
+    #[test]
+    fn login_takes_one_account() {
+        let cli = parse(&["-c", "rc", "login", "work"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Login { account }) if account == "work"));
+        assert_eq!(cli.config, Some(PathBuf::from("rc")));
+        assert!(parse(&["login"]).is_err());
+        assert!(parse(&["--daemon", "login", "work"]).is_err());
+        assert!(parse(&["login", "work", "--account", "home"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum Kind {
     Locked = 8,
     /// A message could not be delivered.
     Delivery = 10,
+    /// A server's name could not be resolved (DNS). Not fetchmail's: it
+    /// counts that as a connection error (2), which hides a typo in the
+    /// configuration or a broken resolver behind "the server is down".
+    Dns = 11,
     /// mailfetch itself could not work: a file of its own (the state
     /// journal, the lock file) could not be read or written, the runtime
     /// or the signal handlers could not start, or a poll crashed. The
@@ -34,6 +38,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A word for logs (`error_kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Connection => "connection",
+            Kind::Auth => "auth",
+            Kind::Protocol => "protocol",
+            Kind::Config => "config",
+            Kind::Permissions => "permissions",
+            Kind::Server => "server",
+            Kind::Locked => "locked",
+            Kind::Delivery => "delivery",
+            Kind::Dns => "dns",
+            Kind::Local => "local",
+        }
+    }
+
     /// The process exit code for this kind of failure.
     pub fn exit_code(self) -> i32 {
         self as i32

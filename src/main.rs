@@ -7,7 +7,7 @@ use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::import::{self, Peer};
 use mailfetch::lock::StateLock;
-use mailfetch::{pipeline, scheduler, status};
+use mailfetch::{oauth, pipeline, scheduler, status};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return print_with(|out| cli::man::write_page(section, out));
         }
         Some(Command::Import(ref import)) => return import_configuration(import),
-        Some(Command::Status { .. }) => {}
+        Some(Command::Status { .. } | Command::Login { .. }) => {}
     }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             .with_current_span(false)
             .with_span_list(true)
             .init();
+        scheduler::log_summary_fields();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal())
             .without_time()
@@ -113,16 +114,24 @@ fn run(args: &Cli) -> Result<u8, Error> {
     if let Some(Command::Status { json }) = args.command {
         return print_status(&config, json);
     }
+    if let Some(Command::Login { account }) = &args.command {
+        // No state lock: a running daemon keeps it, and the token file is
+        // replaced atomically, so the two never see half a file.
+        let config = select_accounts(config, std::slice::from_ref(account))?;
+        return runtime()?
+            .block_on(oauth::login::login_account(
+                &config.accounts[0],
+                &mut std::io::stdout(),
+            ))
+            .map(|()| 0);
+    }
     if args.check_config {
         print!("{config}");
         return Ok(0);
     }
     let config = select_accounts(config, &args.accounts)?;
     let _lock = StateLock::acquire(&config.general.state_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| Error::new(Kind::Local, format!("cannot start the runtime: {err}")))?;
+    let runtime = runtime()?;
     if args.daemon {
         let reload = || config::load(&path).and_then(|new| select_accounts(new, &args.accounts));
         let result = runtime.block_on(scheduler::run_daemon(config, reload));
@@ -166,6 +175,13 @@ fn print_status(config: &Config, json: bool) -> Result<u8, Error> {
     std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
         .map_err(|err| Error::new(Kind::Local, format!("cannot write to stdout: {err}")))?;
     Ok(0)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::new(Kind::Local, format!("cannot start the runtime: {err}")))
 }
 
 /// SIGTERM or SIGINT; never if the handlers cannot be installed.

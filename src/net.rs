@@ -124,13 +124,18 @@ impl AsyncWrite for Stream {
 /// the last attempt is reported.
 pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Error> {
     let host = unbracket(host);
+    // A name that does not resolve is its own exit code (11): a typo in
+    // the configuration or a broken resolver, not a server that is down.
     let addresses = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
         .await
-        .map_err(|_| timed_out(format!("resolving {host}"), timeout))?
-        .map_err(|err| Error::new(Kind::Connection, format!("cannot resolve {host}: {err}")))?;
+        .map_err(|_| Error {
+            kind: Kind::Dns,
+            ..timed_out(format!("resolving {host}"), timeout)
+        })?
+        .map_err(|err| Error::new(Kind::Dns, format!("cannot resolve {host}: {err}")))?;
 
     let mut last_error = Error::new(
-        Kind::Connection,
+        Kind::Dns,
         format!("cannot connect to {host}:{port}: the name resolves to no address"),
     );
     for address in addresses {
@@ -221,7 +226,7 @@ fn sha256_fingerprint(certificate: &[u8]) -> Fingerprint {
 
 /// The crypto provider for every TLS connection, passed explicitly so we
 /// never depend on (or fight over) a process-wide default.
-fn ring_provider() -> CryptoProvider {
+pub(crate) fn ring_provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
@@ -300,7 +305,7 @@ async fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error
 
 /// The certificate authorities trusted for one connection: the system's,
 /// plus those of `ca_file`.
-async fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
+pub(crate) async fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {
         for certificate in read_ca_file(path).await? {
@@ -731,6 +736,17 @@ mod tests {
         let err = connect("127.0.0.1", port, TIMEOUT).await.unwrap_err();
         assert_eq!(err.kind, Kind::Connection);
         assert!(err.message.contains(&format!("127.0.0.1:{port}")), "{err}");
+    }
+
+    /// `.invalid` never resolves (RFC 2606).
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_dns_failure() {
+        let err = connect("nosuch.invalid", 110, TIMEOUT).await.unwrap_err();
+        assert_eq!(err.kind, Kind::Dns, "{err}");
+        assert!(
+            err.message.contains("cannot resolve nosuch.invalid"),
+            "{err}"
+        );
     }
 
     #[test]

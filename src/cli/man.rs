@@ -156,6 +156,13 @@ fn write_config_page(out: &mut dyn Write) -> io::Result<()> {
             "[account.delivery]",
             "How an account reaches the server or program its deliver target names.",
         ),
+        (
+            Section::OAuth,
+            "[account.oauth], [account.delivery.oauth]",
+            "OAuth2 in place of a password, for the account's server or its delivery \
+             server: run mailfetch login ACCOUNT once; mailfetch then keeps the tokens \
+             fresh by itself.",
+        ),
     ] {
         roff.control("SH", [heading]);
         roff.text([roman(intro)]);

@@ -2,11 +2,13 @@
 
 use toml::Spanned;
 
+use super::oauth::{OAuthOwner, TokenHome, token_file};
 use super::parse::Parser;
 use super::raw::{RawDelivery, RawValue};
 use super::values::*;
 use super::*;
 use crate::net::is_loopback_host;
+use crate::oauth::Service;
 
 /// How `deliver` may be written, for error messages.
 const DELIVER_FORMS: &str = "maildir:PATH, smtp://HOST[:PORT], smtps://HOST[:PORT], \
@@ -23,6 +25,7 @@ impl Parser<'_> {
         &self,
         value: &RawValue,
         delivery: Option<&Spanned<RawDelivery>>,
+        tokens: TokenHome<'_>,
     ) -> Result<DeliverTarget, Error> {
         let fail = |problem: String| self.error(value.span(), "deliver", problem);
         let target = self.convert("deliver", value, |value| as_str(value).map(str::to_owned))?;
@@ -96,7 +99,7 @@ impl Parser<'_> {
                     TlsMode::StartTls
                 };
                 let server =
-                    self.delivery_server(&raw, &scheme, host, |_| port, default_tls, None)?;
+                    self.delivery_server(&raw, &scheme, host, |_| port, default_tls, None, tokens)?;
                 DeliverTarget::Mta(MtaTarget {
                     protocol,
                     socket,
@@ -128,8 +131,15 @@ impl Parser<'_> {
                     (None, TlsMode::Implicit) => 993,
                     (None, _) => 143,
                 };
-                let server =
-                    self.delivery_server(&raw, &scheme, host, default_port, default_tls, user)?;
+                let server = self.delivery_server(
+                    &raw,
+                    &scheme,
+                    host,
+                    default_port,
+                    default_tls,
+                    user,
+                    tokens,
+                )?;
                 if server.username.is_none() {
                     return Err(fail(format!(
                         "IMAP delivery needs a user name: {scheme}://USER@{}/… or \
@@ -158,6 +168,10 @@ impl Parser<'_> {
     /// The server mail is delivered to: `host` from the URL, the port the
     /// URL gives or the TLS mode implies, and the keys of
     /// `[account.delivery]` that the delivery target uses.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "what the URL says (scheme, host, port, user) and where tokens go are separate facts"
+    )]
     fn delivery_server(
         &self,
         raw: &RawDelivery,
@@ -166,6 +180,7 @@ impl Parser<'_> {
         port: impl FnOnce(TlsMode) -> u16,
         default_tls: TlsMode,
         url_user: Option<String>,
+        tokens: TokenHome<'_>,
     ) -> Result<Endpoint, Error> {
         let tls = self.optional("delivery.tls", &raw.tls, |value| {
             as_str(value).and_then(parse_keyword)
@@ -197,11 +212,6 @@ impl Parser<'_> {
                 as_non_empty_str(value).map(str::to_owned)
             })?
             .or(url_user);
-        let password = self.one_password_source([
-            ("delivery.password", &raw.password),
-            ("delivery.password_command", &raw.password_command),
-            ("delivery.password_file", &raw.password_file),
-        ])?;
         let auth = self
             .optional("delivery.auth", &raw.auth, |value| {
                 as_str(value).and_then(parse_keyword)
@@ -217,6 +227,32 @@ impl Parser<'_> {
         let timeout = self
             .optional("delivery.timeout", &raw.timeout, as_timeout)?
             .unwrap_or(DEFAULT_TIMEOUT);
+        let password = match &raw.oauth {
+            Some(table) if scheme == "lmtp" => {
+                return Err(self.error(
+                    table.span(),
+                    "delivery.oauth",
+                    "does not apply to deliver = \"lmtp…\"",
+                ));
+            }
+            Some(table) => {
+                self.check_no_password_with_oauth("account.delivery.", &raw.password_keys())?;
+                let service = if scheme.starts_with("imap") {
+                    Service::Imap
+                } else {
+                    Service::Smtp
+                };
+                let owner = OAuthOwner {
+                    prefix: "delivery.oauth",
+                    account: tokens.account,
+                    service,
+                    token_file: token_file(tokens.state_dir, tokens.account, ".delivery"),
+                    timeout,
+                };
+                PasswordSource::OAuth(Box::new(self.oauth(table, owner)?))
+            }
+            None => self.one_password_source(raw.password_keys())?,
+        };
         let server = Endpoint {
             port: port(tls),
             host,
@@ -247,6 +283,7 @@ impl Parser<'_> {
                     AuthMethod::Plain,
                     AuthMethod::Login,
                     AuthMethod::XOAuth2,
+                    AuthMethod::OAuthBearer,
                 ]
             };
             if !allowed.contains(&auth) {
@@ -288,10 +325,16 @@ impl Parser<'_> {
                 ));
             }
         }
-        // SMTP's `auto` ends up with PLAIN or LOGIN; IMAP's `auto` never
-        // reveals the password on a plain link (the login code refuses).
+        if let Some(value) = &raw.auth {
+            self.check_oauth_auth("delivery.auth", value, auth, &server.password)?;
+        }
+        // SMTP's `auto` ends up with PLAIN or LOGIN, and with OAuth2 any
+        // `auto` sends the token; IMAP's `auto` with a password never
+        // reveals it on a plain link (the login code refuses).
         let reveals = match auth {
-            AuthMethod::Auto => !scheme.starts_with("imap"),
+            AuthMethod::Auto => {
+                !scheme.starts_with("imap") || matches!(server.password, PasswordSource::OAuth(_))
+            }
             method => method.reveals_password(),
         };
         if tls == TlsMode::None

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::values::*;
 use super::*;
+use crate::oauth::Provider;
 
 /// Prints the effective configuration, with defaults filled in and paths
 /// expanded, as TOML that [`parse`] accepts. An inline password is shown as
@@ -111,6 +112,7 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             format_duration(account.idle_timeout)
         )?;
     }
+    write_oauth(f, "account.oauth", &account.server.password)?;
     write_delivery(f, &account.deliver)
 }
 
@@ -131,16 +133,75 @@ fn write_tls(
     Ok(())
 }
 
-/// The password source, never the password itself.
+/// The password source, never the password itself. An `oauth` table is
+/// written on its own, after the section's keys.
 fn write_password(f: &mut fmt::Formatter<'_>, password: &PasswordSource) -> fmt::Result {
-    match password {
-        PasswordSource::None => Ok(()),
-        PasswordSource::Inline(_) => writeln!(f, "password = \"****\""),
+    write_secret(
+        f,
+        password,
+        ["password", "password_command", "password_file"],
+    )
+}
+
+/// A secret's source under the names of its inline, command and file keys.
+fn write_secret(
+    f: &mut fmt::Formatter<'_>,
+    secret: &PasswordSource,
+    [inline, command_key, file_key]: [&str; 3],
+) -> fmt::Result {
+    match secret {
+        PasswordSource::None | PasswordSource::OAuth(_) => Ok(()),
+        PasswordSource::Inline(_) => writeln!(f, "{inline} = \"****\""),
         PasswordSource::Command(command) => {
-            writeln!(f, "password_command = {}", toml_string(command))
+            writeln!(f, "{command_key} = {}", toml_string(command))
         }
-        PasswordSource::File(path) => writeln!(f, "password_file = {}", toml_path(path)),
+        PasswordSource::File(path) => writeln!(f, "{file_key} = {}", toml_path(path)),
     }
+}
+
+/// The `[TABLE]` of an OAuth2 login, if `password` is one.
+fn write_oauth(f: &mut fmt::Formatter<'_>, table: &str, password: &PasswordSource) -> fmt::Result {
+    let PasswordSource::OAuth(oauth) = password else {
+        return Ok(());
+    };
+    writeln!(f, "[{table}]")?;
+    writeln!(f, "provider = \"{}\"", keyword_name(oauth.provider))?;
+    writeln!(f, "flow = \"{}\"", keyword_name(oauth.flow))?;
+    writeln!(f, "client_id = {}", toml_string(&oauth.client_id))?;
+    write_secret(
+        f,
+        &oauth.client_secret,
+        [
+            "client_secret",
+            "client_secret_command",
+            "client_secret_file",
+        ],
+    )?;
+    if let Some(tenant) = &oauth.tenant {
+        writeln!(f, "tenant = {}", toml_string(tenant))?;
+    }
+    // A preset's endpoints follow from the provider (and tenant).
+    if oauth.provider == Provider::Custom {
+        writeln!(f, "token_url = {}", toml_string(&oauth.token_url))?;
+        for (key, url) in [
+            ("device_url", &oauth.device_url),
+            ("auth_url", &oauth.auth_url),
+        ] {
+            if let Some(url) = url {
+                writeln!(f, "{key} = {}", toml_string(url))?;
+            }
+        }
+    }
+    let scopes: Vec<String> = oauth
+        .scopes
+        .iter()
+        .map(|scope| toml_string(scope))
+        .collect();
+    writeln!(f, "scopes = [{}]", scopes.join(", "))?;
+    if let Some(ca_file) = &oauth.ca_file {
+        writeln!(f, "ca_file = {}", toml_path(ca_file))?;
+    }
+    Ok(())
 }
 
 /// `deliver` as written in the file (the path of `maildir:` aside).
@@ -196,7 +257,7 @@ fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Re
     if let DeliverTarget::Imap(imap) = target {
         writeln!(f, "seen = {}", imap.seen)?;
     }
-    Ok(())
+    write_oauth(f, "account.delivery.oauth", &server.password)
 }
 
 /// A path as a TOML string that expands back to the same path.

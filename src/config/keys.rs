@@ -22,6 +22,8 @@ pub enum Section {
     Account,
     /// `[account.delivery]`
     Delivery,
+    /// `[account.oauth]` and `[account.delivery.oauth]`
+    OAuth,
 }
 
 /// The kinds of `deliver` target, as `[account.delivery]` keys apply to them.
@@ -67,6 +69,8 @@ const SERVERS_AND_MDA: AppliesTo = AppliesTo::Destinations(&[
     Destination::Imap,
 ]);
 const IMAP_DELIVERY: AppliesTo = AppliesTo::Destinations(&[Destination::Imap]);
+/// The delivery targets that can log in with OAuth2.
+const SMTP_AND_IMAP: AppliesTo = AppliesTo::Destinations(&[Destination::Smtp, Destination::Imap]);
 
 const fn key(
     name: &'static str,
@@ -83,7 +87,7 @@ const fn key(
 }
 
 use AppliesTo::All;
-use Section::{Account, Delivery, File, General};
+use Section::{Account, Delivery, File, General, OAuth};
 
 /// Every key, section by section, each section in the order its keys are
 /// suggested and listed in errors.
@@ -106,6 +110,7 @@ pub const KEYS: &[Key] = &[
     key("password_command", Account, All, "A shell command that prints the password."),
     key("password_file", Account, All, "A private file whose first line is the password."),
     key("auth", Account, All, "The login mechanism, or \"auto\"."),
+    key("oauth", Account, All, "The [account.oauth] table: log in with OAuth2 tokens that mailfetch keeps fresh."),
     key("allow_plaintext_auth", Account, All, "Accept sending the password unencrypted."),
     key("keep", Account, All, "Leave fetched messages on the server."),
     key("deliver", Account, All, "Where mail goes: maildir:, smtp://, lmtp:, mda:, imap://."),
@@ -133,9 +138,22 @@ pub const KEYS: &[Key] = &[
     key("password_command", Delivery, SERVERS, "A command that prints that password."),
     key("password_file", Delivery, SERVERS, "A private file whose first line is that password."),
     key("auth", Delivery, SERVERS, "The login mechanism for the delivery server."),
+    key("oauth", Delivery, SMTP_AND_IMAP, "The [account.delivery.oauth] table: OAuth2 for the delivery server."),
     key("allow_plaintext_auth", Delivery, SERVERS, "Accept sending that password unencrypted."),
     key("timeout", Delivery, SERVERS_AND_MDA, "How long to wait for the delivery server, or for an MDA per message."),
     key("seen", Delivery, IMAP_DELIVERY, "IMAP delivery: flag appended messages \\Seen."),
+    key("provider", OAuth, All, "\"microsoft\", \"google\" or \"custom\"."),
+    key("flow", OAuth, All, "How `mailfetch login` gets the first tokens: \"device\", \"browser\" or \"client_credentials\"."),
+    key("client_id", OAuth, All, "The application's id at the provider."),
+    key("client_secret", OAuth, All, "The application's secret itself (confidential clients only)."),
+    key("client_secret_command", OAuth, All, "A shell command that prints the client secret."),
+    key("client_secret_file", OAuth, All, "A private file whose first line is the client secret."),
+    key("tenant", OAuth, All, "Microsoft: the tenant id or domain (default \"common\")."),
+    key("token_url", OAuth, All, "provider = \"custom\": the token endpoint (https)."),
+    key("device_url", OAuth, All, "provider = \"custom\": the device authorization endpoint."),
+    key("auth_url", OAuth, All, "provider = \"custom\": the authorization endpoint."),
+    key("scopes", OAuth, All, "The scopes to ask for, instead of the provider's preset."),
+    key("ca_file", OAuth, All, "Extra certificate authorities for the provider's endpoints."),
 ];
 
 /// The keys of `section`, in table order.
@@ -160,6 +178,7 @@ pub(super) fn section_with(names: &[&str]) -> Option<Section> {
         Section::General,
         Section::Account,
         Section::Delivery,
+        Section::OAuth,
     ]
     .into_iter()
     .find(|&section| {

@@ -46,6 +46,7 @@
 mod deliver;
 mod display;
 pub mod keys;
+mod oauth;
 mod parse;
 mod raw;
 mod rules;
@@ -67,6 +68,7 @@ use crate::address::Sender;
 use crate::cmdline::CommandLine;
 use crate::error::{Error, Kind};
 pub use crate::fingerprint::Fingerprint;
+use crate::oauth::OAuth;
 use crate::permissions::{check_directory_of, check_unwritable_by_others};
 
 use self::parse::Parser;
@@ -144,15 +146,33 @@ impl AuthMethod {
 
 /// A secret string. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// An OAuth2 access token rather than a password: `auth = "auto"`
+    /// then picks a bearer-token mechanism.
+    bearer_token: bool,
+}
 
 impl Secret {
     pub fn new(value: String) -> Secret {
-        Secret(value)
+        Secret {
+            value,
+            bearer_token: false,
+        }
+    }
+    /// An OAuth2 access token.
+    pub fn bearer_token(value: String) -> Secret {
+        Secret {
+            value,
+            bearer_token: true,
+        }
     }
     /// The secret itself; call only where it is sent to a server.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+    pub fn is_bearer_token(&self) -> bool {
+        self.bearer_token
     }
 }
 
@@ -180,6 +200,8 @@ pub enum PasswordSource {
     Command(String),
     /// `password_file = "…"`: the file's first line.
     File(PathBuf),
+    /// `[account.oauth]`: an access token, kept fresh by [`crate::oauth`].
+    OAuth(Box<OAuth>),
 }
 
 /// Which messages of an IMAP folder a poll fetches.
@@ -463,15 +485,21 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 const CONFIG_RISK: &str = "could make mailfetch run commands as you";
 
 impl Config {
-    /// Whether the file holds a password itself, for an account or for the
-    /// server mail is delivered to.
+    /// Whether the file holds a password (or an OAuth2 client secret)
+    /// itself, for an account or for the server mail is delivered to.
     fn holds_a_password(&self) -> bool {
         self.accounts.iter().any(|account| {
             let delivery_password = account.deliver.server().map(|server| &server.password);
             [Some(&account.server.password), delivery_password]
                 .into_iter()
                 .flatten()
-                .any(|password| matches!(password, PasswordSource::Inline(_)))
+                .any(|password| match password {
+                    PasswordSource::Inline(_) => true,
+                    PasswordSource::OAuth(oauth) => {
+                        matches!(oauth.client_secret, PasswordSource::Inline(_))
+                    }
+                    _ => false,
+                })
         })
     }
 }

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::keys;
+use super::oauth::{OAuthOwner, TokenHome, token_file};
 use super::raw::{RawAccount, RawFile, RawGeneral, RawValue};
 use super::secrets::check_secret;
 use super::values::*;
 use super::*;
+use crate::oauth::Service;
 
 /// Turns one configuration text into a [`Config`], knowing where it came
 /// from so that errors can point into it.
@@ -45,7 +47,7 @@ impl Parser<'_> {
         let mut accounts = Vec::with_capacity(raw.account.len());
         let mut first_use: HashMap<String, usize> = HashMap::new();
         for raw_account in &raw.account {
-            let account = self.account(raw_account)?;
+            let account = self.account(raw_account, &general.state_dir)?;
             // `account()` has checked that `name` is present.
             if let Some(name_value) = &raw_account.get_ref().name {
                 let line = self.line(name_value.span().start);
@@ -99,7 +101,11 @@ impl Parser<'_> {
         })
     }
 
-    pub(super) fn account(&self, raw: &Spanned<RawAccount>) -> Result<Account, Error> {
+    pub(super) fn account(
+        &self,
+        raw: &Spanned<RawAccount>,
+        state_dir: &Path,
+    ) -> Result<Account, Error> {
         let header = raw.span();
         let raw = raw.get_ref();
         let required = |key: &str, field: &'_ Option<RawValue>| -> Result<RawValue, Error> {
@@ -141,7 +147,6 @@ impl Parser<'_> {
             self.convert("username", &required("username", &raw.username)?, |value| {
                 as_non_empty_str(value).map(str::to_owned)
             })?;
-        let password = self.password_source(raw)?;
         let auth = self
             .optional("auth", &raw.auth, |value| {
                 as_str(value).and_then(parse_keyword)
@@ -151,8 +156,35 @@ impl Parser<'_> {
             .optional("allow_plaintext_auth", &raw.allow_plaintext_auth, as_bool)?
             .unwrap_or(false);
         let keep = self.optional("keep", &raw.keep, as_bool)?.unwrap_or(false);
-        let deliver =
-            self.deliver_target(&required("deliver", &raw.deliver)?, raw.delivery.as_ref())?;
+        let timeout = self
+            .optional("timeout", &raw.timeout, as_timeout)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let password = match &raw.oauth {
+            Some(table) => {
+                self.check_no_password_with_oauth("account.", &raw.password_keys())?;
+                let service = match protocol {
+                    Protocol::Imap => Service::Imap,
+                    Protocol::Pop3 => Service::Pop3,
+                };
+                let owner = OAuthOwner {
+                    prefix: "oauth",
+                    account: &name,
+                    service,
+                    token_file: token_file(state_dir, &name, ""),
+                    timeout,
+                };
+                PasswordSource::OAuth(Box::new(self.oauth(table, owner)?))
+            }
+            None => self.password_source(raw)?,
+        };
+        let deliver = self.deliver_target(
+            &required("deliver", &raw.deliver)?,
+            raw.delivery.as_ref(),
+            TokenHome {
+                account: &name,
+                state_dir,
+            },
+        )?;
         let to = self.recipients(raw)?;
         let envelope_from = self
             .optional("envelope_from", &raw.envelope_from, |value| {
@@ -176,9 +208,6 @@ impl Parser<'_> {
         let received_header = self
             .optional("received_header", &raw.received_header, as_bool)?
             .unwrap_or(true);
-        let timeout = self
-            .optional("timeout", &raw.timeout, as_timeout)?
-            .unwrap_or(DEFAULT_TIMEOUT);
         let max_size = self.optional("max_size", &raw.max_size, as_size)?;
         let max_per_poll = self.optional("max_per_poll", &raw.max_per_poll, as_count)?;
         self.check_protocol_keys(raw, protocol)?;
@@ -247,43 +276,42 @@ impl Parser<'_> {
     /// The one password source of an account; setting several is an error,
     /// since which one would win is anybody's guess.
     fn password_source(&self, raw: &RawAccount) -> Result<PasswordSource, Error> {
-        self.one_password_source([
-            ("password", &raw.password),
-            ("password_command", &raw.password_command),
-            ("password_file", &raw.password_file),
-        ])
+        self.one_password_source(raw.password_keys())
     }
 
-    /// `sources`: the password, password_command and password_file keys, in
-    /// that order, with their (possibly prefixed) names.
+    /// `sources`: the password, password_command and password_file keys (or
+    /// their client_secret counterparts), in that order, with their
+    /// (possibly prefixed) names.
     pub(super) fn one_password_source(
         &self,
         sources: [(&str, &Option<RawValue>); 3],
     ) -> Result<PasswordSource, Error> {
+        let [first, second, third] = sources.map(|(key, _)| key.rsplit('.').next().unwrap_or(key));
         let mut sources = sources
             .into_iter()
-            .filter_map(|(key, field)| field.as_ref().map(|value| (key, value)));
-        let Some((key, value)) = sources.next() else {
+            .enumerate()
+            .filter_map(|(index, (key, field))| field.as_ref().map(|value| (index, key, value)));
+        let Some((index, key, value)) = sources.next() else {
             return Ok(PasswordSource::None);
         };
-        if let Some((second_key, second_value)) = sources.next() {
+        if let Some((_, second_key, second_value)) = sources.next() {
             return Err(self.error(
                 second_value.span(),
                 second_key,
                 format!(
-                    "`{key}` is already set at line {}; set only one of password, \
-                     password_command and password_file",
+                    "`{key}` is already set at line {}; set only one of {first}, \
+                     {second} and {third}",
                     self.line(value.span().start)
                 ),
             ));
         }
-        match key.rsplit('.').next().unwrap_or(key) {
-            "password" => self.convert(key, value, |value| {
+        match index {
+            0 => self.convert(key, value, |value| {
                 let password = as_str(value)?;
                 check_secret(password)?;
                 Ok(PasswordSource::Inline(Secret::new(password.to_owned())))
             }),
-            "password_command" => self.convert(key, value, |value| {
+            1 => self.convert(key, value, |value| {
                 as_non_empty_str(value).map(|command| PasswordSource::Command(command.to_owned()))
             }),
             _ => self.path_value(key, value).map(PasswordSource::File),

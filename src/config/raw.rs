@@ -84,6 +84,7 @@ raw_section! {
         imap_id,
     }
     tables {
+        oauth: Option<Spanned<RawOAuth>>,
         delivery: Option<Spanned<RawDelivery>>,
     }
 }
@@ -104,5 +105,49 @@ raw_section! {
         allow_plaintext_auth,
         timeout,
         seen,
+    }
+    tables {
+        oauth: Option<Spanned<RawOAuth>>,
+    }
+}
+
+/// `[account.oauth]` and `[account.delivery.oauth]`: OAuth2 instead of a
+/// password.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, expecting = "an [account.oauth] table")]
+pub(super) struct RawOAuth {
+    pub(super) provider: Option<RawValue>,
+    pub(super) flow: Option<RawValue>,
+    pub(super) client_id: Option<RawValue>,
+    pub(super) client_secret: Option<RawValue>,
+    pub(super) client_secret_command: Option<RawValue>,
+    pub(super) client_secret_file: Option<RawValue>,
+    pub(super) tenant: Option<RawValue>,
+    pub(super) token_url: Option<RawValue>,
+    pub(super) device_url: Option<RawValue>,
+    pub(super) auth_url: Option<RawValue>,
+    pub(super) scopes: Option<RawValue>,
+    pub(super) ca_file: Option<RawValue>,
+}
+
+impl RawAccount {
+    /// The password keys, as `Parser::one_password_source` takes them.
+    pub(super) fn password_keys(&self) -> [(&'static str, &Option<RawValue>); 3] {
+        [
+            ("password", &self.password),
+            ("password_command", &self.password_command),
+            ("password_file", &self.password_file),
+        ]
+    }
+}
+
+impl RawDelivery {
+    /// The password keys, as `Parser::one_password_source` takes them.
+    pub(super) fn password_keys(&self) -> [(&'static str, &Option<RawValue>); 3] {
+        [
+            ("delivery.password", &self.password),
+            ("delivery.password_command", &self.password_command),
+            ("delivery.password_file", &self.password_file),
+        ]
     }
 }

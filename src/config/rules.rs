@@ -70,12 +70,35 @@ impl Parser<'_> {
                 &fields.password_file,
                 &account.server.password,
             )?;
-            if let (Some(delivery), Some(server)) = (&fields.delivery, account.deliver.server()) {
+            let delivery = fields.delivery.as_ref().map(Spanned::get_ref);
+            if let (Some(delivery), Some(server)) = (delivery, account.deliver.server()) {
                 self.check_password_file(
                     "delivery.password_file",
-                    &delivery.get_ref().password_file,
+                    &delivery.password_file,
                     &server.password,
                 )?;
+            }
+            // The client secrets of the oauth tables.
+            let tables = [
+                (
+                    "oauth.client_secret_file",
+                    fields.oauth.as_ref(),
+                    Some(&account.server.password),
+                ),
+                (
+                    "delivery.oauth.client_secret_file",
+                    delivery.and_then(|delivery| delivery.oauth.as_ref()),
+                    account.deliver.server().map(|server| &server.password),
+                ),
+            ];
+            for (key, table, password) in tables {
+                if let (Some(table), Some(PasswordSource::OAuth(oauth))) = (table, password) {
+                    self.check_password_file(
+                        key,
+                        &table.get_ref().client_secret_file,
+                        &oauth.client_secret,
+                    )?;
+                }
             }
         }
         Ok(())
@@ -179,29 +202,60 @@ impl Parser<'_> {
         }
     }
 
-    /// OAuth2 access tokens expire within the hour, so they must come from a
-    /// command that fetches a fresh one (or, for testing, be inline).
+    /// With an `oauth` table, the login sends a bearer token, which only
+    /// XOAUTH2 and OAUTHBEARER (or `auto`, which picks one) can carry.
+    pub(super) fn check_oauth_auth(
+        &self,
+        key: &str,
+        value: &RawValue,
+        auth: AuthMethod,
+        password: &PasswordSource,
+    ) -> Result<(), Error> {
+        let carries_token = matches!(
+            auth,
+            AuthMethod::Auto | AuthMethod::XOAuth2 | AuthMethod::OAuthBearer
+        );
+        if matches!(password, PasswordSource::OAuth(_)) && !carries_token {
+            return Err(self.error(
+                value.span(),
+                key,
+                format!(
+                    "\"{}\" cannot send an OAuth2 token; use \"xoauth2\", \"oauthbearer\" \
+                     or \"auto\"",
+                    keyword_name(auth)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// OAuth2 access tokens expire within the hour, so they must come from
+    /// an `oauth` table or a command that fetches a fresh one (or, for
+    /// testing, be inline).
     pub(super) fn check_token_source(
         &self,
         raw: &RawAccount,
         account: &Account,
     ) -> Result<(), Error> {
+        if let Some(auth) = &raw.auth {
+            self.check_oauth_auth("auth", auth, account.server.auth, &account.server.password)?;
+        }
         let needs_token = matches!(
             account.server.auth,
             AuthMethod::XOAuth2 | AuthMethod::OAuthBearer
         );
         let has_token_source = matches!(
             account.server.password,
-            PasswordSource::Command(_) | PasswordSource::Inline(_)
+            PasswordSource::Command(_) | PasswordSource::Inline(_) | PasswordSource::OAuth(_)
         );
         match &raw.auth {
             Some(auth) if needs_token && !has_token_source => Err(self.error(
                 auth.span(),
                 "auth",
                 format!(
-                    "auth = \"{}\" sends an OAuth2 access token as the password; set \
-                     password_command to a command that prints a fresh token (or \
-                     password to a token)",
+                    "auth = \"{}\" sends an OAuth2 access token: add an [account.oauth] \
+                     table (see fetchrc.example), or set password_command to a command \
+                     that prints a fresh token",
                     keyword_name(account.server.auth)
                 ),
             )),
@@ -220,8 +274,10 @@ impl Parser<'_> {
         raw: &RawAccount,
         account: &Account,
     ) -> Result<(), Error> {
+        let sends_token = account.server.auth == AuthMethod::Auto
+            && matches!(account.server.password, PasswordSource::OAuth(_));
         let exposed = account.server.tls == TlsMode::None
-            && account.server.auth.reveals_password()
+            && (account.server.auth.reveals_password() || sends_token)
             && !account.server.allow_plaintext_auth
             && !is_loopback_host(&account.server.host);
         match &raw.tls {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::{PasswordSource, Secret};
 use crate::error::{Error, Kind};
+use crate::oauth::{Freshness, access_token};
 use crate::permissions::check_private;
 
 impl PasswordSource {
@@ -31,6 +32,7 @@ impl PasswordSource {
                     .map(Some)
             }
             PasswordSource::File(path) => read_password_file(account, path).await.map(Some),
+            PasswordSource::OAuth(oauth) => access_token(oauth, Freshness::Reuse).await.map(Some),
         }
     }
 }

@@ -1326,7 +1326,7 @@ fn the_example_file_parses() {
         .collect();
     let config = parse_ok(&format!("{active}{uncommented}"));
     let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["home", "work", "old-provider", "gmail"]);
+    assert_eq!(names, ["home", "work", "old-provider", "gmail", "m365"]);
     assert!(matches!(config.accounts[1].deliver, DeliverTarget::Mta(_)));
     let DeliverTarget::Imap(imap) = &config.accounts[2].deliver else {
         panic!("old-provider delivers over IMAP")
@@ -1339,6 +1339,14 @@ fn the_example_file_parses() {
     assert_eq!(gmail.folders, ["INBOX", "Lists/rust"]);
     assert!(gmail.keep);
     assert_eq!(gmail.fetch, FetchMode::New);
+    let PasswordSource::OAuth(oauth) = &config.accounts[4].server.password else {
+        panic!("m365 logs in with OAuth2")
+    };
+    assert_eq!(oauth.flow, crate::oauth::Flow::Device);
+    assert_eq!(
+        oauth.token_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
 }
 
 /// The keys allowed in a section, as serde lists them when it meets an
@@ -1363,6 +1371,10 @@ fn the_key_table_names_exactly_the_keys_serde_reads() {
         (
             keys::Section::Delivery,
             account_with("[account.delivery]\nunknown = 1\n"),
+        ),
+        (
+            keys::Section::OAuth,
+            account_with("[account.oauth]\nunknown = 1\n"),
         ),
     ] {
         let mut read = allowed_keys(&text);
@@ -1699,4 +1711,226 @@ async fn inline_and_absent_passwords_resolve_directly() {
         Some(Secret::new("s3cret".to_owned()))
     );
     assert_eq!(PasswordSource::None.resolve("home").await.unwrap(), None);
+}
+
+/// The `[account.oauth]` schema exactly as issue 11 writes it (the
+/// onboarding command and outside tools generate it).
+const OAUTH_SCHEMA: &str = r#"[[account]]
+name = "work"
+protocol = "imap"                      # or "pop3"
+host = "outlook.office365.com"
+username = "alice@contoso.com"
+auth = "xoauth2"                       # or "oauthbearer"; "auto" picks one the server offers when [account.oauth] is present
+deliver = "maildir:~/Mail/work"
+
+[account.oauth]
+provider = "microsoft"                 # microsoft | google | custom
+flow = "device"                        # device | browser | client_credentials
+client_id = "00000000-0000-0000-0000-000000000000"
+client_secret_command = "pass show oauth/work"   # or client_secret / client_secret_file; public clients need none
+tenant = "contoso.onmicrosoft.com"     # microsoft: default "common" (device, browser); required for client_credentials
+# provider = "custom" needs the endpoints (and takes scopes for any provider):
+# token_url = "https://idp.example/token"
+# device_url = "https://idp.example/devicecode"      # flow = "device"
+# auth_url = "https://idp.example/authorize"         # flow = "browser"
+# scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"]
+"#;
+
+fn oauth_of(password: &PasswordSource) -> &crate::oauth::OAuth {
+    match password {
+        PasswordSource::OAuth(oauth) => oauth,
+        other => panic!("not OAuth2: {other:?}"),
+    }
+}
+
+#[test]
+fn the_oauth_schema_of_the_issue_parses_exactly() {
+    let config = parse_ok(OAUTH_SCHEMA);
+    let account = &config.accounts[0];
+    assert_eq!(account.server.auth, AuthMethod::XOAuth2);
+    let oauth = oauth_of(&account.server.password);
+    assert_eq!(oauth.provider, crate::oauth::Provider::Microsoft);
+    assert_eq!(oauth.flow, crate::oauth::Flow::Device);
+    assert_eq!(oauth.client_id, "00000000-0000-0000-0000-000000000000");
+    assert_eq!(
+        oauth.client_secret,
+        PasswordSource::Command("pass show oauth/work".to_owned())
+    );
+    let base = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0";
+    assert_eq!(oauth.token_url, format!("{base}/token"));
+    assert_eq!(oauth.device_url, Some(format!("{base}/devicecode")));
+    assert_eq!(
+        oauth.scopes,
+        [
+            "https://outlook.office.com/IMAP.AccessAsUser.All",
+            "offline_access"
+        ]
+    );
+    assert_eq!(
+        oauth.token_file,
+        config.general.state_dir.join("oauth/work.json")
+    );
+
+    // The commented custom form, uncommented.
+    let custom = OAUTH_SCHEMA
+        .replace("provider = \"microsoft\"", "provider = \"custom\"")
+        .replace("tenant = ", "#tenant = ")
+        .replace("\n# token_url", "\ntoken_url")
+        .replace("\n# device_url", "\ndevice_url")
+        .replace("\n# auth_url", "\nauth_url")
+        .replace("\n# scopes", "\nscopes");
+    let config = parse_ok(&custom);
+    let oauth = oauth_of(&config.accounts[0].server.password);
+    assert_eq!(oauth.token_url, "https://idp.example/token");
+    assert_eq!(
+        oauth.auth_url.as_deref(),
+        Some("https://idp.example/authorize")
+    );
+}
+
+#[test]
+fn oauth_presets_fill_in_flow_tenant_and_scopes() {
+    let config = parse_ok(&account_with(
+        "[account.oauth]\nprovider = \"microsoft\"\nclient_id = \"id\"\n",
+    ));
+    let oauth = oauth_of(&config.accounts[0].server.password);
+    assert_eq!(oauth.flow, crate::oauth::Flow::Device);
+    assert!(oauth.token_url.contains("/common/"), "{}", oauth.token_url);
+    assert_eq!(
+        oauth.scopes[0],
+        "https://outlook.office.com/POP.AccessAsUser.All"
+    );
+    assert_eq!(config.accounts[0].server.auth, AuthMethod::Auto);
+
+    let config = parse_ok(&account_with(
+        "[account.oauth]\nprovider = \"google\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",
+    ));
+    let oauth = oauth_of(&config.accounts[0].server.password);
+    assert_eq!(oauth.flow, crate::oauth::Flow::Browser);
+    assert_eq!(oauth.scopes, ["https://mail.google.com/"]);
+}
+
+#[test]
+fn oauth_mistakes_are_located_and_explained() {
+    let table = |lines: &str| account_with(&format!("[account.oauth]\n{lines}"));
+    for (text, line, key, fragment) in [
+        (
+            account_with("password = \"x\"\n[account.oauth]\nprovider = \"google\"\nclient_id = \"i\"\n"),
+            7,
+            "password",
+            "remove `password`",
+        ),
+        (table("client_id = \"i\"\n"), 7, "oauth.provider", "required"),
+        (table("provider = \"microsoft\"\n"), 7, "oauth.client_id", "required"),
+        (
+            table("provider = \"custom\"\nflow = \"device\"\nclient_id = \"i\"\ntoken_url = \"https://idp/t\"\n"),
+            7,
+            "oauth.device_url",
+            "required with provider = \"custom\" and flow = \"device\"",
+        ),
+        (
+            table("provider = \"custom\"\nflow = \"browser\"\nclient_id = \"i\"\ntoken_url = \"http://idp.example/t\"\nauth_url = \"https://idp/a\"\n"),
+            11,
+            "oauth.token_url",
+            "must be https://",
+        ),
+        (
+            table("provider = \"microsoft\"\nclient_id = \"i\"\ntoken_url = \"https://idp/t\"\n"),
+            10,
+            "oauth.token_url",
+            "set provider = \"custom\"",
+        ),
+        (
+            table("provider = \"google\"\nflow = \"device\"\nclient_id = \"i\"\n"),
+            9,
+            "oauth.flow",
+            "only with flow = \"browser\"",
+        ),
+        (
+            table("provider = \"microsoft\"\nflow = \"client_credentials\"\nclient_id = \"i\"\nclient_secret = \"s\"\n"),
+            7,
+            "oauth.tenant",
+            "required with flow = \"client_credentials\"",
+        ),
+        (
+            table("provider = \"microsoft\"\nflow = \"client_credentials\"\nclient_id = \"i\"\nclient_secret = \"s\"\ntenant = \"common\"\n"),
+            12,
+            "oauth.tenant",
+            "not a generic one",
+        ),
+        (
+            table("provider = \"microsoft\"\nflow = \"client_credentials\"\nclient_id = \"i\"\ntenant = \"t.example\"\n"),
+            7,
+            "oauth.client_secret",
+            "needs the application's secret",
+        ),
+        (
+            table("provider = \"google\"\nclient_id = \"i\"\ntenant = \"t\"\n"),
+            10,
+            "oauth.tenant",
+            "only applies to provider = \"microsoft\"",
+        ),
+        (
+            table("provider = \"google\"\nclient_id = \"i\"\nclient_secret = \"s\"\nclient_secret_command = \"c\"\n"),
+            11,
+            "oauth.client_secret_command",
+            "set only one of client_secret, client_secret_command and client_secret_file",
+        ),
+        (
+            account_with("auth = \"plain\"\n[account.oauth]\nprovider = \"google\"\nclient_id = \"i\"\n"),
+            7,
+            "auth",
+            "cannot send an OAuth2 token",
+        ),
+        (
+            account_with("tls = \"none\"\n[account.oauth]\nprovider = \"google\"\nclient_id = \"i\"\n"),
+            7,
+            "tls",
+            "unencrypted",
+        ),
+        (
+            account_with("[account.delivery]\n[account.delivery.oauth]\nprovider = \"google\"\nclient_id = \"i\"\n")
+                .replace("maildir:~/Mail/home", "lmtp://127.0.0.1"),
+            8,
+            "delivery.oauth",
+            "does not apply",
+        ),
+    ] {
+        assert_config_error(&text, line, key, fragment);
+    }
+}
+
+#[test]
+fn oauth_for_the_delivery_server_and_check_config_hide_the_secrets() {
+    let text = account_with(
+        "[account.oauth]\nprovider = \"google\"\nclient_id = \"id\"\nclient_secret = \"s3cret\"\n\
+         [account.delivery]\nusername = \"alice@gmail.com\"\n\
+         [account.delivery.oauth]\nprovider = \"microsoft\"\nclient_id = \"other\"\n",
+    )
+    .replace("maildir:~/Mail/home", "smtp://smtp.office365.com:587");
+    let config = parse_ok(&text);
+    let server = config.accounts[0].deliver.server().unwrap();
+    let oauth = oauth_of(&server.password);
+    assert_eq!(
+        oauth.scopes,
+        ["https://outlook.office.com/SMTP.Send", "offline_access"]
+    );
+    assert_eq!(
+        oauth.token_file,
+        config.general.state_dir.join("oauth/home.delivery.json")
+    );
+    assert!(config.holds_a_password(), "an inline client secret counts");
+
+    let shown = config.to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("[account.oauth]\nprovider = \"google\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("[account.delivery.oauth]\nprovider = \"microsoft\""),
+        "{shown}"
+    );
+    let reparsed = parse_ok(&shown);
+    assert_eq!(reparsed.to_string(), shown);
 }

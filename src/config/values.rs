@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{AuthMethod, FetchMode, OnReject, Protocol, TlsMode};
+use crate::oauth::{Flow, Provider};
 use crate::percent;
 
 pub(super) fn wrong_type(expected: &str, found: &toml::Value) -> String {
@@ -337,6 +338,22 @@ impl Keyword for AuthMethod {
         ("xoauth2", AuthMethod::XOAuth2),
         ("oauthbearer", AuthMethod::OAuthBearer),
         ("scram-sha-256", AuthMethod::ScramSha256),
+    ];
+}
+
+impl Keyword for Provider {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("microsoft", Provider::Microsoft),
+        ("google", Provider::Google),
+        ("custom", Provider::Custom),
+    ];
+}
+
+impl Keyword for Flow {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("device", Flow::Device),
+        ("browser", Flow::Browser),
+        ("client_credentials", Flow::ClientCredentials),
     ];
 }
 

@@ -136,13 +136,9 @@ impl Session {
             .filter_map(|cap| cap.strip_prefix("AUTH="))
             .collect();
         let login_allowed = !self.caps.contains("LOGINDISABLED");
-        let login = choose_login(
-            server.endpoint.auth,
-            &offered,
-            login_allowed,
-            credentials.may_reveal,
-        )
-        .map_err(|message| self.error(Kind::Auth, &message))?;
+        let method = auth::method_for_secret(server.endpoint.auth, secret, offered.iter().copied());
+        let login = choose_login(method, &offered, login_allowed, credentials.may_reveal)
+            .map_err(|message| self.error(Kind::Auth, &message))?;
         debug!(target: TRACE, "{}: logging in with {}", self.host, login.describe());
         let result = match login {
             Login::Command => self.login_command(username, secret).await,
@@ -223,6 +219,10 @@ impl Session {
                     code,
                     text,
                 } if done == tag => {
+                    let text = match sasl.token_refusal() {
+                        Some(refusal) => format!("{text} (the token was refused: {refusal})"),
+                        None => text,
+                    };
                     if status == Status::Ok {
                         sasl.check_success()
                             .map_err(|err| self.error(err.kind, &err.message))?;

@@ -462,16 +462,14 @@ pub fn read(path: &Path, text: &str, home: &Path) -> Result<Import, Error> {
                 .chain(&server.options)
                 .chain(&user.options)
                 .collect();
-            if let Some(account) = account(
+            let context = Context {
                 path,
-                &mut import,
-                server,
-                user,
-                &settings,
+                home,
                 daemon,
-                netrc.as_deref(),
-                &idfile,
-            ) {
+                netrc: netrc.as_deref(),
+                idfile: &idfile,
+            };
+            if let Some(account) = account(&context, &mut import, server, user, &settings) {
                 import.account.push(account);
             }
         }
@@ -479,17 +477,32 @@ pub fn read(path: &Path, text: &str, home: &Path) -> Result<Import, Error> {
     Ok(import)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every account of one rc file shares.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    path: &'a Path,
+    /// Where `~` points.
+    home: &'a Path,
+    /// `set daemon`, in seconds.
+    daemon: Option<u64>,
+    netrc: Option<&'a str>,
+    idfile: &'a Path,
+}
+
 fn account(
-    path: &Path,
+    context: &Context<'_>,
     import: &mut Import,
     server: &Server,
     user: &User,
     settings: &[&Setting],
-    daemon: Option<u64>,
-    netrc: Option<&str>,
-    idfile: &Path,
 ) -> Option<Account> {
+    let Context {
+        path,
+        home,
+        daemon,
+        netrc,
+        idfile,
+    } = *context;
     let mut account = Account {
         name: server.name.clone(),
         protocol: "pop3",
@@ -582,7 +595,7 @@ fn account(
                 sslproto = Some(value);
                 line_of_tls = line;
             }
-            "sslcertfile" => account.ca_file = Some(expand_tilde(&value, path.parent().unwrap_or(Path::new("/")))),
+            "sslcertfile" => account.ca_file = Some(expand_tilde(&value, home)),
             "sslcertck" if on => {}
             "sslcertck" | "nosslcertck" => import.note(path, line, "certificate checks cannot be turned off in mailfetch; for a self-signed server, pin its certificate with fingerprint = \"sha256:…\" (mailfetch prints it when it refuses the certificate)"),
             "sslfingerprint" => import.note(path, line, format!(

@@ -121,3 +121,20 @@ fn missing_password_still_checks_and_is_noted() {
     assert_eq!(import.account[0].password.as_deref(), Some("s3cret"));
     assert!(import.holds_secrets());
 }
+
+#[test]
+fn a_tilde_in_sslcertfile_is_the_home_directory_not_the_rc_files() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let rc = elsewhere.path().join("rc");
+    fs::write(
+        &rc,
+        "poll imap.example.com proto imap user a password p ssl sslcertfile ~/ca.pem\n",
+    )
+    .unwrap();
+    let import = read(Peer::Fetchmail, &rc, home.path()).unwrap();
+    assert_eq!(
+        import.account[0].ca_file.as_deref(),
+        Some(home.path().join("ca.pem").to_str().unwrap())
+    );
+}

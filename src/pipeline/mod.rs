@@ -34,8 +34,9 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
+use crate::config::{Account, FetchMode, PasswordSource, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
+use crate::oauth::{self, Freshness};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
 use crate::state::{Entry, IDENTITY, MailboxState, last_clean, mailbox_key};
@@ -114,6 +115,37 @@ pub async fn source_server(account: &Account) -> Result<Server, Error> {
     })
 }
 
+/// Logs in to the account's server with `connect`, given the server with
+/// its secret. With OAuth2, a token the server refuses ([`Kind::Auth`]) is
+/// renewed and tried once more: the provider may have revoked it before
+/// its time (a changed password, an admin's action), or the clocks
+/// disagree.
+///
+/// (`connect` takes the server by value rather than as an `AsyncFn` of a
+/// reference, whose future the compiler cannot yet prove `Send`.)
+pub async fn connect_source<T, Attempt>(
+    account: &Account,
+    connect: impl Fn(Server) -> Attempt,
+) -> Result<T, Error>
+where
+    Attempt: Future<Output = Result<T, Error>>,
+{
+    let server = source_server(account).await?;
+    match (&account.server.password, connect(server).await) {
+        (PasswordSource::OAuth(oauth), Err(err)) if err.kind == Kind::Auth => {
+            tracing::info!("{err}; renewing the OAuth2 access token and trying once more");
+            let token = oauth::access_token(oauth, Freshness::Renew).await?;
+            connect(Server {
+                label: format!("account {}", account.name),
+                endpoint: account.server.clone(),
+                secret: Some(token),
+            })
+            .await
+        }
+        (_, result) => result,
+    }
+}
+
 /// Connects to the account's IMAP server and logs in, then identifies
 /// mailfetch (IMAP ID) unless the account says not to.
 pub async fn connect_imap(account: &Account, server: &Server) -> Result<Imap, Error> {
@@ -152,7 +184,8 @@ async fn poll_pop3<K: Sink>(
     let mut report = Report::new(account, None, &sink.describe());
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
-        let mut source = Pop3::connect(&source_server(account).await?).await?;
+        let connect = |server: Server| async move { Pop3::connect(&server).await };
+        let mut source = connect_source(account, connect).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
         let delivery = Delivery {
@@ -181,11 +214,8 @@ async fn poll_imap<K: Sink>(
         .iter()
         .map(|folder| Report::new(account, Some(folder), &sink.describe()))
         .collect();
-    let connected = match source_server(account).await {
-        Ok(server) => connect_imap(account, &server).await,
-        Err(err) => Err(err),
-    };
-    let mut source = match connected {
+    let connect = |server: Server| async move { connect_imap(account, &server).await };
+    let mut source = match connect_source(account, connect).await {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),
     };

@@ -12,6 +12,7 @@ mod shutdown;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,12 +34,51 @@ use worker::*;
 /// within 10 s, systemd's and most supervisors' patience).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
-/// Logs what a poll did: the summary line, and for a login failure a
-/// prominent explanation.
+/// Whether summaries carry their figures as fields (`--log-format json`).
+/// Text logs print an event's fields after its message; there, the one
+/// readable line says it all.
+static SUMMARY_FIELDS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every poll summary carry its figures as fields, named for log
+/// shippers: `account`, `folder`, `new`, `delivered`, `bytes`, `deleted`,
+/// `rejected`, `deferred`, `seconds`, and on failure `error_kind` and
+/// `error`.
+pub fn log_summary_fields() {
+    SUMMARY_FIELDS.store(true, Ordering::Relaxed);
+}
+
+/// Logs what a poll did: the summary line (an error when the poll failed).
 pub(super) fn log_report(report: &Report) {
-    match report.failure() {
-        None => info!("{}", report.summary()),
-        Some(_) => error!("{}", report.summary()),
+    let failure = report.failure();
+    if !SUMMARY_FIELDS.load(Ordering::Relaxed) {
+        match failure {
+            None => info!("{}", report.summary()),
+            Some(_) => error!("{}", report.summary()),
+        }
+        return;
+    }
+    macro_rules! summary {
+        ($level:ident) => {
+            $level!(
+                account = report.account.as_str(),
+                folder = report.folder.as_deref(),
+                new = report.new,
+                delivered = report.delivered,
+                bytes = report.delivered_bytes,
+                deleted = report.deleted,
+                rejected = report.rejected,
+                deferred = report.deferred,
+                seconds = report.elapsed.as_secs_f64(),
+                error_kind = failure.map(Kind::name),
+                error = report.error.as_ref().map(|err| err.message.as_str()),
+                "{}",
+                report.summary()
+            )
+        };
+    }
+    match failure {
+        None => summary!(info),
+        Some(_) => summary!(error),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::pipeline::{self};
 use crate::source::Source;
 use crate::source::imap::Woken;
 use crate::state;
+use crate::wire::Server;
 
 use super::backoff::*;
 use super::log_report;
@@ -196,11 +197,11 @@ impl Worker {
                 () = shutdown.stopped() => return SessionEnd::Stopped,
             }
         };
-        let connected = match pipeline::source_server(&account).await {
-            Ok(server) => pipeline::connect_imap(&account, &server).await,
-            Err(err) => Err(err),
+        let connect = |server: Server| {
+            let account = &account;
+            async move { pipeline::connect_imap(account, &server).await }
         };
-        let mut session = match connected {
+        let mut session = match pipeline::connect_source(&account, connect).await {
             Ok(session) => session,
             Err(err) => return SessionEnd::Failed(err),
         };

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::host::{
     find_binary, fingerprint, fresh_dir, openssl, skip_unless_ci, start_with_retries,
 };
+use crate::oauth_provider::OAuthProvider;
 
 /// Printed (to stderr) when Dovecot is not installed and we are not in CI.
 pub const INSTALL_HINT: &str =
@@ -65,16 +66,26 @@ impl Dovecot {
     /// not installed, unless the `CI` environment variable is set, in which
     /// case it panics: the tests are mandatory there.
     pub fn start() -> Option<Dovecot> {
-        Self::start_in_opt(None)
+        Self::start_in_opt(None, None)
+    }
+
+    /// Like [`Dovecot::start`], with a second passdb that takes OAuth2
+    /// bearer tokens (XOAUTH2, OAUTHBEARER) signed by `provider`. Dovecot
+    /// checks each token itself (`introspection_mode = local`: signature
+    /// with the provider's public key, issuer, expiry), and the login name
+    /// must be the token's `email`; its `%n` (the part before `@`) names
+    /// the user added with [`Dovecot::add_user`].
+    pub fn start_with_oauth2(provider: &OAuthProvider) -> Option<Dovecot> {
+        Self::start_in_opt(None, Some(provider))
     }
 
     /// Like [`Dovecot::start`], but keeps everything in a new temp dir inside
     /// `parent` (e.g. the current directory, to stay off a tmpfs `/tmp`).
     pub fn start_in(parent: &Path) -> Option<Dovecot> {
-        Self::start_in_opt(Some(parent))
+        Self::start_in_opt(Some(parent), None)
     }
 
-    fn start_in_opt(parent: Option<&Path>) -> Option<Dovecot> {
+    fn start_in_opt(parent: Option<&Path>, oauth2: Option<&OAuthProvider>) -> Option<Dovecot> {
         let Some(binary) = find_binary("dovecot") else {
             skip_unless_ci(
                 &format!("dovecot not installed — {INSTALL_HINT}"),
@@ -86,11 +97,15 @@ impl Dovecot {
             panic!("openssl CLI not found (needed for the test CA): {INSTALL_HINT}");
         }
         Some(start_with_retries("Dovecot", || {
-            Self::try_start(&binary, parent)
+            Self::try_start(&binary, parent, oauth2)
         }))
     }
 
-    fn try_start(binary: &Path, parent: Option<&Path>) -> Result<Dovecot, String> {
+    fn try_start(
+        binary: &Path,
+        parent: Option<&Path>,
+        oauth2: Option<&OAuthProvider>,
+    ) -> Result<Dovecot, String> {
         let tmp = fresh_dir("dovecot-", parent)?;
         let dir = tmp.path().to_path_buf();
         // Mail and login processes run as other users when we are root.
@@ -166,6 +181,32 @@ impl Dovecot {
         } else {
             ""
         };
+        let (oauth2_mechanisms, oauth2_passdb) = match oauth2 {
+            Some(provider) => {
+                let oauth2_conf = dir.join("oauth2.conf");
+                fs::write(
+                    &oauth2_conf,
+                    format!(
+                        "introspection_mode = local\n\
+                         local_validation_key_dict = fs:posix:prefix={keys}/\n\
+                         issuers = {issuer}\n\
+                         username_attribute = email\n",
+                        keys = provider.key_dir().display(),
+                        issuer = provider.url(),
+                    ),
+                )
+                .unwrap();
+                fs::set_permissions(&oauth2_conf, fs::Permissions::from_mode(0o644)).unwrap();
+                (
+                    " xoauth2 oauthbearer",
+                    format!(
+                        "passdb {{\n  driver = oauth2\n  args = {}\n}}\n",
+                        oauth2_conf.display()
+                    ),
+                )
+            }
+            None => ("", String::new()),
+        };
         let d = dir.display();
         let conf_text = format!(
             r#"# Private Dovecot for mailfetch tests (generated).
@@ -184,7 +225,7 @@ first_valid_gid = 1
 last_valid_gid = 0
 mail_location = maildir:~/Maildir
 mail_fsync = never
-auth_mechanisms = plain login cram-md5 apop scram-sha-256
+auth_mechanisms = plain login cram-md5 apop scram-sha-256{oauth2_mechanisms}
 auth_verbose = yes
 disable_plaintext_auth = no
 # One passwd-file per user: Dovecot re-reads a passwd-file at most once a
@@ -194,7 +235,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%n {d}/users/%n
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = passwd-file
   args = username_format=%n {d}/users/%n
 }}

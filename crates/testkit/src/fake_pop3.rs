@@ -15,6 +15,9 @@
 //! first one ([`Script::first_only`]), so a second run sees a healthy server.
 
 use std::io::{self, BufRead, Read, Write};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use std::sync::MutexGuard;
 use std::thread;
 use std::time::Duration;
@@ -88,6 +91,13 @@ pub enum Fault {
     EndlessUidl,
 }
 
+/// A token the fake POP3 server takes with XOAUTH2 (as the password of
+/// [`USER`]), the way Microsoft's POP3 does: `SASL XOAUTH2` in CAPA, and
+/// only the two-step form (`AUTH XOAUTH2`, `+`, then the payload); the
+/// one-line form gets `-ERR Protocol error`, and a wrong token the JSON
+/// error challenge, then `-ERR`.
+pub const XOAUTH2_TOKEN: &str = "EwBAA-fake-access-token";
+
 /// How the server behaves.
 #[derive(Clone, Debug)]
 pub struct Script {
@@ -102,7 +112,7 @@ pub struct Script {
 impl Default for Script {
     fn default() -> Script {
         Script {
-            capa: ["USER", "UIDL", "PIPELINING", "STLS", "TOP"]
+            capa: ["USER", "UIDL", "PIPELINING", "STLS", "TOP", "SASL XOAUTH2"]
                 .map(String::from)
                 .to_vec(),
             apop: false,
@@ -331,6 +341,8 @@ impl<'c> Session<'c> {
             }
             ("APOP", false) if self.apop && arg.split(' ').next() == Some(USER) => self.login(),
             ("USER" | "PASS" | "APOP", false) => self.send("-ERR [AUTH] invalid login\r\n"),
+            ("AUTH", false) if arg.eq_ignore_ascii_case("XOAUTH2") => self.xoauth2(),
+            ("AUTH", false) => self.send("-ERR Protocol error. Connection is closed. 10\r\n"),
             ("STLS", false) if self.faults.contains(&Fault::StlsInjection) => {
                 self.send("+OK Begin TLS negotiation\r\n+OK injected\r\n")
             }
@@ -384,6 +396,33 @@ impl<'c> Session<'c> {
             }
             _ => self.send("-ERR unknown command or wrong state\r\n"),
         }
+    }
+
+    /// The second step of Microsoft's XOAUTH2 (see [`XOAUTH2_TOKEN`]).
+    fn xoauth2(&mut self) -> io::Result<Flow> {
+        self.send("+ \r\n")?;
+        let payload = self.read_client_line()?;
+        self.conn.record(&payload);
+        let expected = format!("user={USER}\x01auth=Bearer {XOAUTH2_TOKEN}\x01\x01");
+        if BASE64.decode(payload.trim()).ok().as_deref() == Some(expected.as_bytes()) {
+            return self.login();
+        }
+        let challenge = BASE64.encode(r#"{"status":"400","schemes":"Bearer"}"#);
+        self.send(&format!("+ {challenge}\r\n"))?;
+        let answer = self.read_client_line()?;
+        self.conn.record(&answer);
+        self.send("-ERR Authentication failure: unknown user name or bad password.\r\n")
+    }
+
+    /// One line from the client, without its line end.
+    fn read_client_line(&mut self) -> io::Result<String> {
+        let mut raw = Vec::new();
+        (&mut self.conn.reader)
+            .take(4096)
+            .read_until(b'\n', &mut raw)?;
+        Ok(String::from_utf8_lossy(&raw)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned())
     }
 
     fn login(&mut self) -> io::Result<Flow> {

@@ -81,7 +81,7 @@ impl Default for Script {
                 "8BITMIME",
                 "ENHANCEDSTATUSCODES",
                 "STARTTLS",
-                "AUTH PLAIN LOGIN XOAUTH2",
+                "AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER",
             ]
             .map(String::from)
             .to_vec(),
@@ -425,9 +425,24 @@ impl<'c> Session<'c> {
                 let password = decode(&self.read_line()?.unwrap_or_default());
                 user == USER && password == PASSWORD
             }
-            Some("XOAUTH2") => {
+            // The bearer-token mechanisms take the password as the token,
+            // and answer a wrong one with an error challenge (RFC 7628
+            // §3.2.2), then 535 once the client sent its empty response.
+            Some(bearer @ ("XOAUTH2" | "OAUTHBEARER")) => {
                 let payload = decode(words.get(2).unwrap_or(&""));
-                payload == format!("user={USER}\x01auth=Bearer {PASSWORD}\x01\x01")
+                let ok = if bearer == "XOAUTH2" {
+                    payload == format!("user={USER}\x01auth=Bearer {PASSWORD}\x01\x01")
+                } else {
+                    payload.starts_with(&format!("n,a={USER},\x01"))
+                        && payload.ends_with(&format!("\x01auth=Bearer {PASSWORD}\x01\x01"))
+                };
+                if !ok {
+                    let challenge = r#"{"status":"invalid_token","schemes":"bearer"}"#;
+                    self.send(&format!("334 {}\r\n", BASE64.encode(challenge)))?;
+                    let answer = self.read_line()?.unwrap_or_default();
+                    self.conn.record(&answer);
+                }
+                ok
             }
             _ => {
                 self.send("504 5.5.4 unrecognized mechanism\r\n")?;

@@ -1,12 +1,14 @@
 //! What mailfetch's integration tests, its demo and its benchmark share:
 //! fake POP3, IMAP and SMTP servers on one harness ([`fake_server`]),
-//! private Dovecot and Postfix instances ([`dovecot`], [`postfix`]), and
+//! private Dovecot and Postfix instances ([`dovecot`], [`postfix`]), a
+//! real OAuth2 identity provider ([`oauth_provider`]), and
 //! the one way to run the `mailfetch` binary ([`run`]).
 pub mod dovecot;
 pub mod fake_imap;
 pub mod fake_pop3;
 pub mod fake_server;
 pub mod fake_smtp;
+pub mod oauth_provider;
 pub mod postfix;
 pub mod run;
 

@@ -121,7 +121,9 @@ impl Session {
         let peer = self.conn.peer().to_owned();
         let may_reveal = self.conn.is_tls() || self.conn.is_local() || server.allow_plaintext_auth;
         let offered = &self.capabilities.auth;
-        let mechanism = match server.auth {
+        let method =
+            auth::method_for_secret(server.auth, password, offered.iter().map(String::as_str));
+        let mechanism = match method {
             AuthMethod::Auto => {
                 Mechanism::strongest(offered.iter().map(String::as_str), may_reveal).ok_or_else(
                     || {
@@ -196,9 +198,13 @@ impl Session {
                     }
                 }
                 _ => {
+                    let refusal = sasl
+                        .token_refusal()
+                        .map(|refusal| format!(" (the token was refused: {refusal})"))
+                        .unwrap_or_default();
                     return Err(Error::new(
                         Kind::Auth,
-                        format!("{peer}: AUTH {} failed: {reply}", mechanism.name()),
+                        format!("{peer}: AUTH {} failed: {reply}{refusal}", mechanism.name()),
                     ));
                 }
             }

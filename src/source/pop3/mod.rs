@@ -163,6 +163,8 @@ impl Pop3 {
         let (auth, port) = (server.endpoint.auth, server.endpoint.port);
         let may_reveal = credentials.may_reveal;
         let apop_stamp = codec::apop_timestamp(greeting);
+        let offered = self.caps.sasl.iter().map(String::as_str);
+        let auth = auth::method_for_secret(auth, credentials.secret, offered);
         let plan = choose_login(auth, &self.caps, apop_stamp, may_reveal)
             .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;
         let mut refused = match self.try_login(plan, &credentials, port, apop_stamp).await? {
@@ -255,7 +257,11 @@ impl Pop3 {
     ) -> Result<Status, Error> {
         let mut sasl = SaslDriver::new(mechanism, username, secret.expose(), &self.host, port);
         let name = mechanism.name();
-        let command = match sasl.command_argument(true) {
+        // The bearer-token mechanisms always take two steps (`AUTH XOAUTH2`,
+        // `+`, then the token): Microsoft's POP3 answers the one-line form
+        // with `-ERR Protocol error`, and every server accepts two steps.
+        let inline = !matches!(mechanism, Mechanism::XOAuth2 | Mechanism::OAuthBearer);
+        let command = match sasl.command_argument(inline) {
             Some(argument) => format!("AUTH {name} {argument}"),
             None => format!("AUTH {name}"),
         };
@@ -282,6 +288,12 @@ impl Pop3 {
             self.in_flight -= 1;
             let status =
                 codec::parse_status(&line).ok_or_else(|| self.unexpected("AUTH reply", &line))?;
+            let status = match (status, sasl.token_refusal()) {
+                (Status::Err(text), Some(refusal)) => {
+                    Status::Err(format!("{text} (the token was refused: {refusal})"))
+                }
+                (status, _) => status,
+            };
             if matches!(status, Status::Ok(_)) {
                 sasl.check_success()
                     .map_err(|err| err.context(&self.host))?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use testkit::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script};
+use testkit::fake_pop3::{FakePop3, Fault, Message, PASSWORD, Script, XOAUTH2_TOKEN};
 use testkit::run::{Case, Outcome, RUN_LIMIT, files_in};
 
 /// What these tests read from a [`Case`] against the fake POP3 server.
@@ -721,4 +721,36 @@ fn log_lines_of_a_poll_name_its_account() {
         line.contains(r#""spans":[{"account":"fake","name":"poll"}]"#),
         "{line}"
     );
+}
+
+/// Microsoft's POP3 takes XOAUTH2 only in two steps and answers a bad token
+/// with a JSON challenge: mailfetch sends the command alone, the payload
+/// after the `+`, answers the challenge with an empty line and reports the
+/// status.
+#[test]
+fn xoauth2_takes_two_steps_and_a_refused_token_reports_its_status() {
+    let server = FakePop3::start(messages(1), Script::default());
+    let case = Case::new(&server)
+        .set("auth", "\"xoauth2\"")
+        .set("password", &format!("\"{XOAUTH2_TOKEN}\""));
+    let outcome = case.run();
+    assert_eq!(outcome.code, Some(0), "{outcome:?}");
+    assert_eq!(case.delivered().len(), 1);
+    let commands = &server.sessions()[0];
+    let auth = commands.iter().position(|c| c == "AUTH XOAUTH2");
+    assert!(auth.is_some(), "{commands:?}");
+
+    let expired = Case::new(&server)
+        .set("auth", "\"xoauth2\"")
+        .set("password", "\"expired-token\"");
+    let outcome = expired.run();
+    assert_eq!(outcome.code, Some(3), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("the token was refused: status 400"),
+        "{outcome:?}"
+    );
+    assert!(!outcome.stderr.contains("expired-token"), "{outcome:?}");
+    // The challenge was answered with an empty line.
+    let commands = &server.sessions()[1];
+    assert!(commands.iter().any(String::is_empty), "{commands:?}");
 }

@@ -403,12 +403,13 @@ async fn bytes_injected_after_the_starttls_reply_are_refused() {
 }
 
 #[tokio::test]
-async fn auth_plain_login_and_xoauth2() {
+async fn auth_plain_login_xoauth2_and_oauthbearer() {
     for (method, mechanism) in [
         (AuthMethod::Auto, "PLAIN"),
         (AuthMethod::Plain, "PLAIN"),
         (AuthMethod::Login, "LOGIN"),
         (AuthMethod::XOAuth2, "XOAUTH2"),
+        (AuthMethod::OAuthBearer, "OAUTHBEARER"),
     ] {
         let server = FakeSmtp::start(Script::default().auth_required());
         let mut t = target(&server, MtaProtocol::Smtp);
@@ -425,6 +426,35 @@ async fn auth_plain_login_and_xoauth2() {
             .find(|l| l.starts_with("AUTH"))
             .unwrap();
         assert!(auth.starts_with(&format!("AUTH {mechanism}")), "{auth}");
+    }
+}
+
+/// A refused token's error challenge is answered with an empty line and
+/// its status reported; the token is not.
+#[tokio::test]
+async fn a_refused_token_reports_the_status_of_the_error_challenge() {
+    for method in [AuthMethod::XOAuth2, AuthMethod::OAuthBearer] {
+        let server = FakeSmtp::start(Script::default().auth_required());
+        let mut t = target(&server, MtaProtocol::Smtp);
+        t.server.username = Some(USER.to_owned());
+        t.server.auth = method;
+        let mut sink = SmtpSink::new(
+            t,
+            Some(Secret::bearer_token("expired-token".to_owned())),
+            vec![RCPT.to_owned()],
+            EnvelopeFrom::ReturnPath,
+            "client.example".to_owned(),
+        );
+        let err = sink.begin().await.err().expect("must fail");
+        assert_eq!(err.kind, Kind::Auth, "{err}");
+        assert!(
+            err.message.contains(
+                "535 5.7.8 bad credentials (the token was refused: status invalid_token)"
+            ),
+            "{err}"
+        );
+        assert!(!err.message.contains("expired-token"), "{err}");
+        assert!(server.transcript().iter().any(String::is_empty));
     }
 }
 

@@ -51,6 +51,11 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             "deliver = {}",
             toml_string(&format!("maildir:{}", escape_path(path)))
         )?,
+        DeliverTarget::Mbox(mbox) => writeln!(
+            f,
+            "deliver = {}",
+            toml_string(&format!("mbox:{}", escape_path(&mbox.path)))
+        )?,
         other => writeln!(f, "deliver = {}", toml_string(&deliver_url(other)))?,
     }
     let to: Vec<String> = account.to.iter().map(|to| toml_string(to)).collect();
@@ -127,7 +132,7 @@ fn write_password(f: &mut fmt::Formatter<'_>, password: &PasswordSource) -> fmt:
     }
 }
 
-/// `deliver` as written in the file (the path of `maildir:` aside).
+/// `deliver` as written in the file (the path of `maildir:` and `mbox:` aside).
 fn deliver_url(target: &DeliverTarget) -> String {
     let tcp = |host: &str, port: u16| {
         if host.contains(':') {
@@ -138,6 +143,7 @@ fn deliver_url(target: &DeliverTarget) -> String {
     };
     match target {
         DeliverTarget::Maildir(path) => format!("maildir:{}", escape_path(path)),
+        DeliverTarget::Mbox(mbox) => format!("mbox:{}", escape_path(&mbox.path)),
         DeliverTarget::Mda(mda) => format!("mda:{}", mda.command),
         DeliverTarget::Mta(mta) => match (&mta.address, mta.protocol) {
             (MtaAddress::Unix(path), _) => format!("lmtp:{}", escape_path(path)),
@@ -170,6 +176,10 @@ fn deliver_url(target: &DeliverTarget) -> String {
 fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Result {
     let server = match target {
         DeliverTarget::Maildir(_) => return Ok(()),
+        DeliverTarget::Mbox(mbox) => {
+            writeln!(f, "[account.delivery]")?;
+            return writeln!(f, "timeout = \"{}\"", format_duration(mbox.lock_timeout));
+        }
         DeliverTarget::Mda(mda) => {
             writeln!(f, "[account.delivery]")?;
             return writeln!(f, "timeout = \"{}\"", format_duration(mda.timeout));

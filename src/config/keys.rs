@@ -28,6 +28,7 @@ pub enum Section {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     Maildir,
+    Mbox,
     Smtp,
     Lmtp,
     Mda,
@@ -59,12 +60,14 @@ const IMAP_ONLY: AppliesTo = AppliesTo::Protocols(&[Protocol::Imap]);
 /// The delivery targets that talk to a server over the network.
 const SERVERS: AppliesTo =
     AppliesTo::Destinations(&[Destination::Smtp, Destination::Lmtp, Destination::Imap]);
-/// The delivery targets with a time limit: servers, and an MDA's run.
-const SERVERS_AND_MDA: AppliesTo = AppliesTo::Destinations(&[
+/// The delivery targets with a time limit: servers, an MDA's run, and
+/// the wait for an mbox's locks.
+const WITH_TIMEOUT: AppliesTo = AppliesTo::Destinations(&[
     Destination::Smtp,
     Destination::Lmtp,
     Destination::Mda,
     Destination::Imap,
+    Destination::Mbox,
 ]);
 const IMAP_DELIVERY: AppliesTo = AppliesTo::Destinations(&[Destination::Imap]);
 
@@ -108,7 +111,7 @@ pub const KEYS: &[Key] = &[
     key("auth", Account, All, "The login mechanism, or \"auto\"."),
     key("allow_plaintext_auth", Account, All, "Accept sending the password unencrypted."),
     key("keep", Account, All, "Leave fetched messages on the server."),
-    key("deliver", Account, All, "Where mail goes: maildir:, smtp://, lmtp:, mda:, imap://."),
+    key("deliver", Account, All, "Where mail goes: maildir:, mbox:, smtp://, lmtp:, mda:, imap://."),
     key("to", Account, All, "The envelope recipients."),
     key("envelope_from", Account, All, "The envelope sender: \"return-path\" or an address."),
     key("on_reject", Account, All, "What to do with a refused message: keep, bounce, delete."),
@@ -133,7 +136,7 @@ pub const KEYS: &[Key] = &[
     key("password_file", Delivery, SERVERS, "A private file whose first line is that password."),
     key("auth", Delivery, SERVERS, "The login mechanism for the delivery server."),
     key("allow_plaintext_auth", Delivery, SERVERS, "Accept sending that password unencrypted."),
-    key("timeout", Delivery, SERVERS_AND_MDA, "How long to wait for the delivery server, or for an MDA per message."),
+    key("timeout", Delivery, WITH_TIMEOUT, "How long to wait for the delivery server, an MDA per message, or an mbox's locks."),
     key("seen", Delivery, IMAP_DELIVERY, "IMAP delivery: flag appended messages \\Seen."),
 ];
 

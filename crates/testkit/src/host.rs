@@ -37,6 +37,16 @@ pub(crate) fn skip_unless_ci(problem: &str, tests: &str) {
     eprintln!();
 }
 
+/// A program the `tests` need (python3, procmail's formail): its path, or
+/// `None` after a SKIPPED banner (a panic in CI).
+pub fn required_tool(name: &str, tests: &str) -> Option<PathBuf> {
+    let found = find_binary(name);
+    if found.is_none() {
+        skip_unless_ci(&format!("`{name}` is not installed"), tests);
+    }
+    found
+}
+
 /// Starts a server with `try_start` up to three times. Its ports are
 /// picked by binding to port 0 and released before the server binds them,
 /// so another process may grab one in between.

@@ -3,6 +3,7 @@ mod daemon_dovecot;
 mod imap_append_e2e;
 mod imap_dovecot;
 mod imap_faults;
+mod mbox_e2e;
 mod mda_e2e;
 mod pop3_dovecot;
 mod pop3_faults;

@@ -22,10 +22,11 @@ use crate::config::AuthMethod;
 use crate::error::{Error, Kind};
 
 /// Why a method that puts the password on the wire is not used over an
-/// unencrypted link, and what the user can do about it.
+/// unencrypted link, and what the user can do about it. One wording for
+/// every protocol, source and destination alike.
 pub fn reveal_refusal(method: &str) -> String {
     format!(
-        "refusing to send the password with {method} over an unencrypted connection; \
+        "refusing to send the password in the clear with {method} over an unencrypted connection; \
          use tls = \"starttls\" or \"implicit\", or set allow_plaintext_auth = true if you accept the risk"
     )
 }
@@ -289,6 +290,100 @@ impl fmt::Debug for SaslSession {
             .field("mechanism", &self.mechanism)
             .field("complete", &self.is_complete())
             .finish_non_exhaustive()
+    }
+}
+
+/// The wire side of a SASL exchange, which POP3 (`AUTH`), IMAP
+/// (`AUTHENTICATE`) and SMTP (`AUTH`) share: base64 both ways, `=` for an
+/// empty initial response, an initial response that waits for the first
+/// challenge when the command cannot carry it, `*` to cancel, and no trust
+/// in a success reply that comes before the mechanism is complete. Each
+/// protocol only recognises challenges and the final reply in its own
+/// replies, and adds its server's name to errors.
+pub struct SaslDriver {
+    session: SaslSession,
+    /// The initial response, when the command did not carry it: the
+    /// server's first (empty) challenge is answered with it.
+    held_initial: Option<Vec<u8>>,
+}
+
+/// The line that cancels an exchange (RFC 4422 §3.5 in each protocol).
+pub const SASL_CANCEL: &str = "*";
+
+impl SaslDriver {
+    /// Starts an exchange; the arguments are those of [`SaslSession::new`].
+    pub fn new(
+        mechanism: Mechanism,
+        username: &str,
+        secret: &str,
+        host: &str,
+        port: u16,
+    ) -> SaslDriver {
+        SaslDriver {
+            session: SaslSession::new(mechanism, username, secret, host, port),
+            held_initial: None,
+        }
+    }
+
+    pub fn mechanism(&self) -> Mechanism {
+        self.session.mechanism
+    }
+
+    /// The command's argument after the mechanism name: the base64 initial
+    /// response (`=` when it is empty), if the mechanism has one and
+    /// `inline` (the server takes initial responses: SASL-IR in IMAP, always
+    /// in SMTP and POP3). Otherwise the initial response is held for the
+    /// first challenge.
+    pub fn command_argument(&mut self, inline: bool) -> Option<String> {
+        let initial = self.session.initial_response()?;
+        if !inline {
+            self.held_initial = Some(initial);
+            return None;
+        }
+        Some(if initial.is_empty() {
+            "=".to_owned()
+        } else {
+            BASE64.encode(initial)
+        })
+    }
+
+    /// The line (without its line end) answering a challenge whose base64
+    /// text is `challenge`. On an error, send [`SASL_CANCEL`], read the
+    /// server's final reply, and fail with the error.
+    pub fn answer(&mut self, challenge: &[u8]) -> Result<String, Error> {
+        let response = match self.held_initial.take() {
+            Some(initial) => initial,
+            None => {
+                let challenge = BASE64.decode(challenge.trim_ascii()).map_err(|_| {
+                    Error::new(
+                        Kind::Protocol,
+                        format!(
+                            "a {} challenge that is not base64",
+                            self.session.mechanism.name()
+                        ),
+                    )
+                })?;
+                self.session.respond(&challenge)?
+            }
+        };
+        Ok(BASE64.encode(response))
+    }
+
+    /// Checks the server's success reply: a server that claims success
+    /// before the mechanism is complete (for SCRAM: before proving it
+    /// knows the password) is not trusted.
+    pub fn check_success(&self) -> Result<(), Error> {
+        if self.session.is_complete() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Kind::Auth,
+                format!(
+                    "the server accepted {} before proving its identity",
+                    self.session.mechanism.name()
+                ),
+            ))
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //!
 //! The crate is layered so that each protocol is ignorant of the others:
 //!
+//! * [`cli`] defines the command line (flags and subcommands) once.
 //! * [`config`] reads and checks the user's configuration (one table of
-//!   keys, [`config::keys`]); [`permissions`] and [`lock`] guard the files
-//!   mailfetch trusts.
+//!   keys, [`config::keys`]; every server is a [`config::Endpoint`]);
+//!   [`permissions`] and [`lock`] guard the files mailfetch trusts.
 //! * [`scheduler`] polls accounts: concurrently once, or as a daemon with
 //!   intervals, backoff, IMAP IDLE and signals.
 //! * [`pipeline`] runs one poll of one account: list → plan against
@@ -15,10 +16,16 @@
 //! * [`source`] speaks to the server mail is fetched from (POP3, IMAP);
 //!   [`sink`] is where mail goes (Maildir, SMTP/LMTP, MDA, IMAP APPEND).
 //! * [`imap`], [`wire`], [`net`] and [`auth`] are the shared protocol
-//!   plumbing: the IMAP codec and login, buffered I/O with caps and pacing,
-//!   TCP/TLS, and SASL.
+//!   plumbing: the IMAP codec and login, buffered I/O with caps and pacing
+//!   and the server to log in to ([`wire::Server`]), TCP/TLS, and SASL
+//!   (one driver for POP3, IMAP and SMTP).
+//! * Leaf modules hold small values several layers share: [`address`], [`cmdline`],
+//!   [`fingerprint`], [`percent`], [`received`] (the trace header and
+//!   dates), [`error`] (kinds and exit codes).
 
+pub mod address;
 pub mod auth;
+pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod error;
@@ -27,6 +34,7 @@ pub mod imap;
 pub mod lock;
 pub mod net;
 pub mod notify;
+pub mod percent;
 pub mod permissions;
 pub mod pipeline;
 pub mod received;

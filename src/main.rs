@@ -1,8 +1,8 @@
 //! The `mailfetch` command.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use mailfetch::cli::{self, Cli, Command, LogFormat};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
 use mailfetch::lock::StateLock;
@@ -12,188 +12,35 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-const HELP: &str = "\
-mailfetch - fetch mail from POP3 and IMAP servers, never losing a message
-
-Delivers into a Maildir, to an MTA (SMTP, LMTP), to an MDA command or into
-another IMAP server (deliver = \"maildir:…\", \"smtp://…\", \"lmtp:…\",
-\"mda:…\", \"imap://…\"). A message leaves the server only once its
-destination has durably taken it.
-
-USAGE:
-    mailfetch [OPTIONS]
-    mailfetch --daemon [OPTIONS]
-
-Polls every configured account once (or only those named with --account;
-for IMAP, each configured folder), up to max_connections at a time,
-delivers new mail, and exits. With --daemon, keeps polling (and, for
-accounts with idle = true, waiting for mail with IMAP IDLE) until stopped.
-
-OPTIONS:
-    -c, --config FILE    configuration file
-                         [default: $XDG_CONFIG_HOME/mailfetch/fetchrc,
-                          else ~/.config/mailfetch/fetchrc]
-        --account NAME   poll only this account (repeatable)
-        --check-config   validate the configuration, print it with secrets
-                         masked, and exit
-        --daemon         run until stopped: poll every account at its
-                         interval (poll_interval, interval), IDLE where
-                         idle = true; logs to stderr, for journald
-        --log-format F   text (default) or json (one JSON object per line)
-    -v, --verbose        log protocol traces (passwords and AUTH payloads
-                         masked); -vv also logs the TLS library's details
-    -q, --quiet          log only errors
-    -h, --help           print this help
-    -V, --version        print the version
-
-EXIT CODES (as fetchmail's):
-    0   mail was delivered (with several accounts or folders: by any one
-        whose poll completed)
-    1   no new mail
-    2   connection error with the server mail is fetched from (including
-        TLS and certificate failures)
-    3   authentication failed (at the source, or at the IMAP or SMTP
-        server mail is delivered to)
-    4   protocol error
-    5   configuration error
-    6   a file mailfetch trusts is unsafe: the configuration or a password
-        file readable by others, or the configuration (or its directory), a
-        password file or the state directory writable by others or owned
-        by another user
-    7   server error or timeout
-    8   another mailfetch holds the lock on the state directory
-    10  delivery failed: the destination refused a message (it stays on
-        the server unless on_reject says otherwise), or could not be
-        reached or written to
-    23  mailfetch itself could not work: its state or lock file could not
-        be read or written, or a poll crashed
-    A poll that delivered some mail and then failed counts as failed. With
-    several accounts or folders and none of them succeeding with mail, the
-    highest code wins.
-
-DAEMON SIGNALS:
-    SIGTERM, SIGINT  stop: finish or abandon the message in progress (never
-                     delivering part of one, never deleting one that is not
-                     safely delivered), and exit 0 within 10 s
-    SIGHUP           reload the configuration; if the new one is invalid,
-                     log why and keep running the old one
-    SIGUSR1          poll every account now
-    In daemon mode the exit code is 0 after a signal, 5 or 6 for a bad
-    configuration at start-up and 8 if another mailfetch holds the lock.
-
-See fetchrc.example for every configuration key.
-";
-
-struct Args {
-    config: Option<PathBuf>,
-    accounts: Vec<String>,
-    check_config: bool,
-    daemon: bool,
-    json: bool,
-    verbosity: Verbosity,
-}
-
-#[derive(Clone, Copy)]
-enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose,
-    Debug,
-}
-
-impl Verbosity {
-    /// Our own traces at `-v`; other crates' (rustls) only at `-vv`.
-    fn filter(self) -> EnvFilter {
-        EnvFilter::new(match self {
-            Verbosity::Quiet => "error",
-            Verbosity::Normal => "warn,mailfetch=info",
-            Verbosity::Verbose => "warn,mailfetch=debug",
-            Verbosity::Debug => "debug",
-        })
-    }
-}
-
-enum Parsed {
-    Run(Args),
-    Exit(&'static str),
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
-    let mut parsed = Args {
-        config: None,
-        accounts: Vec::new(),
-        check_config: false,
-        daemon: false,
-        json: false,
-        verbosity: Verbosity::Normal,
-    };
-    while let Some(arg) = args.next() {
-        // Accept --option=value as well as --option value.
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "-c" | "--config" => parsed.config = Some(PathBuf::from(value(&name)?)),
-            "--account" => parsed.accounts.push(value(&name)?),
-            "--check-config" => parsed.check_config = true,
-            "--daemon" => parsed.daemon = true,
-            "--log-format" => {
-                parsed.json = match value(&name)?.as_str() {
-                    "text" => false,
-                    "json" => true,
-                    other => {
-                        return Err(format!("--log-format must be text or json, not {other:?}"));
-                    }
-                }
-            }
-            "-v" | "--verbose" => {
-                parsed.verbosity = match parsed.verbosity {
-                    Verbosity::Verbose | Verbosity::Debug => Verbosity::Debug,
-                    _ => Verbosity::Verbose,
-                }
-            }
-            "-vv" => parsed.verbosity = Verbosity::Debug,
-            "-q" | "--quiet" => parsed.verbosity = Verbosity::Quiet,
-            "-h" | "--help" => return Ok(Parsed::Exit(HELP)),
-            "-V" | "--version" => {
-                return Ok(Parsed::Exit(concat!(
-                    "mailfetch ",
-                    env!("CARGO_PKG_VERSION"),
-                    "\n"
-                )));
-            }
-            other => return Err(format!("unknown option {other:?} (see mailfetch --help)")),
-        }
-    }
-    Ok(Parsed::Run(parsed))
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Parsed::Run(args)) => args,
-        Ok(Parsed::Exit(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("mailfetch: {message}");
+    cli::completions::answer();
+    let args = match Cli::from_args() {
+        Ok(args) => args,
+        // --help and --version go to stdout and exit 0; bad usage is a
+        // configuration error for scripts (exit 5).
+        Err(err) if err.use_stderr() => {
+            eprint!("{}", Cli::bad_usage(&err));
             return ExitCode::from(Kind::Config.exit_code() as u8);
         }
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
     };
+    match args.command {
+        None => {}
+        Some(Command::Completions { shell }) => {
+            return print_with(|out| cli::completions::write_script(shell, out));
+        }
+        Some(Command::Man { section }) => {
+            return print_with(|out| cli::man::write_page(section, out));
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(args.verbosity.filter())
+        .with_env_filter(EnvFilter::new(args.verbosity().directive()))
         .with_target(false);
-    if args.json {
+    if args.log_format == LogFormat::Json {
         // Log shippers want the time; journald adds its own to text lines.
         // Each line carries the spans of the poll it belongs to, with
         // their fields (account, folder), under "spans".
@@ -215,7 +62,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<u8, Error> {
+/// Writes what `write` produces to stdout: exit 0, or 23 if stdout fails
+/// (a closed pipe or a full disk must not look like success).
+fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: cannot write to stdout: {err}");
+            ExitCode::from(Kind::Local.exit_code() as u8)
+        }
+    }
+}
+
+fn run(args: &Cli) -> Result<u8, Error> {
     let path = match &args.config {
         Some(path) => path.clone(),
         None => config::default_path().ok_or_else(|| {

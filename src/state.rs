@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Account, Protocol};
 use crate::error::{Error, Kind};
+use crate::percent;
 
 const HEADER: &str = "mailfetch-state 1";
 
@@ -515,33 +516,14 @@ fn partial_record(id: &str, recipients: &[String]) -> String {
 /// `%`, and the characters that start other fields (`#`, `>`), so any
 /// string (an address, a path) fits in the space-separated records.
 pub fn encode_word(text: impl AsRef<[u8]>) -> String {
-    let mut out = String::new();
-    for &byte in text.as_ref() {
-        if byte.is_ascii_graphic() && !b"%>#".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent::encode(text.as_ref(), |byte| {
+        byte.is_ascii_graphic() && !b"%>#".contains(&byte)
+    })
 }
 
 /// Undoes [`encode_word`]; `None` for a malformed escape.
 pub fn decode_word_bytes(word: &str) -> Option<Vec<u8>> {
-    let bytes = word.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    percent::decode(word)
 }
 
 fn decode_word(word: &str) -> Option<String> {
@@ -567,7 +549,9 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 /// folder (a POP3 account has one mailbox; `folder` is ignored). Not the
 /// account's name, so renaming an account keeps what it delivered.
 pub fn mailbox_key(account: &Account, folder: &str) -> String {
-    let server = format!("{}@{}:{}", account.username, account.host, account.port);
+    let endpoint = &account.server;
+    let username = endpoint.username.as_deref().unwrap_or_default();
+    let server = format!("{username}@{}:{}", endpoint.host, endpoint.port);
     match account.protocol {
         Protocol::Pop3 => format!("pop3 {server}"),
         Protocol::Imap => format!("imap {server}/{folder}"),

@@ -3,75 +3,56 @@
 //! timeout on every write, and the STARTTLS upgrade with its injection check.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Account, AuthMethod, Secret, TlsMode};
+use crate::config::{Endpoint, Secret, TlsMode};
 use crate::error::{Error, Kind};
-use crate::fingerprint::Fingerprint;
 use crate::net::{self, Stream, TlsOptions};
 
-/// How to reach a server and log in to it, whatever part of the
-/// configuration describes it (an account's source server, or the IMAP
-/// server mail is delivered to), so that connection and login code is
-/// shared by sources and sinks.
+/// A server to connect and log in to: its endpoint from the
+/// configuration (an account's own server, or the IMAP server mail is
+/// delivered to) and the password, resolved once per poll by the caller,
+/// so that connection and login code is shared by sources and sinks.
 #[derive(Debug, Clone)]
-pub struct ServerSpec {
+pub struct Server {
     /// Names the server's configuration in messages, e.g. `account home`.
     pub label: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
-    /// SHA-256 of the server's end-entity certificate (DER).
-    pub fingerprint: Option<Fingerprint>,
-    pub username: String,
-    pub auth: AuthMethod,
-    pub allow_plaintext_auth: bool,
-    /// How long to wait for the server before giving up.
-    pub timeout: Duration,
+    pub endpoint: Endpoint,
+    pub secret: Option<Secret>,
 }
 
-impl From<&Account> for ServerSpec {
-    fn from(account: &Account) -> ServerSpec {
-        ServerSpec {
-            label: format!("account {}", account.name),
-            host: account.host.clone(),
-            port: account.port,
-            tls: account.tls,
-            ca_file: account.ca_file.clone(),
-            fingerprint: account.fingerprint,
-            username: account.username.clone(),
-            auth: account.auth,
-            allow_plaintext_auth: account.allow_plaintext_auth,
-            timeout: account.timeout,
-        }
-    }
+/// What to log in with.
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub secret: &'a Secret,
+    /// Whether a method that puts the secret on the wire as it is may be
+    /// used: only over TLS, to this machine, or when the user explicitly
+    /// allowed it.
+    pub may_reveal: bool,
 }
 
-impl ServerSpec {
-    /// The password to log in with, and whether a method that puts it on
-    /// the wire may be used: only over TLS, to this machine, or when the
-    /// user explicitly allowed it.
-    pub fn credentials<'a>(
-        &self,
-        secret: Option<&'a Secret>,
-        encrypted: bool,
-    ) -> Result<(&'a Secret, bool), Error> {
-        let secret = secret.ok_or_else(|| {
-            Error::new(
-                Kind::Config,
-                format!(
-                    "{}: no password configured (password, password_command or password_file)",
-                    self.label
-                ),
-            )
+impl Server {
+    /// The credentials to log in with over a link that is `encrypted` or
+    /// not; an error names what the configuration lacks.
+    pub fn credentials(&self, encrypted: bool) -> Result<Credentials<'_>, Error> {
+        let missing = |what: &str| Error::new(Kind::Config, format!("{}: {what}", self.label));
+        let endpoint = &self.endpoint;
+        let username = endpoint
+            .username
+            .as_deref()
+            .ok_or_else(|| missing("no username configured"))?;
+        let secret = self.secret.as_ref().ok_or_else(|| {
+            missing("no password configured (password, password_command or password_file)")
         })?;
         let may_reveal =
-            encrypted || self.allow_plaintext_auth || net::is_loopback_host(&self.host);
-        Ok((secret, may_reveal))
+            encrypted || endpoint.allow_plaintext_auth || net::is_loopback_host(&endpoint.host);
+        Ok(Credentials {
+            username,
+            secret,
+            may_reveal,
+        })
     }
 }
 
@@ -86,13 +67,16 @@ pub struct Wire {
     start: usize,
     end: usize,
     pace: Pace,
+    /// The server's name, which a STARTTLS verifies.
     host: String,
+    /// Names the peer in messages: the host, `host:port`, a socket path.
+    label: String,
 }
 
 impl Wire {
     /// Connects to a server, with TLS from the first byte if configured.
     /// Returns the TLS settings too, for a later STARTTLS.
-    pub async fn open(server: &ServerSpec) -> Result<(Wire, TlsOptions), Error> {
+    pub async fn open(server: &Endpoint) -> Result<(Wire, TlsOptions), Error> {
         let tls = TlsOptions {
             ca_file: server.ca_file.clone(),
             fingerprint: server.fingerprint,
@@ -103,19 +87,27 @@ impl Wire {
             TlsMode::Implicit => net::start_tls(tcp, host, &tls, timeout).await?,
             TlsMode::StartTls | TlsMode::None => Stream::Plain(tcp),
         };
-        let wire = Wire {
+        Ok((Wire::new(stream, host.clone(), host.clone(), timeout), tls))
+    }
+
+    /// A connection opened elsewhere (an MTA's TCP or Unix socket).
+    /// `host` is the name a later STARTTLS verifies, `label` names the
+    /// peer in messages.
+    pub fn new(stream: Stream, host: String, label: String, timeout: Duration) -> Wire {
+        Wire {
             stream,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
             pace: Pace::new(timeout),
-            host: host.clone(),
-        };
-        Ok((wire, tls))
+            host,
+            label,
+        }
     }
 
-    pub fn host(&self) -> &str {
-        &self.host
+    /// What messages call the peer.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Changes how long a read or write may wait; returns the old limit.
@@ -137,14 +129,14 @@ impl Wire {
                 Kind::Protocol,
                 format!(
                     "{}: the server sent data after agreeing to TLS, before the TLS handshake; refusing to continue",
-                    self.host
+                    self.label
                 ),
             ));
         }
         let Stream::Plain(tcp) = self.stream else {
             return Err(Error::new(
                 Kind::Protocol,
-                format!("{}: TLS requested twice", self.host),
+                format!("{}: TLS requested twice", self.label),
             ));
         };
         let stream = net::start_tls(tcp, &self.host, tls, self.pace.timeout()).await?;
@@ -165,7 +157,7 @@ impl Wire {
                 Ok(())
             }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(_) => Err(Stall::Silent(timeout).into_error(&self.host)),
+            Err(_) => Err(Stall::Silent(timeout).into_error(&self.label)),
         }
     }
 
@@ -193,7 +185,7 @@ impl Wire {
                     Kind::Protocol,
                     format!(
                         "{}: the server sent a line longer than {max} bytes",
-                        self.host
+                        self.label
                     ),
                 ));
             }
@@ -265,7 +257,7 @@ impl Wire {
                 Ok(read)
             }
             Ok(Err(err)) => Err(self.lost(err)),
-            Err(stall) => Err(stall.into_error(&self.host)),
+            Err(stall) => Err(stall.into_error(&self.label)),
         }
     }
 
@@ -274,16 +266,31 @@ impl Wire {
         if self.fill().await? == 0 {
             return Err(Error::new(
                 Kind::Connection,
-                format!("{}: the server closed the connection", self.host),
+                format!("{}: the server closed the connection", self.label),
             ));
         }
         Ok(())
     }
 
+    /// Whether the peer spoke or hung up while the session was idle (an
+    /// SMTP 421 on timeout, EOF): such a session is not worth another
+    /// command. Never waits.
+    pub async fn spoke_while_idle(&mut self) -> bool {
+        if self.start != self.end {
+            return true;
+        }
+        // `timeout` polls the read once before looking at the clock, so a
+        // zero timeout is a non-blocking check; a read cut short this way
+        // loses nothing (tokio's reads are cancel-safe).
+        tokio::time::timeout(Duration::ZERO, self.stream.read(&mut self.buf[..]))
+            .await
+            .is_ok()
+    }
+
     fn lost(&self, err: std::io::Error) -> Error {
         Error::new(
             Kind::Connection,
-            format!("{}: connection lost: {err}", self.host),
+            format!("{}: connection lost: {err}", self.label),
         )
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
+use mailfetch::config::{AuthMethod, Endpoint, ImapTarget, PasswordSource, Secret, TlsMode};
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, MessageWriter, Sink};
 use testkit::dovecot::Dovecot;
@@ -26,11 +26,11 @@ async fn a_20_mb_message_is_appended_in_bounded_memory() {
     dovecot.add_user("bob", "big-Pa55");
     let spool = tempfile::tempdir().unwrap();
     let target = ImapTarget {
-        host: "127.0.0.1".into(),
-        port: dovecot.imap_port(),
         folder: "INBOX".into(),
         seen: false,
-        server: DeliveryServer {
+        server: Endpoint {
+            host: "127.0.0.1".into(),
+            port: dovecot.imap_port(),
             tls: TlsMode::None,
             ca_file: None,
             fingerprint: None,

@@ -68,7 +68,7 @@ impl Parser<'_> {
                 } else {
                     MtaProtocol::Smtp
                 };
-                let address = match rest.strip_prefix("//") {
+                let (host, port, socket) = match rest.strip_prefix("//") {
                     Some(authority) => {
                         let (user, host, port) = parse_authority(authority).map_err(fail)?;
                         if user.is_some() {
@@ -82,10 +82,11 @@ impl Parser<'_> {
                             "lmtp" => 24,
                             _ => 25,
                         });
-                        MtaAddress::Tcp { host, port }
+                        (host, port, None)
                     }
                     None if scheme == "lmtp" && rest.starts_with('/') => {
-                        MtaAddress::Unix(self.expand_path(rest).map_err(fail)?)
+                        let socket = self.expand_path(rest).map_err(fail)?;
+                        ("localhost".to_owned(), 0, Some(socket))
                     }
                     None => {
                         return Err(fail(format!(
@@ -98,20 +99,18 @@ impl Parser<'_> {
                         )));
                     }
                 };
-                let default_tls = match (&address, scheme.as_str()) {
-                    (_, "smtps") => TlsMode::Implicit,
-                    (MtaAddress::Unix(_), _) => TlsMode::None,
-                    (MtaAddress::Tcp { host, .. }, _) if is_loopback_host(host) => TlsMode::None,
-                    _ => TlsMode::StartTls,
+                let default_tls = if scheme == "smtps" {
+                    TlsMode::Implicit
+                } else if socket.is_some() || is_loopback_host(&host) {
+                    TlsMode::None
+                } else {
+                    TlsMode::StartTls
                 };
-                let host = match &address {
-                    MtaAddress::Tcp { host, .. } => host.clone(),
-                    MtaAddress::Unix(_) => "localhost".to_owned(),
-                };
-                let server = self.delivery_server(&raw, &scheme, &host, default_tls, None)?;
+                let server =
+                    self.delivery_server(&raw, &scheme, host, |_| port, default_tls, None)?;
                 DeliverTarget::Mta(MtaTarget {
                     protocol,
-                    address,
+                    socket,
                     server,
                 })
             }
@@ -135,21 +134,21 @@ impl Parser<'_> {
                 } else {
                     TlsMode::StartTls
                 };
-                let server = self.delivery_server(&raw, &scheme, &host, default_tls, user)?;
+                let default_port = |tls| match (port, tls) {
+                    (Some(port), _) => port,
+                    (None, TlsMode::Implicit) => 993,
+                    (None, _) => 143,
+                };
+                let server =
+                    self.delivery_server(&raw, &scheme, host, default_port, default_tls, user)?;
                 if server.username.is_none() {
                     return Err(fail(format!(
-                        "IMAP delivery needs a user name: {scheme}://USER@{host}/… or \
-                         `username` in [account.delivery]"
+                        "IMAP delivery needs a user name: {scheme}://USER@{}/… or \
+                         `username` in [account.delivery]",
+                        server.host
                     )));
                 }
-                let port = port.unwrap_or(if server.tls == TlsMode::Implicit {
-                    993
-                } else {
-                    143
-                });
                 DeliverTarget::Imap(ImapTarget {
-                    host,
-                    port,
                     folder,
                     seen: self
                         .optional("delivery.seen", &raw.seen, as_bool)?
@@ -167,15 +166,18 @@ impl Parser<'_> {
         Ok(target)
     }
 
-    /// The keys of `[account.delivery]` that the delivery target uses.
+    /// The server mail is delivered to: `host` from the URL, the port the
+    /// URL gives or the TLS mode implies, and the keys of
+    /// `[account.delivery]` that the delivery target uses.
     fn delivery_server(
         &self,
         raw: &RawDelivery,
         scheme: &str,
-        host: &str,
+        host: String,
+        port: impl FnOnce(TlsMode) -> u16,
         default_tls: TlsMode,
         url_user: Option<String>,
-    ) -> Result<DeliveryServer, Error> {
+    ) -> Result<Endpoint, Error> {
         let tls = self.optional("delivery.tls", &raw.tls, |value| {
             as_str(value).and_then(parse_keyword)
         })?;
@@ -226,7 +228,9 @@ impl Parser<'_> {
         let timeout = self
             .optional("delivery.timeout", &raw.timeout, as_timeout)?
             .unwrap_or(DEFAULT_TIMEOUT);
-        let server = DeliveryServer {
+        let server = Endpoint {
+            port: port(tls),
+            host,
             tls,
             ca_file,
             fingerprint,
@@ -305,7 +309,7 @@ impl Parser<'_> {
             && server.password != PasswordSource::None
             && reveals
             && !allow_plaintext_auth
-            && !is_loopback_host(host)
+            && !is_loopback_host(&server.host)
         {
             let span = raw.tls.as_ref().map_or(0..0, |value| value.span());
             return Err(self.error(
@@ -313,8 +317,9 @@ impl Parser<'_> {
                 "delivery.tls",
                 format!(
                     "with tls = \"none\", the delivery password would travel unencrypted \
-                     to {host}; use tls = \"starttls\" or \"implicit\", or set \
-                     allow_plaintext_auth = true in [account.delivery] if you accept that risk"
+                     to {}; use tls = \"starttls\" or \"implicit\", or set \
+                     allow_plaintext_auth = true in [account.delivery] if you accept that risk",
+                    server.host
                 ),
             ));
         }

@@ -37,13 +37,24 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
     writeln!(f, "[[account]]")?;
     writeln!(f, "name = {}", toml_string(&account.name))?;
     writeln!(f, "protocol = \"{}\"", keyword_name(account.protocol))?;
-    writeln!(f, "host = {}", toml_string(&account.host))?;
-    writeln!(f, "port = {}", account.port)?;
-    write_tls(f, account.tls, &account.ca_file, &account.fingerprint)?;
-    writeln!(f, "username = {}", toml_string(&account.username))?;
-    write_password(f, &account.password)?;
-    writeln!(f, "auth = \"{}\"", keyword_name(account.auth))?;
-    writeln!(f, "allow_plaintext_auth = {}", account.allow_plaintext_auth)?;
+    writeln!(f, "host = {}", toml_string(&account.server.host))?;
+    writeln!(f, "port = {}", account.server.port)?;
+    write_tls(
+        f,
+        account.server.tls,
+        &account.server.ca_file,
+        &account.server.fingerprint,
+    )?;
+    if let Some(username) = &account.server.username {
+        writeln!(f, "username = {}", toml_string(username))?;
+    }
+    write_password(f, &account.server.password)?;
+    writeln!(f, "auth = \"{}\"", keyword_name(account.server.auth))?;
+    writeln!(
+        f,
+        "allow_plaintext_auth = {}",
+        account.server.allow_plaintext_auth
+    )?;
     writeln!(f, "keep = {}", account.keep)?;
     match &account.deliver {
         DeliverTarget::Maildir(path) => writeln!(
@@ -70,7 +81,11 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
     }
     writeln!(f, "on_reject = \"{}\"", keyword_name(account.on_reject))?;
     writeln!(f, "received_header = {}", account.received_header)?;
-    writeln!(f, "timeout = \"{}\"", format_duration(account.timeout))?;
+    writeln!(
+        f,
+        "timeout = \"{}\"",
+        format_duration(account.server.timeout)
+    )?;
     if let Some(max_size) = account.max_size {
         writeln!(f, "max_size = \"{}\"", format_size(max_size))?;
     }
@@ -134,29 +149,20 @@ fn write_password(f: &mut fmt::Formatter<'_>, password: &PasswordSource) -> fmt:
 
 /// `deliver` as written in the file (the path of `maildir:` and `mbox:` aside).
 fn deliver_url(target: &DeliverTarget) -> String {
-    let tcp = |host: &str, port: u16| {
-        if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        }
-    };
     match target {
         DeliverTarget::Maildir(path) => format!("maildir:{}", escape_path(path)),
         DeliverTarget::Mbox(mbox) => format!("mbox:{}", escape_path(&mbox.path)),
         DeliverTarget::Mda(mda) => format!("mda:{}", mda.command),
-        DeliverTarget::Mta(mta) => match (&mta.address, mta.protocol) {
-            (MtaAddress::Unix(path), _) => format!("lmtp:{}", escape_path(path)),
-            (MtaAddress::Tcp { host, port }, MtaProtocol::Lmtp) => {
-                format!("lmtp://{}", tcp(host, *port))
-            }
-            (MtaAddress::Tcp { host, port }, MtaProtocol::Smtp) => {
+        DeliverTarget::Mta(mta) => match (&mta.socket, mta.protocol) {
+            (Some(path), _) => format!("lmtp:{}", escape_path(path)),
+            (None, MtaProtocol::Lmtp) => format!("lmtp://{}", mta.server.authority()),
+            (None, MtaProtocol::Smtp) => {
                 let scheme = if mta.server.tls == TlsMode::Implicit {
                     "smtps"
                 } else {
                     "smtp"
                 };
-                format!("{scheme}://{}", tcp(host, *port))
+                format!("{scheme}://{}", mta.server.authority())
             }
         },
         DeliverTarget::Imap(imap) => format!(
@@ -166,7 +172,7 @@ fn deliver_url(target: &DeliverTarget) -> String {
             } else {
                 "imap"
             },
-            tcp(&imap.host, imap.port),
+            imap.server.authority(),
             percent_encode(&imap.folder, b"/")
         ),
     }

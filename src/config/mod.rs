@@ -36,7 +36,7 @@
 //! 2. `raw.rs`: its name in its section's struct (a test fails until the
 //!    table and the raw structs agree).
 //! 3. This file: the field on the parsed type (`Account`, `General`,
-//!    `DeliveryServer`, …).
+//!    `Endpoint`, …).
 //! 4. `parse.rs` (or `deliver.rs` for `[account.delivery]`): read it with a
 //!    converter from `values.rs`, and any rule it takes part in in
 //!    `rules.rs`.
@@ -63,11 +63,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::address::Sender;
 use crate::cmdline::CommandLine;
 use crate::error::{Error, Kind};
 pub use crate::fingerprint::Fingerprint;
 use crate::permissions::{check_directory_of, check_unwritable_by_others};
-use crate::sink::envelope::Sender;
 
 use self::parse::Parser;
 
@@ -218,49 +218,59 @@ pub enum MtaProtocol {
     Lmtp,
 }
 
-/// Where an MTA listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MtaAddress {
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    /// A Unix domain socket (LMTP only), e.g. `/run/dovecot/lmtp`.
-    Unix(PathBuf),
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtaTarget {
     pub protocol: MtaProtocol,
-    pub address: MtaAddress,
-    /// TLS, login and timeout, from the account's `[account.delivery]`.
-    pub server: DeliveryServer,
+    /// LMTP over this Unix domain socket (e.g. `/run/dovecot/lmtp`) instead
+    /// of TCP to `server.host` and `server.port`; `server.host` is then
+    /// `localhost`, the name the session greets with.
+    pub socket: Option<PathBuf>,
+    /// Where it listens over TCP, TLS, login and timeout (from the
+    /// account's `[account.delivery]`).
+    pub server: Endpoint,
 }
 
-/// How mailfetch talks to the server it delivers to (SMTP, LMTP, IMAP):
-/// the account's optional `[account.delivery]` table.
+/// A server mailfetch connects and may log in to: an account's own server,
+/// or the SMTP, LMTP or IMAP server mail is delivered to (the account's
+/// `[account.delivery]` table). One type for all of them, so that
+/// connecting, TLS and login are written once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryServer {
-    /// Default: `Implicit` for `smtps://` and `imaps://`; `None` for a Unix
-    /// socket or an MTA on this machine; `StartTls` otherwise.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// Delivery defaults: `Implicit` for `smtps://` and `imaps://`; `None`
+    /// for a Unix socket or an MTA on this machine; `StartTls` otherwise.
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the server's end-entity certificate (DER).
     pub fingerprint: Option<Fingerprint>,
-    /// `None`: no login (SMTP/LMTP); required for IMAP (from the URL or
-    /// the table).
+    /// `None`: no login, as for most SMTP and LMTP servers. Always set for
+    /// an account's own server and an IMAP destination.
     pub username: Option<String>,
     pub password: PasswordSource,
-    /// `Auto`, `Plain`, `Login`, `XOAuth2` for SMTP; any IMAP mechanism for
-    /// IMAP.
+    /// An account's: any method of its protocol. SMTP: `Auto`, `Plain`,
+    /// `Login`, `XOAuth2`.
     pub auth: AuthMethod,
     pub allow_plaintext_auth: bool,
+    /// How long to wait for the server before giving up.
     pub timeout: Duration,
 }
 
-impl DeliveryServer {
-    /// No TLS and no login, as for an MTA on this machine.
-    pub fn unencrypted(timeout: Duration) -> DeliveryServer {
-        DeliveryServer {
+impl Endpoint {
+    /// `HOST:PORT`, with an IPv6 address in brackets, as in a URL.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// An MTA on this machine on `port`: no TLS and no login.
+    pub fn local_mta(port: u16, timeout: Duration) -> Endpoint {
+        Endpoint {
+            host: "localhost".to_owned(),
+            port,
             tls: TlsMode::None,
             ca_file: None,
             fingerprint: None,
@@ -296,13 +306,11 @@ pub struct MdaTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImapTarget {
-    pub host: String,
-    pub port: u16,
     /// The folder to APPEND to, UTF-8, percent-decoded from the URL.
     pub folder: String,
     /// Flag appended messages `\Seen` (`seen` in `[account.delivery]`).
     pub seen: bool,
-    pub server: DeliveryServer,
+    pub server: Endpoint,
 }
 
 /// The envelope sender used for SMTP, LMTP and an MDA's `%F`.
@@ -331,16 +339,8 @@ pub enum OnReject {
 pub struct Account {
     pub name: String,
     pub protocol: Protocol,
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
-    /// SHA-256 of the server's end-entity certificate (DER).
-    pub fingerprint: Option<Fingerprint>,
-    pub username: String,
-    pub password: PasswordSource,
-    pub auth: AuthMethod,
-    pub allow_plaintext_auth: bool,
+    /// The server mail is fetched from, and how to log in to it.
+    pub server: Endpoint,
     pub keep: bool,
     pub deliver: DeliverTarget,
     /// Envelope recipients for SMTP, LMTP and an MDA's `%T`. Default: the
@@ -350,8 +350,6 @@ pub struct Account {
     pub on_reject: OnReject,
     /// Prepend a `Received:` trace header to each delivered message.
     pub received_header: bool,
-    /// How long to wait for the server before giving up.
-    pub timeout: Duration,
     /// IMAP: the folders to fetch from, as written (UTF-8; encoding them
     /// for the server is the protocol's business). Never empty, no
     /// duplicates. `["INBOX"]` for POP3, which has only that mailbox.
@@ -477,7 +475,7 @@ impl Config {
     fn holds_a_password(&self) -> bool {
         self.accounts.iter().any(|account| {
             let delivery_password = account.deliver.server().map(|server| &server.password);
-            [Some(&account.password), delivery_password]
+            [Some(&account.server.password), delivery_password]
                 .into_iter()
                 .flatten()
                 .any(|password| matches!(password, PasswordSource::Inline(_)))
@@ -487,7 +485,7 @@ impl Config {
 
 impl DeliverTarget {
     /// The server mail is delivered to, for targets that log in to one.
-    pub fn server(&self) -> Option<&DeliveryServer> {
+    pub fn server(&self) -> Option<&Endpoint> {
         match self {
             DeliverTarget::Maildir(_) | DeliverTarget::Mbox(_) | DeliverTarget::Mda(_) => None,
             DeliverTarget::Mta(target) => Some(&target.server),

@@ -53,7 +53,7 @@ impl Parser<'_> {
     pub(super) fn check_secrets(&self, raw: &RawFile, config: &Config) -> Result<(), Error> {
         for (raw_account, account) in raw.account.iter().zip(&config.accounts) {
             let fields = raw_account.get_ref();
-            if account.password == PasswordSource::None {
+            if account.server.password == PasswordSource::None {
                 return Err(self.error(
                     raw_account.span(),
                     "password",
@@ -61,11 +61,15 @@ impl Parser<'_> {
                         "account `{}` logs in with auth = \"{}\", which needs a password \
                          (or an OAuth2 token); set password, password_command or password_file",
                         account.name,
-                        keyword_name(account.auth)
+                        keyword_name(account.server.auth)
                     ),
                 ));
             }
-            self.check_password_file("password_file", &fields.password_file, &account.password)?;
+            self.check_password_file(
+                "password_file",
+                &fields.password_file,
+                &account.server.password,
+            )?;
             if let (Some(delivery), Some(server)) = (&fields.delivery, account.deliver.server()) {
                 self.check_password_file(
                     "delivery.password_file",
@@ -110,7 +114,8 @@ impl Parser<'_> {
     ) -> Result<(), Error> {
         match &raw.auth {
             Some(auth)
-                if account.auth == AuthMethod::Apop && account.protocol != Protocol::Pop3 =>
+                if account.server.auth == AuthMethod::Apop
+                    && account.protocol != Protocol::Pop3 =>
             {
                 Err(self.error(
                     auth.span(),
@@ -181,9 +186,12 @@ impl Parser<'_> {
         raw: &RawAccount,
         account: &Account,
     ) -> Result<(), Error> {
-        let needs_token = matches!(account.auth, AuthMethod::XOAuth2 | AuthMethod::OAuthBearer);
+        let needs_token = matches!(
+            account.server.auth,
+            AuthMethod::XOAuth2 | AuthMethod::OAuthBearer
+        );
         let has_token_source = matches!(
-            account.password,
+            account.server.password,
             PasswordSource::Command(_) | PasswordSource::Inline(_)
         );
         match &raw.auth {
@@ -194,7 +202,7 @@ impl Parser<'_> {
                     "auth = \"{}\" sends an OAuth2 access token as the password; set \
                      password_command to a command that prints a fresh token (or \
                      password to a token)",
-                    keyword_name(account.auth)
+                    keyword_name(account.server.auth)
                 ),
             )),
             _ => Ok(()),
@@ -212,10 +220,10 @@ impl Parser<'_> {
         raw: &RawAccount,
         account: &Account,
     ) -> Result<(), Error> {
-        let exposed = account.tls == TlsMode::None
-            && account.auth.reveals_password()
-            && !account.allow_plaintext_auth
-            && !is_loopback_host(&account.host);
+        let exposed = account.server.tls == TlsMode::None
+            && account.server.auth.reveals_password()
+            && !account.server.allow_plaintext_auth
+            && !is_loopback_host(&account.server.host);
         match &raw.tls {
             Some(tls) if exposed => Err(self.error(
                 tls.span(),
@@ -224,8 +232,8 @@ impl Parser<'_> {
                     "with tls = \"none\" and auth = \"{}\", the password would travel \
                      unencrypted to {}; use tls = \"starttls\" or \"implicit\", or set \
                      allow_plaintext_auth = true if you accept that risk",
-                    keyword_name(account.auth),
-                    account.host
+                    keyword_name(account.server.auth),
+                    account.server.host
                 ),
             )),
             _ => Ok(()),
@@ -300,19 +308,20 @@ impl Parser<'_> {
 /// same user on the same server (host names compared case-insensitively)
 /// with the same protocol, and for IMAP a folder in common.
 fn shared_mailbox(a: &Account, b: &Account) -> Option<String> {
+    let (a_server, b_server) = (&a.server, &b.server);
     let same_login = a.protocol == b.protocol
-        && a.username == b.username
-        && a.host.eq_ignore_ascii_case(&b.host)
-        && a.port == b.port;
+        && a_server.username == b_server.username
+        && a_server.host.eq_ignore_ascii_case(&b_server.host)
+        && a_server.port == b_server.port;
     if !same_login {
         return None;
     }
     let login = format!(
         "{} {}@{}:{}",
         keyword_name(a.protocol),
-        a.username,
-        a.host,
-        a.port
+        a_server.username.as_deref().unwrap_or_default(),
+        a_server.host,
+        a_server.port
     );
     match a.protocol {
         Protocol::Pop3 => Some(login),

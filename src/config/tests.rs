@@ -110,17 +110,17 @@ deliver = "maildir:~/Mail/home"
     };
     assert_eq!(account.name, "home");
     assert_eq!(account.protocol, Protocol::Pop3);
-    assert_eq!(account.host, "pop.example.com");
-    assert_eq!(account.port, 995);
-    assert_eq!(account.tls, TlsMode::Implicit);
-    assert_eq!(account.ca_file.as_deref(), Some(ca_file.path()));
-    assert_eq!(account.fingerprint, Some(pin_bytes()));
-    assert_eq!(account.username, "alice");
+    assert_eq!(account.server.host, "pop.example.com");
+    assert_eq!(account.server.port, 995);
+    assert_eq!(account.server.tls, TlsMode::Implicit);
+    assert_eq!(account.server.ca_file.as_deref(), Some(ca_file.path()));
+    assert_eq!(account.server.fingerprint, Some(pin_bytes()));
+    assert_eq!(account.server.username.as_deref(), Some("alice"));
     assert_eq!(
-        account.password,
+        account.server.password,
         PasswordSource::Inline(Secret::new("secret".to_owned()))
     );
-    assert_eq!(account.auth, AuthMethod::Auto);
+    assert_eq!(account.server.auth, AuthMethod::Auto);
     assert!(!account.keep);
     assert_eq!(
         account.deliver,
@@ -136,23 +136,23 @@ fn defaults_are_filled_in() {
         Path::new("/home/alice/.local/state/mailfetch")
     );
     let account = &config.accounts[0];
-    assert_eq!(account.port, 995);
-    assert_eq!(account.tls, TlsMode::Implicit);
-    assert_eq!(account.ca_file, None);
-    assert_eq!(account.fingerprint, None);
-    assert_eq!(account.password, PasswordSource::None);
-    assert_eq!(account.auth, AuthMethod::Auto);
-    assert!(!account.allow_plaintext_auth);
+    assert_eq!(account.server.port, 995);
+    assert_eq!(account.server.tls, TlsMode::Implicit);
+    assert_eq!(account.server.ca_file, None);
+    assert_eq!(account.server.fingerprint, None);
+    assert_eq!(account.server.password, PasswordSource::None);
+    assert_eq!(account.server.auth, AuthMethod::Auto);
+    assert!(!account.server.allow_plaintext_auth);
     assert!(!account.keep);
     assert!(account.received_header);
-    assert_eq!(account.timeout, Duration::from_secs(60));
+    assert_eq!(account.server.timeout, Duration::from_secs(60));
 }
 
 #[test]
 fn port_defaults_to_110_without_implicit_tls() {
     for tls in ["starttls", "none", "STARTTLS"] {
         let config = parse_ok(&account_with(&format!("tls = \"{tls}\"\n")));
-        assert_eq!(config.accounts[0].port, 110, "{tls}");
+        assert_eq!(config.accounts[0].server.port, 110, "{tls}");
     }
 }
 
@@ -169,17 +169,17 @@ fn every_key_is_read() {
              timeout = \"15m\"\n",
     );
     let account = &parse_ok(&text).accounts[0];
-    assert_eq!(account.port, 1995);
-    assert_eq!(account.tls, TlsMode::StartTls);
+    assert_eq!(account.server.port, 1995);
+    assert_eq!(account.server.tls, TlsMode::StartTls);
     assert_eq!(
-        account.password,
+        account.server.password,
         PasswordSource::Command("pass show mail/home".to_owned())
     );
-    assert_eq!(account.auth, AuthMethod::CramMd5);
-    assert!(account.allow_plaintext_auth);
+    assert_eq!(account.server.auth, AuthMethod::CramMd5);
+    assert!(account.server.allow_plaintext_auth);
     assert!(account.keep);
     assert!(!account.received_header);
-    assert_eq!(account.timeout, Duration::from_secs(15 * 60));
+    assert_eq!(account.server.timeout, Duration::from_secs(15 * 60));
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn timeouts() {
         ("30", Duration::from_secs(30)),
     ] {
         let config = parse_ok(&account_with(&format!("timeout = {written}\n")));
-        assert_eq!(config.accounts[0].timeout, expected, "{written}");
+        assert_eq!(config.accounts[0].server.timeout, expected, "{written}");
     }
     for (written, fragment) in [
         ("0", "greater than zero"),
@@ -469,7 +469,7 @@ fn paths_are_expanded() {
     assert_eq!(config.general.state_dir, Path::new("/srv/mail/state"));
     let account = &config.accounts[0];
     assert_eq!(
-        account.password,
+        account.server.password,
         PasswordSource::File(PathBuf::from("/home/alice/pass/$HOME"))
     );
     assert_eq!(
@@ -560,8 +560,8 @@ fn imap_account_with(extra: &str) -> String {
 fn imap_defaults() {
     let account = &parse_ok(&imap_account_with("")).accounts[0];
     assert_eq!(account.protocol, Protocol::Imap);
-    assert_eq!(account.port, 993);
-    assert_eq!(account.tls, TlsMode::Implicit);
+    assert_eq!(account.server.port, 993);
+    assert_eq!(account.server.tls, TlsMode::Implicit);
     assert_eq!(account.folders, ["INBOX"]);
     assert_eq!(account.fetch, FetchMode::New);
     assert_eq!(account.max_size, None);
@@ -571,7 +571,7 @@ fn imap_defaults() {
     assert!(!account.keep);
     for tls in ["starttls", "none"] {
         let config = parse_ok(&imap_account_with(&format!("tls = \"{tls}\"\n")));
-        assert_eq!(config.accounts[0].port, 143, "{tls}");
+        assert_eq!(config.accounts[0].server.port, 143, "{tls}");
     }
     // POP3 gets the same defaults, which it has no keys to change.
     let account = &parse_ok(&account_with("")).accounts[0];
@@ -870,7 +870,7 @@ fn imap_auth_methods() {
         "scram-sha-256",
     ] {
         let account = &parse_ok(&imap_account_with(&format!("auth = \"{auth}\"\n"))).accounts[0];
-        assert_eq!(keyword_name(account.auth), auth);
+        assert_eq!(keyword_name(account.server.auth), auth);
     }
     for auth in ["xoauth2", "oauthbearer"] {
         let text = imap_account_with(&format!(
@@ -949,11 +949,8 @@ fn mta_targets_and_their_defaults() {
     };
     assert_eq!(local.protocol, MtaProtocol::Smtp);
     assert_eq!(
-        local.address,
-        MtaAddress::Tcp {
-            host: "localhost".into(),
-            port: 25
-        }
+        (local.server.host.as_str(), local.server.port, local.socket),
+        ("localhost", 25, None)
     );
     assert_eq!(
         local.server.tls,
@@ -984,29 +981,23 @@ fn mta_targets_and_their_defaults() {
     };
     assert_eq!(smtps.server.tls, TlsMode::Implicit);
     assert_eq!(
-        smtps.address,
-        MtaAddress::Tcp {
-            host: "2001:db8::1".into(),
-            port: 465
-        }
+        (smtps.server.host.as_str(), smtps.server.port, smtps.socket),
+        ("2001:db8::1", 465, None)
     );
 
     let DeliverTarget::Mta(socket) = target("lmtp:/run/dovecot/lmtp", "") else {
         panic!("not an MTA")
     };
     assert_eq!(socket.protocol, MtaProtocol::Lmtp);
-    assert_eq!(socket.address, MtaAddress::Unix("/run/dovecot/lmtp".into()));
+    assert_eq!(socket.socket, Some("/run/dovecot/lmtp".into()));
     assert_eq!(socket.server.tls, TlsMode::None);
 
     let DeliverTarget::Mta(lmtp) = target("LMTP://127.0.0.1:2424", "") else {
         panic!("not an MTA")
     };
     assert_eq!(
-        lmtp.address,
-        MtaAddress::Tcp {
-            host: "127.0.0.1".into(),
-            port: 2424
-        }
+        (lmtp.server.host.as_str(), lmtp.server.port, lmtp.socket),
+        ("127.0.0.1", 2424, None)
     );
 }
 
@@ -1029,8 +1020,8 @@ fn mda_and_imap_targets() {
     ) else {
         panic!("not IMAP")
     };
-    assert_eq!(imap.host, "imap.example.org");
-    assert_eq!(imap.port, 143);
+    assert_eq!(imap.server.host, "imap.example.org");
+    assert_eq!(imap.server.port, 143);
     assert_eq!(imap.folder, "Archive/2024/Entwürfe");
     assert_eq!(imap.server.username.as_deref(), Some("me@example.org"));
     assert_eq!(imap.server.tls, TlsMode::StartTls);
@@ -1042,7 +1033,10 @@ fn mda_and_imap_targets() {
     ) else {
         panic!("not IMAP")
     };
-    assert_eq!((imaps.port, imaps.server.tls), (993, TlsMode::Implicit));
+    assert_eq!(
+        (imaps.server.port, imaps.server.tls),
+        (993, TlsMode::Implicit)
+    );
     assert_eq!(imaps.folder, "INBOX");
 }
 
@@ -1350,7 +1344,7 @@ fn the_example_file_parses() {
     assert!(imap.seen);
     let gmail = &config.accounts[3];
     assert_eq!(gmail.protocol, Protocol::Imap);
-    assert_eq!(gmail.port, 993);
+    assert_eq!(gmail.server.port, 993);
     assert_eq!(gmail.folders, ["INBOX", "Lists/rust"]);
     assert!(gmail.keep);
     assert_eq!(gmail.fetch, FetchMode::New);

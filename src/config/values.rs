@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{AuthMethod, FetchMode, OnReject, Protocol, TlsMode};
+use crate::percent;
 
 pub(super) fn wrong_type(expected: &str, found: &toml::Value) -> String {
     let found = found.type_str();
@@ -261,35 +262,17 @@ pub(super) fn parse_authority(
 
 /// Decodes `%XX` escapes (UTF-8), e.g. `Sent%20Items`, `me%40example.org`.
 pub(super) fn percent_decode(text: &str) -> Result<String, String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
-    while let Some((&byte, tail)) = rest.split_first() {
-        if byte == b'%' {
-            let hex = tail
-                .get(..2)
-                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-                .ok_or_else(|| format!("`{text}`: `%` must be followed by two hex digits"))?;
-            bytes.push(hex_value(hex[0]) << 4 | hex_value(hex[1]));
-            rest = &tail[2..];
-        } else {
-            bytes.push(byte);
-            rest = tail;
-        }
-    }
+    let bytes = percent::decode(text)
+        .ok_or_else(|| format!("`{text}`: `%` must be followed by two hex digits"))?;
     String::from_utf8(bytes).map_err(|_| format!("`{text}` does not decode to UTF-8"))
 }
 
-/// Encodes what [`percent_decode`] decodes, for showing a URL.
+/// Encodes what [`percent_decode`] decodes, for showing a URL: all but
+/// the unreserved characters of RFC 3986 and `keep`.
 pub(super) fn percent_encode(text: &str, keep: &[u8]) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for &byte in text.as_bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
+    percent::encode(text.as_bytes(), |byte| {
+        byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte)
+    })
 }
 
 /// A folder name can be anything but empty or holding CR, LF or NUL: a
@@ -398,14 +381,6 @@ pub(super) fn keyword_name<T: Keyword>(value: T) -> &'static str {
 }
 
 /// The value of an ASCII hex digit (already checked to be one).
-fn hex_value(digit: u8) -> u8 {
-    match digit {
-        b'0'..=b'9' => digit - b'0',
-        b'a'..=b'f' => digit - b'a' + 10,
-        _ => digit - b'A' + 10,
-    }
-}
-
 pub(super) fn is_variable_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

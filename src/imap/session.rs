@@ -6,19 +6,17 @@
 
 use std::collections::HashSet;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tracing::{debug, warn};
 
 use super::codec::{
     self, Code, MAX_LINE, MAX_SMALL_LITERAL, Part, Response, ResponseBudget, Status, Untagged,
 };
 use super::utf7;
-use crate::auth::{self, Mechanism, SaslSession};
+use crate::auth::{self, Mechanism, SASL_CANCEL, SaslDriver};
 use crate::config::{AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::TlsOptions;
-use crate::wire::{ServerSpec, Wire};
+use crate::wire::{Server, Wire};
 
 /// Where protocol traces go (`-v`).
 const TRACE: &str = "mailfetch::protocol";
@@ -39,17 +37,18 @@ pub struct Session {
 
 impl Session {
     /// Connects, secures the link as configured and logs in.
-    pub async fn connect(server: &ServerSpec, secret: Option<&Secret>) -> Result<Session, Error> {
-        let (wire, tls) = Wire::open(server).await?;
+    pub async fn connect(server: &Server) -> Result<Session, Error> {
+        let endpoint = &server.endpoint;
+        let (wire, tls) = Wire::open(endpoint).await?;
         let mut session = Session {
             wire,
-            host: server.host.clone(),
+            host: endpoint.host.clone(),
             caps: HashSet::new(),
             next_tag: 1,
             utf8: false,
         };
         let preauth = session.greeting().await?;
-        if server.tls == TlsMode::StartTls {
+        if endpoint.tls == TlsMode::StartTls {
             if preauth {
                 // A PREAUTH session can no longer be upgraded: refusing is
                 // the only safe answer (RFC 9051 §11.2).
@@ -58,7 +57,7 @@ impl Session {
             session = session.start_tls(&tls).await?;
         }
         if !preauth {
-            session.authenticate(server, secret).await?;
+            session.authenticate(server).await?;
         }
         if session.caps.contains("UTF8=ACCEPT") {
             session.simple("ENABLE UTF8=ACCEPT").await?;
@@ -127,12 +126,9 @@ impl Session {
 
     // ---- authentication -------------------------------------------------
 
-    async fn authenticate(
-        &mut self,
-        server: &ServerSpec,
-        secret: Option<&Secret>,
-    ) -> Result<(), Error> {
-        let (secret, may_reveal) = server.credentials(secret, self.wire.is_tls())?;
+    async fn authenticate(&mut self, server: &Server) -> Result<(), Error> {
+        let credentials = server.credentials(self.wire.is_tls())?;
+        let (username, secret) = (credentials.username, credentials.secret);
         self.ensure_caps().await?;
         let offered: Vec<&str> = self
             .caps
@@ -140,13 +136,18 @@ impl Session {
             .filter_map(|cap| cap.strip_prefix("AUTH="))
             .collect();
         let login_allowed = !self.caps.contains("LOGINDISABLED");
-        let login = choose_login(server.auth, &offered, login_allowed, may_reveal)
-            .map_err(|message| self.error(Kind::Auth, &message))?;
+        let login = choose_login(
+            server.endpoint.auth,
+            &offered,
+            login_allowed,
+            credentials.may_reveal,
+        )
+        .map_err(|message| self.error(Kind::Auth, &message))?;
         debug!(target: TRACE, "{}: logging in with {}", self.host, login.describe());
         let result = match login {
-            Login::Command => self.login_command(&server.username, secret).await,
+            Login::Command => self.login_command(username, secret).await,
             Login::Sasl(mechanism) => {
-                self.login_sasl(mechanism, &server.username, secret, server.port)
+                self.login_sasl(mechanism, username, secret, server.endpoint.port)
                     .await
             }
         };
@@ -154,11 +155,7 @@ impl Session {
         if status != Status::Ok {
             return Err(self.error(
                 Kind::Auth,
-                &format!(
-                    "login as {} failed ({}): {text}",
-                    server.username,
-                    login.describe()
-                ),
+                &format!("login as {username} failed ({}): {text}", login.describe()),
             ));
         }
         // Capabilities change after login; the server may have sent them.
@@ -191,67 +188,44 @@ impl Session {
         secret: &Secret,
         port: u16,
     ) -> Result<(Status, Option<Code>, String), Error> {
-        let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
+        let mut sasl = SaslDriver::new(mechanism, username, secret.expose(), &self.host, port);
         let tag = self.tag();
-        let mut command = format!("{tag} AUTHENTICATE {}", mechanism.name());
-        let mut initial = sasl.initial_response();
-        if self.caps.contains("SASL-IR")
-            && let Some(response) = initial.take()
-        {
-            command.push(' ');
-            command.push_str(&if response.is_empty() {
-                "=".to_owned()
-            } else {
-                BASE64.encode(response)
-            });
-        }
-        debug!(target: TRACE, "C: {tag} AUTHENTICATE {} ****", mechanism.name());
+        let name = mechanism.name();
+        let command = match sasl.command_argument(self.caps.contains("SASL-IR")) {
+            Some(argument) => format!("{tag} AUTHENTICATE {name} {argument}"),
+            None => format!("{tag} AUTHENTICATE {name}"),
+        };
+        debug!(target: TRACE, "C: {tag} AUTHENTICATE {name} ****");
         self.wire
             .write_all(format!("{command}\r\n").as_bytes())
             .await?;
         loop {
             match self.read_plain().await? {
-                Response::Continue(challenge) => {
-                    let response = match initial.take() {
-                        // No SASL-IR: the first, empty challenge gets the initial response.
-                        Some(response) => Ok(response),
-                        None => {
-                            let challenge =
-                                BASE64.decode(challenge.trim_ascii()).map_err(|_| {
-                                    self.error(Kind::Protocol, "malformed SASL challenge")
-                                })?;
-                            sasl.respond(&challenge)
-                        }
-                    };
-                    match response {
-                        Ok(response) => {
-                            debug!(target: TRACE, "C: ****");
-                            self.wire
-                                .write_all(format!("{}\r\n", BASE64.encode(response)).as_bytes())
-                                .await?;
-                        }
-                        Err(err) => {
-                            // Cancel so the server ends the exchange cleanly.
-                            self.wire.write_all(b"*\r\n").await?;
-                            let _ = self.finish_tagged(&tag).await;
-                            return Err(err);
-                        }
+                Response::Continue(challenge) => match sasl.answer(&challenge) {
+                    Ok(response) => {
+                        debug!(target: TRACE, "C: ****");
+                        self.wire
+                            .write_all(format!("{response}\r\n").as_bytes())
+                            .await?;
                     }
-                }
+                    Err(err) => {
+                        // Cancel so the server ends the exchange cleanly.
+                        self.wire
+                            .write_all(format!("{SASL_CANCEL}\r\n").as_bytes())
+                            .await?;
+                        let _ = self.finish_tagged(&tag).await;
+                        return Err(self.error(err.kind, &err.message));
+                    }
+                },
                 Response::Tagged {
                     tag: done,
                     status,
                     code,
                     text,
                 } if done == tag => {
-                    if status == Status::Ok && !sasl.is_complete() {
-                        return Err(self.error(
-                            Kind::Auth,
-                            &format!(
-                                "the server accepted {} before proving its identity",
-                                mechanism.name()
-                            ),
-                        ));
+                    if status == Status::Ok {
+                        sasl.check_success()
+                            .map_err(|err| self.error(err.kind, &err.message))?;
                     }
                     return Ok((status, code, text));
                 }

@@ -34,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Account, FetchMode, Protocol, TlsMode};
+use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
@@ -43,8 +43,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::received::{Trace, local_hostname};
 use crate::sink::any::{AnySink, with_sink};
-use crate::source::imap::Imap;
+use crate::source::imap::{After, Imap};
 use crate::source::pop3::Pop3;
+use crate::wire::Server;
 use commit::*;
 use plan::*;
 use reject::*;
@@ -74,9 +75,23 @@ pub fn is_stopping() -> bool {
 /// (and a `folder` span for each IMAP folder), so that each line says which
 /// mailbox it is about while several polls run at once.
 pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
+    poll_folders(account, &account.folders, state_dir).await
+}
+
+/// Polls some of the account's mailboxes: `folders`, a part of its IMAP
+/// folders (POP3 has only its one mailbox, whatever `folders` says).
+pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Path) -> Vec<Report> {
     async {
-        match AnySink::open(account, state_dir).await {
-            Ok(sink) => with_sink!(sink, sink => poll_into(account, state_dir, sink).await),
+        let opened = match AnySink::resolve_secret(account).await {
+            Ok(secret) => {
+                AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret))
+            }
+            Err(failure) => Err(failure),
+        };
+        match opened {
+            Ok((sink, secret)) => with_sink!(sink, sink => {
+                poll_into(account, folders, secret.as_ref(), state_dir, sink).await
+            }),
             Err((destination, err)) => vec![Report::failed(account, &destination, err)],
         }
     }
@@ -84,23 +99,52 @@ pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
     .await
 }
 
-async fn poll_into<K: Sink>(account: &Account, state_dir: &Path, sink: K) -> Vec<Report> {
+/// The account's server, with its password resolved: once per poll (or
+/// per IDLE session), since a password_command may be slow or ask a human.
+pub async fn source_server(account: &Account) -> Result<Server, Error> {
+    Ok(Server {
+        label: format!("account {}", account.name),
+        endpoint: account.server.clone(),
+        secret: account.server.password.resolve(&account.name).await?,
+    })
+}
+
+/// What the IMAP source does with a delivered message.
+pub fn after_delivery(account: &Account) -> After {
+    After::configured(account.keep, account.move_to.as_deref())
+}
+
+async fn poll_into<K: Sink>(
+    account: &Account,
+    folders: &[String],
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    sink: K,
+) -> Vec<Report> {
     match account.protocol {
-        Protocol::Pop3 => vec![poll_pop3(account, state_dir, sink).await],
-        Protocol::Imap => poll_imap(account, state_dir, sink).await,
+        Protocol::Pop3 => vec![poll_pop3(account, delivery_secret, state_dir, sink).await],
+        Protocol::Imap => poll_imap(account, folders, delivery_secret, state_dir, sink).await,
     }
 }
 
-async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Report {
+async fn poll_pop3<K: Sink>(
+    account: &Account,
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    mut sink: K,
+) -> Report {
     let started = Instant::now();
     let mut report = Report::new(account.name.clone(), &sink.describe(), account);
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
-        let secret = account.password.resolve(&account.name).await?;
-        let mut source = Pop3::connect(account, secret.as_ref()).await?;
+        let mut source = Pop3::connect(&source_server(account).await?).await?;
         // On error the session is dropped without QUIT: POP3 then undoes
         // any DELE, and the next poll deletes what was delivered.
-        poll_mailbox(&mut source, &mut sink, account, state, &mut report).await?;
+        let delivery = Delivery {
+            account,
+            secret: delivery_secret,
+        };
+        poll_mailbox(&mut source, &mut sink, delivery, state, &mut report).await?;
         source.finish().await
     }
     .await;
@@ -110,10 +154,15 @@ async fn poll_pop3<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
     report
 }
 
-async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) -> Vec<Report> {
+async fn poll_imap<K: Sink>(
+    account: &Account,
+    folders: &[String],
+    delivery_secret: Option<&Secret>,
+    state_dir: &Path,
+    mut sink: K,
+) -> Vec<Report> {
     let started = Instant::now();
-    let mut reports: Vec<Report> = account
-        .folders
+    let mut reports: Vec<Report> = folders
         .iter()
         .map(|folder| {
             Report::new(
@@ -123,20 +172,24 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             )
         })
         .collect();
-    let secret = match account.password.resolve(&account.name).await {
-        Ok(secret) => secret,
-        Err(err) => return fail_all(reports, err),
+    let connected = match source_server(account).await {
+        Ok(server) => Imap::connect(&server, after_delivery(account)).await,
+        Err(err) => Err(err),
     };
-    let mut source = match Imap::connect(account, secret.as_ref()).await {
+    let mut source = match connected {
         Ok(source) => source,
         Err(err) => return fail_all(reports, err),
+    };
+    let delivery = Delivery {
+        account,
+        secret: delivery_secret,
     };
     // Connecting and logging in count towards the first folder.
     let mut folder_started = started;
     // Nothing is changed in a folder in keep mode without mark_seen.
     let read_only = account.keep && !account.mark_seen;
     let mut broken = None;
-    for (index, folder) in account.folders.iter().enumerate() {
+    for (index, folder) in folders.iter().enumerate() {
         let report = &mut reports[index];
         let span = tracing::info_span!("folder", folder = %folder);
         let state = StateOpening::start(state_dir, mailbox_key(account, folder));
@@ -154,7 +207,7 @@ async fn poll_imap<K: Sink>(account: &Account, state_dir: &Path, mut sink: K) ->
             broken = Some(index);
             break;
         }
-        let result = poll_mailbox(&mut source, &mut sink, account, state, report)
+        let result = poll_mailbox(&mut source, &mut sink, delivery, state, report)
             .instrument(span)
             .await;
         report.elapsed = folder_started.elapsed();
@@ -209,13 +262,21 @@ async fn poll_open_folder(
 ) -> Report {
     let started = Instant::now();
     let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
-    let sink = match AnySink::open(account, state_dir).await {
-        Ok(sink) => sink,
+    let opened = match AnySink::resolve_secret(account).await {
+        Ok(secret) => AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret)),
+        Err(failure) => Err(failure),
+    };
+    let (sink, secret) = match opened {
+        Ok(opened) => opened,
         Err((destination, err)) => {
             report.destination = destination;
             report.error = Some(err);
             return report;
         }
+    };
+    let delivery = Delivery {
+        account,
+        secret: secret.as_ref(),
     };
     let result = with_sink!(sink, mut sink => {
         report.destination = sink.describe();
@@ -224,7 +285,7 @@ async fn poll_open_folder(
             source
                 .select(folder, account.keep && !account.mark_seen)
                 .await?;
-            poll_mailbox(source, &mut sink, account, state, &mut report).await
+            poll_mailbox(source, &mut sink, delivery, state, &mut report).await
         }
         .await;
         sink.close().await;
@@ -233,6 +294,14 @@ async fn poll_open_folder(
     report.error = result.err();
     report.elapsed = started.elapsed();
     report
+}
+
+/// The account a mailbox is polled for, with the password of the server
+/// it delivers to (resolved once per poll), which bounces use too.
+#[derive(Clone, Copy)]
+struct Delivery<'a> {
+    account: &'a Account,
+    secret: Option<&'a Secret>,
 }
 
 fn fail_all(mut reports: Vec<Report>, err: Error) -> Vec<Report> {
@@ -267,10 +336,11 @@ impl StateOpening {
 async fn poll_mailbox<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
-    account: &Account,
+    delivery: Delivery<'_>,
     state: StateOpening,
     report: &mut Report,
 ) -> Result<(), Error> {
+    let account = delivery.account;
     let state_error = |err: std::io::Error| {
         Error::new(Kind::Local, format!("cannot update the state file: {err}"))
     };
@@ -309,7 +379,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
             format!(
                 "{}: the server does not support UIDL, so mailfetch cannot tell old messages from new ones; \
                  keep = true needs UIDL (with keep = false, every message is fetched and deleted)",
-                account.host
+                account.server.host
             ),
         ));
     }
@@ -344,15 +414,15 @@ async fn poll_mailbox<S: Source, K: Sink>(
     }
 
     let trace = Trace {
-        server: &account.host,
+        server: &account.server.host,
         local_host: &local_hostname(),
         protocol: match account.protocol {
             Protocol::Pop3 => "POP3",
             Protocol::Imap => "IMAP",
         },
-        tls: account.tls != TlsMode::None,
+        tls: account.server.tls != TlsMode::None,
         account: &account.name,
-        username: &account.username,
+        username: account.server.username.as_deref().unwrap_or_default(),
     };
     let header = account
         .received_header
@@ -385,7 +455,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
     // Refused messages are settled even when the session broke: once
     // recorded, the next poll deletes them like delivered ones.
     let settled = match committed.state {
-        Some(mut state) => settle_rejections(account, rejections, &mut state, report).await?,
+        Some(mut state) => settle_rejections(delivery, rejections, &mut state, report).await?,
         None => Vec::new(),
     };
     if let Some(err) = error {

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{
-    Account, DeliverTarget, DeliveryServer, MtaAddress, MtaProtocol, MtaTarget, OnReject,
-};
+use crate::config::{DeliverTarget, Endpoint, MtaProtocol, MtaTarget, OnReject};
 use crate::error::Error;
 use crate::sink::Rejection;
 use crate::source::Listed;
@@ -21,14 +19,14 @@ use crate::sink::smtp::send_bounce;
 /// dropped, and durably recorded as done so that no later poll tries them
 /// again. Kept ones are retried at every poll.
 pub(super) async fn settle_rejections(
-    account: &Account,
+    delivery: Delivery<'_>,
     rejections: Vec<(Listed, Rejection)>,
     state: &mut MailboxState,
     report: &mut Report,
 ) -> Result<Vec<u32>, Error> {
     let mut settled = Vec::new();
     for (message, rejection) in rejections {
-        match account.on_reject {
+        match delivery.account.on_reject {
             OnReject::Keep => {
                 tracing::warn!(
                     "{}: message {} left on the server (on_reject = \"keep\"); it is tried again at every poll",
@@ -58,7 +56,7 @@ pub(super) async fn settle_rejections(
                         continue;
                     }
                 };
-                if let Err(err) = bounce(account, sender, &rejection).await {
+                if let Err(err) = bounce(delivery, sender, &rejection).await {
                     tracing::error!(
                         "{}: cannot bounce message {} to <{sender}>, it is left on the server: {err}",
                         report.mailbox,
@@ -97,30 +95,27 @@ pub(super) async fn settle_rejections(
 /// the account's SMTP server when it delivers to one, else through the MTA
 /// of this machine.
 pub(super) async fn bounce(
-    account: &Account,
+    delivery: Delivery<'_>,
     sender: &str,
     rejection: &Rejection,
 ) -> Result<(), Error> {
+    let account = delivery.account;
     let (relay, password) = match &account.deliver {
-        DeliverTarget::Mta(target) if target.protocol == MtaProtocol::Smtp => (
-            target.clone(),
-            target.server.password.resolve(&account.name).await?,
-        ),
-        _ => (local_mta(account.timeout), None),
+        DeliverTarget::Mta(target) if target.protocol == MtaProtocol::Smtp => {
+            (target.clone(), delivery.secret)
+        }
+        _ => (local_mta(account.server.timeout), None),
     };
     let host = local_hostname();
     let message = bounce::compose(rejection, &account.to, &host, SystemTime::now());
-    send_bounce(&relay, password.as_ref(), &host, sender, &message).await
+    send_bounce(&relay, password, &host, sender, &message).await
 }
 
 /// `smtp://localhost`, where bounces go when mail is not delivered by SMTP.
 pub(super) fn local_mta(timeout: Duration) -> MtaTarget {
     MtaTarget {
         protocol: MtaProtocol::Smtp,
-        address: MtaAddress::Tcp {
-            host: "localhost".to_owned(),
-            port: 25,
-        },
-        server: DeliveryServer::unencrypted(timeout),
+        socket: None,
+        server: Endpoint::local_mta(25, timeout),
     }
 }

@@ -207,7 +207,7 @@ impl Sink for VerdictSink {
                 reason: "550 5.1.1 unknown user".into(),
                 sender: capture
                     .return_path()
-                    .filter(|sender| *sender != crate::sink::envelope::Sender::Null)
+                    .filter(|sender| *sender != crate::address::Sender::Null)
                     .map(|sender| sender.address().to_owned()),
                 headers: capture.headers().to_vec(),
             }));
@@ -267,7 +267,14 @@ async fn poll_source(
 ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
     let mut report = Report::new("t".into(), "verdicts", account);
     let state = StateOpening::start(state_dir, "key".to_owned());
-    let result = poll_mailbox(&mut source, &mut sink, account, state, &mut report).await;
+    let result = poll_mailbox(
+        &mut source,
+        &mut sink,
+        without_secret(account),
+        state,
+        &mut report,
+    )
+    .await;
     (source, sink, report, result)
 }
 
@@ -465,9 +472,15 @@ async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
         let mut report = Report::new("t".into(), "recipients", &account);
         let state = StateOpening::start(dir.path(), "key".to_owned());
         let mut sink = sink.clone();
-        poll_mailbox(&mut source, &mut sink, &account, state, &mut report)
-            .await
-            .unwrap();
+        poll_mailbox(
+            &mut source,
+            &mut sink,
+            without_secret(&account),
+            state,
+            &mut report,
+        )
+        .await
+        .unwrap();
         (source.deleted, report)
     };
     for _ in 0..3 {
@@ -499,9 +512,15 @@ async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
     let mut sink = RecipientSink::default();
     let mut report = Report::new("t".into(), "recipients", &account);
     let state = StateOpening::start(dir.path(), "key".to_owned());
-    poll_mailbox(&mut source, &mut sink, &account, state, &mut report)
-        .await
-        .unwrap();
+    poll_mailbox(
+        &mut source,
+        &mut sink,
+        without_secret(&account),
+        state,
+        &mut report,
+    )
+    .await
+    .unwrap();
     assert!(sink.got.lock().unwrap().is_empty());
     assert_eq!(source.deleted, [1]);
 }
@@ -659,4 +678,12 @@ fn a_poll_that_stopped_early_is_a_failure_even_after_deliveries() {
     assert_eq!(report.failure(), Some(Kind::Delivery));
     report.error = Some(Error::new(Kind::Connection, "cut"));
     assert_eq!(report.failure(), Some(Kind::Connection));
+}
+
+/// The account's delivery, with no delivery password.
+fn without_secret(account: &Account) -> Delivery<'_> {
+    Delivery {
+        account,
+        secret: None,
+    }
 }

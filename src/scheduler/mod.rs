@@ -106,7 +106,7 @@ impl Generation {
                     tasks.spawn(worker.clone().idle_loop(folder.clone()));
                 }
             } else {
-                tasks.spawn(worker.poll_loop());
+                tasks.spawn(worker.poll_loop(account.folders.clone()));
             }
         }
         info!(

@@ -21,11 +21,10 @@ use super::backoff::*;
 use super::log_report;
 use super::shutdown::Shutdown;
 
-/// The state keys of the server mailboxes an account polls; two sessions
-/// never work on one of them at once.
-pub(super) fn mailbox_keys(account: &Account) -> Vec<String> {
-    let mut keys: Vec<String> = account
-        .folders
+/// The state keys of the server mailboxes `folders` of an account; two
+/// sessions never work on one of them at once.
+pub(super) fn mailbox_keys(account: &Account, folders: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = folders
         .iter()
         .map(|folder| state::mailbox_key(account, folder))
         .collect();
@@ -80,10 +79,12 @@ impl Worker {
         self.shutdown.sleep(delay).await
     }
 
-    /// Polls the account at its interval until told to stop.
-    pub(super) async fn poll_loop(mut self) {
+    /// Polls `folders` of the account (all of them, or the one whose
+    /// server turned out to have no IDLE) at its interval until told to
+    /// stop.
+    pub(super) async fn poll_loop(mut self, folders: Vec<String>) {
         let mut schedule = Schedule::new(self.interval, POLL_BACKOFF);
-        let keys = mailbox_keys(&self.account);
+        let keys = mailbox_keys(&self.account, &folders);
         loop {
             let reports = {
                 let mut shutdown = self.shutdown.clone();
@@ -96,7 +97,7 @@ impl Worker {
                     held = ready => held,
                     () = shutdown.stopped() => return,
                 };
-                pipeline::poll(&self.account, &self.state_dir).await
+                pipeline::poll_folders(&self.account, &folders, &self.state_dir).await
             };
             for report in &reports {
                 log_report(report);
@@ -125,8 +126,8 @@ impl Worker {
                 "{name}: LOGIN REJECTED by {} for user {}: check the password. mailfetch waits {} \
                  before trying again, so that the server does not lock the account; after fixing \
                  the configuration, reload it (SIGHUP, `systemctl reload mailfetch`)",
-                self.account.host,
-                self.account.username,
+                self.account.server.host,
+                self.account.server.username.as_deref().unwrap_or_default(),
                 human_duration(delay)
             ),
         }
@@ -137,11 +138,7 @@ impl Worker {
     /// server without IDLE gets this folder polled at the interval instead.
     pub(super) async fn idle_loop(mut self, folder: String) {
         let mut schedule = Schedule::new(self.interval, IDLE_BACKOFF);
-        let keys = {
-            let mut one = (*self.account).clone();
-            one.folders = vec![folder.clone()];
-            mailbox_keys(&one)
-        };
+        let keys = mailbox_keys(&self.account, std::slice::from_ref(&folder));
         // The folder is ours for as long as this task runs.
         let guards = {
             let mut shutdown = self.shutdown.clone();
@@ -157,15 +154,11 @@ impl Worker {
                     warn!(
                         "{}: {} does not support IDLE; polling {folder} every {} instead",
                         self.account.name,
-                        self.account.host,
+                        self.account.server.host,
                         human_duration(self.interval)
                     );
-                    let mut account = (*self.account).clone();
-                    account.folders = vec![folder];
-                    account.idle = false;
-                    self.account = Arc::new(account);
                     drop(guards);
-                    return self.poll_loop().await;
+                    return self.poll_loop(vec![folder]).await;
                 }
                 SessionEnd::Failed(err) => err,
             };
@@ -203,15 +196,14 @@ impl Worker {
                 () = shutdown.stopped() => return SessionEnd::Stopped,
             }
         };
-        let secret = match account.password.resolve(&account.name).await {
-            Ok(secret) => secret,
-            Err(err) => return SessionEnd::Failed(err),
+        let connected = match pipeline::source_server(&account).await {
+            Ok(server) => Imap::connect(&server, pipeline::after_delivery(&account)).await,
+            Err(err) => Err(err),
         };
-        let mut session = match Imap::connect(&account, secret.as_ref()).await {
+        let mut session = match connected {
             Ok(session) => session,
             Err(err) => return SessionEnd::Failed(err),
         };
-        drop(secret);
         if !session.has_idle() {
             let _ = session.finish().await;
             return SessionEnd::NoIdle;

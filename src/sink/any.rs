@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::{Account, DeliverTarget, DeliveryServer};
+use crate::config::{Account, DeliverTarget, Secret};
 use crate::error::Error;
 use crate::received::local_hostname;
 use crate::sink::imap_append::ImapAppendSink;
@@ -42,19 +42,34 @@ macro_rules! with_sink {
 pub(crate) use with_sink;
 
 impl AnySink {
-    /// Opens the account's destination; on failure, says what it was.
-    pub(crate) async fn open(
+    /// The password for the server the account delivers to, if it logs in
+    /// to one; on failure, says what that server is. Resolved once per
+    /// poll and handed to [`AnySink::open`] and to bounces.
+    pub(crate) async fn resolve_secret(
+        account: &Account,
+    ) -> Result<Option<Secret>, (String, Error)> {
+        let (server, what) = match &account.deliver {
+            DeliverTarget::Maildir(_) | DeliverTarget::Mbox(_) | DeliverTarget::Mda(_) => {
+                return Ok(None);
+            }
+            DeliverTarget::Mta(target) => (&target.server, "the MTA"),
+            DeliverTarget::Imap(target) => (&target.server, "the IMAP server"),
+        };
+        server
+            .password
+            .resolve(&account.name)
+            .await
+            .map_err(|err| (what.to_owned(), err))
+    }
+
+    /// Opens the account's destination, with the password
+    /// [`AnySink::resolve_secret`] found; on failure, says what it was.
+    pub(crate) fn open(
         account: &Account,
         state_dir: &Path,
+        secret: Option<Secret>,
     ) -> Result<AnySink, (String, Error)> {
         let spool = || state_dir.join("spool");
-        let resolve = async |server: &DeliveryServer, what: &str| {
-            server
-                .password
-                .resolve(&account.name)
-                .await
-                .map_err(|err| (what.to_owned(), err))
-        };
         match &account.deliver {
             DeliverTarget::Maildir(path) => match MaildirSink::open(path) {
                 Ok(sink) => {
@@ -69,30 +84,24 @@ impl AnySink {
                     Err(err) => Err((format!("mbox {}", target.path.display()), err)),
                 }
             }
-            DeliverTarget::Mta(target) => {
-                let password = resolve(&target.server, "the MTA").await?;
-                Ok(AnySink::Smtp(SmtpSink::new(
-                    target.clone(),
-                    password,
-                    account.to.clone(),
-                    account.envelope_from.clone(),
-                    local_hostname(),
-                )))
-            }
+            DeliverTarget::Mta(target) => Ok(AnySink::Smtp(SmtpSink::new(
+                target.clone(),
+                secret,
+                account.to.clone(),
+                account.envelope_from.clone(),
+                local_hostname(),
+            ))),
             DeliverTarget::Mda(target) => Ok(AnySink::Mda(MdaSink::new(
                 target.clone(),
                 account.to.clone(),
                 account.envelope_from.clone(),
                 spool(),
             ))),
-            DeliverTarget::Imap(target) => {
-                let password = resolve(&target.server, "the IMAP server").await?;
-                Ok(AnySink::Imap(Box::new(ImapAppendSink::new(
-                    target.clone(),
-                    password,
-                    spool(),
-                ))))
-            }
+            DeliverTarget::Imap(target) => Ok(AnySink::Imap(Box::new(ImapAppendSink::new(
+                target.clone(),
+                secret,
+                spool(),
+            )))),
         }
     }
 }

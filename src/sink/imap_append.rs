@@ -29,14 +29,15 @@ use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 use tracing::debug;
 
-use super::envelope::{HeaderCapture, Sender};
+use super::envelope::HeaderCapture;
 use super::spool::SpoolFile;
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
+use crate::address::Sender;
 use crate::config::{ImapTarget, Secret};
 use crate::error::{Error, Kind};
 use crate::imap::codec::{Code, Response, Status};
 use crate::imap::session::Session;
-use crate::wire::ServerSpec;
+use crate::wire::Server;
 
 /// Where protocol traces go (`-v`).
 const TRACE: &str = "mailfetch::protocol";
@@ -73,36 +74,18 @@ impl ImapAppendSink {
         }
     }
 
-    fn server(&self) -> Result<ServerSpec, Error> {
-        let delivery = &self.target.server;
-        let username = delivery.username.clone().ok_or_else(|| {
-            Error::new(
-                Kind::Config,
-                format!("{}: no username to log in with", self.describe()),
-            )
-        })?;
-        Ok(ServerSpec {
-            label: format!("delivery server {}", self.target.host),
-            host: self.target.host.clone(),
-            port: self.target.port,
-            tls: delivery.tls,
-            ca_file: delivery.ca_file.clone(),
-            fingerprint: delivery.fingerprint,
-            username,
-            auth: delivery.auth,
-            allow_plaintext_auth: delivery.allow_plaintext_auth,
-            timeout: delivery.timeout,
-        })
-    }
-
     async fn session(&mut self) -> Result<&mut Session, Error> {
         if self.session.is_none() {
-            let server = self.server()?;
+            let server = Server {
+                label: format!("delivery server {}", self.target.server.host),
+                endpoint: self.target.server.clone(),
+                secret: self.password.clone(),
+            };
             // Any trouble reaching the destination is a failed delivery
             // (exit 10), except a refused login, which stays an
             // authentication error so that the daemon backs off long
             // enough not to get the account locked.
-            let session = Session::connect(&server, self.password.as_ref())
+            let session = Session::connect(&server)
                 .await
                 .map_err(|err| match err.kind {
                     Kind::Auth | Kind::Config | Kind::Permissions => err.context("delivery"),
@@ -323,7 +306,7 @@ impl Sink for ImapAppendSink {
             .unwrap_or_default();
         format!(
             "imap {user}{}:{}/{}",
-            self.target.host, self.target.port, self.target.folder
+            self.target.server.host, self.target.server.port, self.target.folder
         )
     }
 
@@ -368,7 +351,7 @@ impl Sink for ImapAppendSink {
         {
             return Ok(rejection(format!(
                 "{}: the message ({size} bytes) is larger than the server accepts (APPENDLIMIT={limit})",
-                self.target.host
+                self.target.server.host
             )));
         }
         let date = original_arrival(writer.capture.headers())
@@ -395,12 +378,12 @@ impl Sink for ImapAppendSink {
                     .simple(&command)
                     .await
                     .map_err(|err| err.context(format!("cannot create the folder {folder:?}")))?;
-                tracing::info!("{}: created the folder {folder:?}", self.target.host);
+                tracing::info!("{}: created the folder {folder:?}", self.target.server.host);
                 continue;
             }
             break answer;
         };
-        let host = &self.target.host;
+        let host = &self.target.server.host;
         let code_name = code.as_ref().map_or("", |c| c.name.as_str());
         match status {
             Status::Ok => Ok(Acceptance::Accepted(Delivered { size })),

@@ -34,11 +34,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ring::digest::{Context, SHA256};
 
-use super::envelope::{HeaderCapture, Sender};
+use super::envelope::HeaderCapture;
 use super::intent::{Intent, Recovered};
 use super::line_ends::ToLf;
 use super::spool::SpoolFile;
 use super::{Acceptance, Committer, MessageWriter, Sink, Staged};
+use crate::address::Sender;
 use crate::config::{EnvelopeFrom, MboxTarget};
 use crate::error::{Error, Kind};
 use crate::state;

@@ -43,10 +43,11 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::envelope::{HeaderCapture, Sender};
+use super::envelope::HeaderCapture;
 use super::line_ends::ToLf;
 use super::spool::SpoolFile;
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
+use crate::address::Sender;
 use crate::config::{EnvelopeFrom, MdaTarget};
 use crate::error::{Error, Kind};
 

@@ -8,20 +8,8 @@ pub use crate::wire;
 
 use std::future::Future;
 
-use crate::config::{Account, Secret};
 use crate::error::Error;
 use crate::sink::MessageWriter;
-
-/// The password to log in with, and whether a method that puts it on the
-/// wire may be used: only over TLS, to this machine, or when the user
-/// explicitly allowed it.
-fn credentials<'a>(
-    account: &Account,
-    secret: Option<&'a Secret>,
-    encrypted: bool,
-) -> Result<(&'a Secret, bool), Error> {
-    wire::ServerSpec::from(account).credentials(secret, encrypted)
-}
 
 /// The most messages a mailbox listing may name. Each listed message costs
 /// memory (see docs/design.md, "What a mailbox costs"); no real mailbox

@@ -51,9 +51,10 @@ use std::sync::Arc;
 
 use self::codec::DataEncoder;
 use self::session::{DataReplies, Envelope, Refusal, Session};
-use super::envelope::{HeaderCapture, Sender};
+use super::envelope::HeaderCapture;
 use super::{Acceptance, AlreadyDurable, Delivered, MessageWriter, Rejection, Sink};
-use crate::config::{EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, Secret};
+use crate::address::{Sender, is_safe_path};
+use crate::config::{EnvelopeFrom, MtaProtocol, MtaTarget, Secret};
 use crate::error::{Error, Kind};
 
 /// Encoded data is handed to the socket in writes of about this size.
@@ -154,12 +155,9 @@ fn describe_target(target: &MtaTarget) -> String {
         MtaProtocol::Smtp => "smtp",
         MtaProtocol::Lmtp => "lmtp",
     };
-    match &target.address {
-        MtaAddress::Tcp { host, port } if host.contains(':') => {
-            format!("{protocol} [{host}]:{port}")
-        }
-        MtaAddress::Tcp { host, port } => format!("{protocol} {host}:{port}"),
-        MtaAddress::Unix(path) => format!("{protocol} {}", path.display()),
+    match &target.socket {
+        Some(path) => format!("{protocol} {}", path.display()),
+        None => format!("{protocol} {}", target.server.authority()),
     }
 }
 
@@ -379,7 +377,7 @@ impl Sink for SmtpSink {
     }
 
     async fn begin_to(&mut self, recipients: &[String]) -> Result<SmtpWriter, Error> {
-        if recipients.is_empty() || !recipients.iter().all(|r| codec::is_safe_path(r)) {
+        if recipients.is_empty() || !recipients.iter().all(|r| is_safe_path(r)) {
             return Err(Error::new(
                 Kind::Config,
                 format!(
@@ -497,7 +495,7 @@ pub async fn send_bounce(
 ) -> Result<(), Error> {
     let description = describe_target(target);
     let fail = |what: String| Error::new(Kind::Delivery, format!("{description}: {what}"));
-    if !codec::is_safe_path(recipient) || recipient.is_empty() {
+    if !is_safe_path(recipient) || recipient.is_empty() {
         return Err(fail(format!(
             "cannot send a bounce to {recipient:?}: not a usable address"
         )));

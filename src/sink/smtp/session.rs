@@ -2,13 +2,10 @@
 //! envelope of each transaction. Message data is the writer's business
 //! (see `mod.rs`); this file only knows commands and replies.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-
 use super::codec::{self, Capabilities, Reply};
 use super::conn::Conn;
-use crate::auth::{Mechanism, SaslSession};
-use crate::config::{AuthMethod, MtaAddress, MtaProtocol, MtaTarget, Secret, TlsMode};
+use crate::auth::{self, Mechanism, SASL_CANCEL, SaslDriver};
+use crate::config::{AuthMethod, MtaProtocol, MtaTarget, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::TlsOptions;
 
@@ -57,7 +54,7 @@ impl Session {
             ca_file: server.ca_file.clone(),
             fingerprint: server.fingerprint,
         };
-        let mut conn = Conn::open(&target.address, server.tls, &tls, server.timeout).await?;
+        let mut conn = Conn::open(server, target.socket.as_deref(), &tls).await?;
         let greeting = conn.read_reply().await?;
         if greeting.code != 220 {
             return Err(Error::new(
@@ -164,58 +161,39 @@ impl Session {
             ));
         }
         if mechanism.reveals_secret() && !may_reveal {
-            return Err(Error::new(
-                Kind::Auth,
-                format!(
-                    "{peer}: refusing to send the password in the clear (AUTH {}) over an unencrypted connection; \
-                     use TLS, or set allow_plaintext_auth = true if you accept that risk",
-                    mechanism.name()
-                ),
-            ));
+            let refusal = auth::reveal_refusal(&format!("AUTH {}", mechanism.name()));
+            return Err(Error::new(Kind::Auth, format!("{peer}: {refusal}")));
         }
-        let (host, port) = match &target.address {
-            MtaAddress::Tcp { host, port } => (host.as_str(), *port),
-            MtaAddress::Unix(_) => ("localhost", 0),
+        let mut sasl = SaslDriver::new(
+            mechanism,
+            username,
+            password.expose(),
+            &server.host,
+            server.port,
+        );
+        let command = match sasl.command_argument(true) {
+            Some(argument) => format!("AUTH {} {argument}\r\n", mechanism.name()),
+            None => format!("AUTH {}\r\n", mechanism.name()),
         };
-        let mut sasl = SaslSession::new(mechanism, username, password.expose(), host, port);
-        let mut command = format!("AUTH {}", mechanism.name());
-        if let Some(initial) = sasl.initial_response() {
-            command.push(' ');
-            if initial.is_empty() {
-                command.push('=');
-            } else {
-                command.push_str(&BASE64.encode(initial));
-            }
-        }
-        command.push_str("\r\n");
         self.conn.send(command.as_bytes(), false).await?;
         loop {
             let reply = self.conn.read_reply().await?;
             match reply.code {
-                235 => {
-                    if !sasl.is_complete() {
-                        return Err(Error::new(
-                            Kind::Auth,
-                            format!(
-                                "{peer}: the server accepted AUTH {} without completing it",
-                                mechanism.name()
-                            ),
-                        ));
-                    }
-                    return Ok(());
-                }
+                235 => return sasl.check_success().map_err(|err| err.context(&peer)),
                 334 => {
-                    let text = reply.lines.first().map(|l| l.trim()).unwrap_or_default();
-                    let challenge = BASE64.decode(text).map_err(|_| {
-                        Error::new(
-                            Kind::Protocol,
-                            format!("{peer}: an AUTH challenge that is not base64"),
-                        )
-                    })?;
-                    let response = sasl.respond(&challenge)?;
-                    let mut line = BASE64.encode(response).into_bytes();
-                    line.extend_from_slice(b"\r\n");
-                    self.conn.send(&line, true).await?;
+                    let challenge = reply.lines.first().map(|l| l.trim()).unwrap_or_default();
+                    let (line, failure) = match sasl.answer(challenge.as_bytes()) {
+                        Ok(response) => (response, None),
+                        Err(err) => (SASL_CANCEL.to_owned(), Some(err)),
+                    };
+                    self.conn
+                        .send(format!("{line}\r\n").as_bytes(), true)
+                        .await?;
+                    if let Some(err) = failure {
+                        // The server ends the cancelled exchange with a 501.
+                        let _ = self.conn.read_reply().await;
+                        return Err(err.context(&peer));
+                    }
                 }
                 _ => {
                     return Err(Error::new(

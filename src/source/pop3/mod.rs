@@ -9,15 +9,13 @@ pub mod codec;
 
 use std::collections::VecDeque;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tracing::{debug, info};
 
 use self::codec::{BodyDecoder, MAX_LINE, Status};
-use super::wire::{ServerSpec, Wire};
+use super::wire::{Credentials, Server, Wire};
 use super::{Listed, Listing, Retrieved, Source};
-use crate::auth::{self, Mechanism, SaslSession};
-use crate::config::{Account, AuthMethod, Secret, TlsMode};
+use crate::auth::{self, Mechanism, SASL_CANCEL, SaslDriver};
+use crate::config::{AuthMethod, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::net::TlsOptions;
 use crate::sink::MessageWriter;
@@ -97,15 +95,16 @@ pub struct Pop3 {
 
 impl Pop3 {
     /// Connects, secures the link as configured and logs in.
-    pub async fn connect(account: &Account, secret: Option<&Secret>) -> Result<Pop3, Error> {
-        let (wire, tls) = Wire::open(&ServerSpec::from(account)).await?;
+    pub async fn connect(server: &Server) -> Result<Pop3, Error> {
+        let endpoint = &server.endpoint;
+        let (wire, tls) = Wire::open(endpoint).await?;
         let mut session = Pop3 {
             wire,
             queued: VecDeque::new(),
             requested: VecDeque::new(),
             in_flight: 0,
             caps: Capabilities::default(),
-            host: account.host.clone(),
+            host: endpoint.host.clone(),
         };
         let greeting = session.read_line().await?;
         let greeting = match codec::parse_status(&greeting) {
@@ -113,17 +112,17 @@ impl Pop3 {
             Some(Status::Err(text)) => {
                 return Err(Error::new(
                     Kind::Server,
-                    format!("{}: server refused the connection: {text}", account.host),
+                    format!("{}: server refused the connection: {text}", endpoint.host),
                 ));
             }
             None => return Err(session.unexpected("greeting", &greeting)),
         };
         session.caps = session.capabilities().await?;
-        if account.tls == TlsMode::StartTls {
+        if endpoint.tls == TlsMode::StartTls {
             session = session.start_tls(&tls).await?;
             session.caps = session.capabilities().await?;
         }
-        session.authenticate(account, secret, &greeting).await?;
+        session.authenticate(server, &greeting).await?;
         Ok(session)
     }
 
@@ -159,17 +158,14 @@ impl Pop3 {
         Ok(Pop3 { wire, ..self })
     }
 
-    async fn authenticate(
-        &mut self,
-        account: &Account,
-        secret: Option<&Secret>,
-        greeting: &str,
-    ) -> Result<(), Error> {
-        let (secret, may_reveal) = super::credentials(account, secret, self.wire.is_tls())?;
+    async fn authenticate(&mut self, server: &Server, greeting: &str) -> Result<(), Error> {
+        let credentials = server.credentials(self.wire.is_tls())?;
+        let (auth, port) = (server.endpoint.auth, server.endpoint.port);
+        let may_reveal = credentials.may_reveal;
         let apop_stamp = codec::apop_timestamp(greeting);
-        let plan = choose_login(account.auth, &self.caps, apop_stamp, may_reveal)
+        let plan = choose_login(auth, &self.caps, apop_stamp, may_reveal)
             .map_err(|message| Error::new(Kind::Auth, format!("{}: {message}", self.host)))?;
-        let mut refused = match self.try_login(plan, account, secret, apop_stamp).await? {
+        let mut refused = match self.try_login(plan, &credentials, port, apop_stamp).await? {
             Status::Ok(_) => return Ok(()),
             Status::Err(text) => text,
         };
@@ -177,12 +173,12 @@ impl Pop3 {
         // the account cannot use. With `auto`, a refused method gets one
         // more try with the next one the rules allow: a wrong password then
         // costs two attempts, not one per method.
-        let fallback = (account.auth == AuthMethod::Auto && worth_another_method(&refused))
+        let fallback = (auth == AuthMethod::Auto && worth_another_method(&refused))
             .then(|| auto_candidates(&self.caps, apop_stamp, may_reveal))
             .and_then(|candidates| candidates.into_iter().skip_while(|l| *l != plan).nth(1));
         let mut tried = plan;
         if let Some(next) = fallback {
-            match self.try_login(next, account, secret, apop_stamp).await? {
+            match self.try_login(next, &credentials, port, apop_stamp).await? {
                 Status::Ok(_) => {
                     info!(
                         "{}: logged in with {} after the server refused {} ({refused})",
@@ -200,7 +196,7 @@ impl Pop3 {
             format!(
                 "{}: login as {} failed ({}): {refused}",
                 self.host,
-                account.username,
+                credentials.username,
                 if tried == plan {
                     plan.describe().to_owned()
                 } else {
@@ -214,26 +210,24 @@ impl Pop3 {
     async fn try_login(
         &mut self,
         plan: Login,
-        account: &Account,
-        secret: &Secret,
+        credentials: &Credentials<'_>,
+        port: u16,
         apop_stamp: Option<&str>,
     ) -> Result<Status, Error> {
+        let (username, secret) = (credentials.username, credentials.secret);
         debug!(target: TRACE, "{}: logging in with {}", self.host, plan.describe());
         match plan {
-            Login::User => self.login_user(&account.username, secret).await,
+            Login::User => self.login_user(username, secret).await,
             Login::Apop => {
                 let stamp = apop_stamp.unwrap_or_default();
                 let digest = auth::apop_digest(stamp, secret.expose());
                 self.simple(
-                    format!("APOP {} {digest}", account.username),
-                    Some(format!("APOP {} ****", account.username)),
+                    format!("APOP {username} {digest}"),
+                    Some(format!("APOP {username} ****")),
                 )
                 .await
             }
-            Login::Sasl(mechanism) => {
-                self.login_sasl(mechanism, &account.username, secret, account.port)
-                    .await
-            }
+            Login::Sasl(mechanism) => self.login_sasl(mechanism, username, secret, port).await,
         }
     }
 
@@ -259,13 +253,13 @@ impl Pop3 {
         secret: &Secret,
         port: u16,
     ) -> Result<Status, Error> {
-        let mut sasl = SaslSession::new(mechanism, username, secret.expose(), &self.host, port);
-        let command = match sasl.initial_response() {
-            Some(initial) if initial.is_empty() => format!("AUTH {} =", mechanism.name()),
-            Some(initial) => format!("AUTH {} {}", mechanism.name(), BASE64.encode(initial)),
-            None => format!("AUTH {}", mechanism.name()),
+        let mut sasl = SaslDriver::new(mechanism, username, secret.expose(), &self.host, port);
+        let name = mechanism.name();
+        let command = match sasl.command_argument(true) {
+            Some(argument) => format!("AUTH {name} {argument}"),
+            None => format!("AUTH {name}"),
         };
-        self.queue(command, Some(format!("AUTH {} ****", mechanism.name())));
+        self.queue(command, Some(format!("AUTH {name} ****")));
         loop {
             self.pump().await?;
             let line = self.read_line().await?;
@@ -273,35 +267,24 @@ impl Pop3 {
                 .strip_prefix(b"+ ")
                 .or_else(|| (line == b"+").then_some(&b""[..]))
             {
-                let challenge = BASE64
-                    .decode(challenge.trim_ascii())
-                    .map_err(|_| self.unexpected("SASL challenge", &line))?;
-                let response = match sasl.respond(&challenge) {
-                    Ok(response) => response,
+                match sasl.answer(challenge) {
+                    Ok(response) => self.send_now(response, Some("****".into())).await?,
                     Err(err) => {
                         // Cancel the exchange so the server ends it cleanly.
-                        self.send_now("*".into(), None).await?;
+                        self.send_now(SASL_CANCEL.into(), None).await?;
                         let _ = self.read_line().await;
                         self.in_flight -= 1;
-                        return Err(err);
+                        return Err(err.context(&self.host));
                     }
-                };
-                self.send_now(BASE64.encode(response), Some("****".into()))
-                    .await?;
+                }
                 continue;
             }
             self.in_flight -= 1;
             let status =
                 codec::parse_status(&line).ok_or_else(|| self.unexpected("AUTH reply", &line))?;
-            if matches!(status, Status::Ok(_)) && !sasl.is_complete() {
-                return Err(Error::new(
-                    Kind::Auth,
-                    format!(
-                        "{}: server accepted {} before proving its identity",
-                        self.host,
-                        mechanism.name()
-                    ),
-                ));
+            if matches!(status, Status::Ok(_)) {
+                sasl.check_success()
+                    .map_err(|err| err.context(&self.host))?;
             }
             return Ok(status);
         }

@@ -1,3 +1,5 @@
+mod command_line;
+mod completions_man;
 mod config_checks;
 mod daemon_dovecot;
 mod imap_append_e2e;

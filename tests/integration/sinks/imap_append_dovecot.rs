@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
+use mailfetch::config::{AuthMethod, Endpoint, ImapTarget, PasswordSource, Secret, TlsMode};
 use mailfetch::error::Kind;
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
@@ -28,11 +28,11 @@ impl Setup {
     fn new(dovecot: &Dovecot, folder: &str) -> Setup {
         Setup {
             target: ImapTarget {
-                host: "127.0.0.1".into(),
-                port: dovecot.imap_port(),
                 folder: folder.into(),
                 seen: false,
-                server: DeliveryServer {
+                server: Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: dovecot.imap_port(),
                     tls: TlsMode::None,
                     ca_file: Some(dovecot.ca_file().to_owned()),
                     fingerprint: None,
@@ -204,7 +204,7 @@ async fn a_missing_folder_is_created_and_non_ascii_names_survive() {
 async fn starttls_and_implicit_tls_verify_the_server() {
     let Some(dovecot) = server() else { return };
     let mut setup = Setup::new(&dovecot, "INBOX");
-    setup.target.host = "localhost".into();
+    setup.target.server.host = "localhost".into();
     setup.target.server.tls = TlsMode::StartTls;
     let mut sink = setup.sink();
     assert!(matches!(
@@ -214,7 +214,7 @@ async fn starttls_and_implicit_tls_verify_the_server() {
     sink.close().await;
 
     setup.target.server.tls = TlsMode::Implicit;
-    setup.target.port = dovecot.imaps_port();
+    setup.target.server.port = dovecot.imaps_port();
     let mut sink = setup.sink();
     assert!(matches!(
         deliver(&mut sink, &message(2, "Tue, 3 Mar 2026 10:00:00 +0100")).await,

@@ -4,7 +4,7 @@
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 
-use mailfetch::config::{AuthMethod, DeliveryServer, ImapTarget, PasswordSource, Secret, TlsMode};
+use mailfetch::config::{AuthMethod, Endpoint, ImapTarget, PasswordSource, Secret, TlsMode};
 use mailfetch::error::Kind;
 use mailfetch::sink::imap_append::ImapAppendSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
@@ -114,11 +114,11 @@ fn serve(conn: &mut Connection<Log>, caps: &str) -> std::io::Result<()> {
 
 fn sink(server: &Server, spool: &tempfile::TempDir) -> ImapAppendSink {
     let target = ImapTarget {
-        host: "127.0.0.1".into(),
-        port: server.port,
         folder: "Archive".into(),
         seen: false,
-        server: DeliveryServer {
+        server: Endpoint {
+            host: "127.0.0.1".into(),
+            port: server.port,
             tls: TlsMode::None,
             ca_file: None,
             fingerprint: None,

@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mailfetch::address::Sender;
 use mailfetch::config::{EnvelopeFrom, MdaTarget};
-use mailfetch::sink::envelope::Sender;
 use mailfetch::sink::mda::MdaSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
 

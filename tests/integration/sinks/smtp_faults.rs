@@ -6,11 +6,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use mailfetch::address::Sender;
 use mailfetch::config::{
-    AuthMethod, DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, Secret, TlsMode,
+    AuthMethod, Endpoint, EnvelopeFrom, MtaProtocol, MtaTarget, Secret, TlsMode,
 };
 use mailfetch::error::{Error, Kind};
-use mailfetch::sink::envelope::Sender;
 use mailfetch::sink::smtp::{SmtpSink, send_bounce};
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink, bounce};
 use testkit::fake_smtp::{FakeSmtp, Fault, PASSWORD, Script, USER};
@@ -20,11 +20,11 @@ const RCPT: &str = "alice@example.test";
 fn target(server: &FakeSmtp, protocol: MtaProtocol) -> MtaTarget {
     MtaTarget {
         protocol,
-        address: MtaAddress::Tcp {
+        socket: None,
+        server: Endpoint {
             host: "127.0.0.1".to_owned(),
-            port: server.port(),
+            ..Endpoint::local_mta(server.port(), Duration::from_secs(10))
         },
-        server: DeliveryServer::unencrypted(Duration::from_secs(10)),
     }
 }
 
@@ -595,10 +595,7 @@ async fn no_password_in_the_clear_to_another_host() {
         (AuthMethod::Plain, true),
     ] {
         let mut t = target(&server, MtaProtocol::Smtp);
-        t.address = MtaAddress::Tcp {
-            host: name.clone(),
-            port: server.port(),
-        };
+        t.server.host = name.clone();
         t.server.username = Some(USER.to_owned());
         t.server.auth = method;
         t.server.allow_plaintext_auth = allow;

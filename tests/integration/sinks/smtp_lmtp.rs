@@ -5,25 +5,42 @@
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
-use mailfetch::config::{DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget};
+use mailfetch::config::{Endpoint, EnvelopeFrom, MtaProtocol, MtaTarget};
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
 use testkit::dovecot::Dovecot;
 
-fn lmtp_target(address: MtaAddress) -> MtaTarget {
+/// Where Dovecot's LMTP listens: a port on 127.0.0.1, or a Unix socket.
+enum Address {
+    Tcp(u16),
+    Unix(PathBuf),
+}
+
+fn lmtp_target(address: Address) -> MtaTarget {
+    let timeout = Duration::from_secs(30);
+    let (server, socket) = match address {
+        Address::Tcp(port) => {
+            let server = Endpoint {
+                host: "127.0.0.1".to_owned(),
+                ..Endpoint::local_mta(port, timeout)
+            };
+            (server, None)
+        }
+        Address::Unix(path) => (Endpoint::local_mta(0, timeout), Some(path)),
+    };
     MtaTarget {
         protocol: MtaProtocol::Lmtp,
-        address,
-        server: DeliveryServer::unencrypted(Duration::from_secs(30)),
+        socket,
+        server,
     }
 }
 
-fn sink(address: MtaAddress, recipients: &[&str]) -> SmtpSink {
+fn sink(address: Address, recipients: &[&str]) -> SmtpSink {
     SmtpSink::new(
         lmtp_target(address),
         None,
@@ -48,11 +65,8 @@ fn message(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn tcp(dovecot: &Dovecot) -> MtaAddress {
-    MtaAddress::Tcp {
-        host: "127.0.0.1".to_owned(),
-        port: dovecot.lmtp_port(),
-    }
+fn tcp(dovecot: &Dovecot) -> Address {
+    Address::Tcp(dovecot.lmtp_port())
 }
 
 fn start() -> Option<Dovecot> {
@@ -143,7 +157,7 @@ async fn over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("lmtp");
     unix_relay(&socket, dovecot.lmtp_port());
-    let mut sink = sink(MtaAddress::Unix(socket), &["bob"]);
+    let mut sink = sink(Address::Unix(socket), &["bob"]);
     assert!(sink.describe().starts_with("lmtp /"));
     for n in 0..2 {
         assert!(matches!(

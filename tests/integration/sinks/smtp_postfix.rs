@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use mailfetch::config::{
-    DeliveryServer, EnvelopeFrom, MtaAddress, MtaProtocol, MtaTarget, TlsMode,
-};
+use mailfetch::config::{Endpoint, EnvelopeFrom, MtaProtocol, MtaTarget, TlsMode};
 use mailfetch::error::Error;
 use mailfetch::sink::smtp::SmtpSink;
 use mailfetch::sink::{Acceptance, Delivered, MessageWriter, Sink};
@@ -18,11 +16,11 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 fn target(postfix: &Postfix) -> MtaTarget {
     MtaTarget {
         protocol: MtaProtocol::Smtp,
-        address: MtaAddress::Tcp {
+        socket: None,
+        server: Endpoint {
             host: "127.0.0.1".to_owned(),
-            port: postfix.port(),
+            ..Endpoint::local_mta(postfix.port(), Duration::from_secs(30))
         },
-        server: DeliveryServer::unencrypted(Duration::from_secs(30)),
     }
 }
 
@@ -250,10 +248,7 @@ async fn smtps_with_tls_from_the_first_byte() {
         return;
     };
     let mut t = target(&postfix);
-    t.address = MtaAddress::Tcp {
-        host: "127.0.0.1".to_owned(),
-        port: postfix.smtps_port(),
-    };
+    t.server.port = postfix.smtps_port();
     t.server.tls = TlsMode::Implicit;
     t.server.fingerprint = Some(parse_fingerprint(postfix.fingerprint()).into());
     let mut sink = smtp_sink(t, &[Postfix::address("carol")]);

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd postfix openssl man-db procmail python3)
+packages=(dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd postfix openssl man-db fetchmail getmail6 mpop procmail python3)
 missing=()
 sudo=()
 for package in "${packages[@]}"; do

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use clap_complete::ArgValueCandidates;
 
 pub mod completions;
@@ -148,6 +148,21 @@ pub struct Cli {
 /// What mailfetch is asked to do, besides polling (no command).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show how the last poll of each account and folder went
+    ///
+    /// For each mailbox of the configuration: when it was last polled and
+    /// how that ended (the exit code that poll alone would give, and its
+    /// summary line), what it delivered, the last poll that succeeded, how
+    /// many messages the state knows, and how many deliveries a crash left
+    /// for recovery. Read from the status record each poll writes beside
+    /// its state: no lock, no network, so it answers while a daemon runs.
+    Status {
+        /// Print a JSON array, one object per mailbox (account, folder,
+        /// last_poll, last_success, exit_code, message, delivered, known,
+        /// pending; times in RFC 3339, null when unknown)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL
     ///
     /// It completes subcommands, flags, and account names from the
@@ -168,6 +183,14 @@ pub enum Command {
         #[arg(value_enum, default_value_t)]
         section: ManSection,
     },
+    /// Translate a fetchmail, getmail6 or mpop configuration into
+    /// mailfetch's, and with --state what that tool already fetched
+    ///
+    /// Writes the config to standard output, or to --output FILE. Every
+    /// setting that does not carry over is listed on standard error with
+    /// its file and line; the config is checked as --check-config would
+    /// before it is written, and the command exits 0 when it wrote one.
+    Import(ImportArgs),
 }
 
 /// The shells `mailfetch completions` writes a script for.
@@ -188,6 +211,43 @@ pub enum ManSection {
     /// mailfetch.toml(5): the configuration file
     #[value(name = "5")]
     Config,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Whose configuration it is
+    #[arg(value_enum)]
+    pub kind: RcKind,
+
+    /// The files to read [default: ~/.fetchmailrc (passwords it lacks are
+    /// looked up in ~/.netrc); ~/.getmail/getmailrc, else
+    /// ~/.config/getmail/getmailrc (one account per file); ~/.mpoprc, else
+    /// ~/.config/mpop/config]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Write the config to FILE (created with mode 0600, never
+    /// overwritten) instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Also import what the old tool already fetched (fetchmail's
+    /// .fetchids, getmail's oldmail-* files beside the rc file, mpop's UIDL
+    /// files) into mailfetch's state directory, so that the first poll in
+    /// keep mode fetches only new mail
+    #[arg(long)]
+    pub state: bool,
+}
+
+/// The configurations `mailfetch import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RcKind {
+    /// fetchmail's .fetchmailrc
+    Fetchmailrc,
+    /// getmail6's rc files
+    Getmailrc,
+    /// mpop's configuration
+    Mpoprc,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -264,7 +324,11 @@ impl Cli {
         let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
         let usage = match text.lines().find(|line| line.starts_with("Usage: ")) {
             Some(line) => line.to_owned(),
-            None => Cli::command().render_usage().to_string(),
+            // Its first line: with subcommands, clap adds one per form.
+            None => {
+                let usage = Cli::command().render_usage().to_string();
+                usage.lines().next().unwrap_or_default().to_owned()
+            }
         };
         format!("mailfetch: {reason}\n{usage}\n")
     }
@@ -360,6 +424,19 @@ mod tests {
         ] {
             assert_eq!(parse(&[flag]).unwrap_err().kind(), kind, "{flag}");
         }
+    }
+
+    #[test]
+    fn import_takes_a_kind_files_and_options() {
+        let cli = parse(&["import", "getmailrc", "a", "b", "--state", "-o", "out"]).unwrap();
+        let Some(Command::Import(args)) = cli.command else {
+            panic!("not import: {cli:?}")
+        };
+        assert_eq!(args.kind, RcKind::Getmailrc);
+        assert_eq!(args.files, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert!(args.state);
+        assert!(parse(&["import", "procmailrc"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! * [`config`] reads and checks the user's configuration (one table of
 //!   keys, [`config::keys`]; every server is a [`config::Endpoint`]);
 //!   [`permissions`] and [`lock`] guard the files mailfetch trusts.
+//! * [`status`] keeps how each mailbox's last poll ended, for
+//!   `mailfetch status`.
 //! * [`scheduler`] polls accounts: concurrently once, or as a daemon with
 //!   intervals, backoff, IMAP IDLE and signals.
 //! * [`pipeline`] runs one poll of one account: list → plan against
@@ -31,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod fingerprint;
 pub mod imap;
+pub mod import;
 pub mod lock;
 pub mod net;
 pub mod notify;
@@ -42,4 +45,5 @@ pub mod scheduler;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod wire;

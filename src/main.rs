@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use mailfetch::cli::{self, Cli, Command, LogFormat};
+use mailfetch::cli::{self, Cli, Command, ImportArgs, LogFormat, RcKind};
 use mailfetch::config::{self, Config};
 use mailfetch::error::{Error, Kind};
+use mailfetch::import::{self, Peer};
 use mailfetch::lock::StateLock;
-use mailfetch::{pipeline, scheduler};
+use mailfetch::{pipeline, scheduler, status};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
         Some(Command::Man { section }) => {
             return print_with(|out| cli::man::write_page(section, out));
         }
+        Some(Command::Import(ref import)) => return import_configuration(import),
+        Some(Command::Status { .. }) => {}
     }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -75,6 +78,27 @@ fn print_with(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>
     }
 }
 
+/// `mailfetch import`: exits 0 when it wrote a config, notes or not.
+fn import_configuration(args: &ImportArgs) -> ExitCode {
+    let options = import::command::Options {
+        peer: match args.kind {
+            RcKind::Fetchmailrc => Peer::Fetchmail,
+            RcKind::Getmailrc => Peer::Getmail,
+            RcKind::Mpoprc => Peer::Mpop,
+        },
+        files: args.files.clone(),
+        output: args.output.clone(),
+        state: args.state,
+    };
+    match import::command::run(&options, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mailfetch: {err}");
+            ExitCode::from(err.kind.exit_code() as u8)
+        }
+    }
+}
+
 fn run(args: &Cli) -> Result<u8, Error> {
     let path = match &args.config {
         Some(path) => path.clone(),
@@ -86,6 +110,9 @@ fn run(args: &Cli) -> Result<u8, Error> {
         })?,
     };
     let config = config::load(&path)?;
+    if let Some(Command::Status { json }) = args.command {
+        return print_status(&config, json);
+    }
     if args.check_config {
         print!("{config}");
         return Ok(0);
@@ -126,6 +153,19 @@ fn run(args: &Cli) -> Result<u8, Error> {
         ));
     }
     Ok(exit_code(&reports))
+}
+
+/// `mailfetch status`: 0, or 23 if stdout cannot be written.
+fn print_status(config: &Config, json: bool) -> Result<u8, Error> {
+    let lines = status::lines(config);
+    let text = if json {
+        serde_json::to_string_pretty(&lines).expect("status lines are plain data") + "\n"
+    } else {
+        lines.iter().map(|line| line.text() + "\n").collect()
+    };
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+        .map_err(|err| Error::new(Kind::Local, format!("cannot write to stdout: {err}")))?;
+    Ok(0)
 }
 
 /// SIGTERM or SIGINT; never if the handlers cannot be installed.

@@ -14,6 +14,9 @@
 //! > ID RCPT…       not delivered yet, but these recipients have it (an LMTP
 //!                  server or an MDA took it for some recipients only)
 //! ! KEY VALUE      a setting of the mailbox (IMAP: its UIDVALIDITY)
+//! ~ STATUS         the poll that wrote it left nothing to do while the
+//!                  server's mailbox was at STATUS; void once any record
+//!                  follows it (see "The no-op poll" in docs/design.md)
 //! ```
 //!
 //! A crash can only tear the last line, which is dropped on the next open.
@@ -32,6 +35,11 @@ use crate::error::{Error, Kind};
 use crate::percent;
 
 const HEADER: &str = "mailfetch-state 1";
+
+/// The meta key under which a mailbox's identity (IMAP UIDVALIDITY) is
+/// kept: the ids recorded are valid only while the server's identity
+/// matches it.
+pub const IDENTITY: &str = "identity";
 
 /// One delivered message, as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,9 @@ struct Records {
     pending: HashMap<String, String>,
     /// Ids not delivered yet, with the recipients that already have them.
     partial: HashMap<String, Vec<String>>,
+    /// What the last record says if it is a `~` one: the server status
+    /// at which the last poll left nothing to do.
+    clean: Option<String>,
     /// Records in the journal, live or dead; drives compaction.
     count: usize,
 }
@@ -106,6 +117,11 @@ impl Records {
     }
 
     fn apply(&mut self, line: &str) -> Option<()> {
+        // Any record after a `~` one voids it: something happened since.
+        self.clean = line.strip_prefix("~ ").map(str::to_owned);
+        if self.clean.is_some() {
+            return Some(());
+        }
         let mut words = line.split(' ');
         let kind = words.next()?;
         let first = words.next()?;
@@ -174,6 +190,10 @@ impl Records {
         }
         for (id, recipients) in &self.partial {
             text.push_str(&partial_record(id, recipients));
+        }
+        // Last, as it was: it holds only while nothing follows it.
+        if let Some(status) = &self.clean {
+            text.push_str(&clean_record(status));
         }
         text
     }
@@ -435,7 +455,22 @@ impl MailboxState {
         Ok(())
     }
 
+    /// Records that this poll left nothing to do while the server's
+    /// mailbox was at `status` (an opaque line of the source's making), so
+    /// that the next poll may skip the mailbox if the server is still
+    /// there: see [`last_clean`]. Not synced: a lost record only costs the
+    /// next poll a full pass, and the records before it reach the disk
+    /// first (the journal is one file appended in order).
+    pub fn record_clean(&mut self, status: &str) -> io::Result<()> {
+        self.append(&clean_record(status))?;
+        self.records.clean = Some(status.to_owned());
+        self.records.count += 1;
+        Ok(())
+    }
+
+    /// Appends records; any of them voids a `~` record before it.
     fn append(&mut self, text: &str) -> io::Result<()> {
+        self.records.clean = None;
         self.journal.write_all(text.as_bytes())
     }
 
@@ -478,6 +513,44 @@ fn write_journal(path: &Path, records: &Records) -> io::Result<File> {
         let _ = fs::remove_file(&fresh);
     }
     written
+}
+
+/// The status of the last `~` record of the mailbox named `key` if it is
+/// the journal's last record: the server status at which the last poll
+/// left nothing to do, with nothing done since. Reads only the journal's
+/// tail, so that a poll which finds the server unchanged costs the same
+/// whatever the mailbox holds. `None` without a journal, or when the last
+/// line is another record or torn.
+pub fn last_clean(state_dir: &Path, key: &str) -> io::Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    /// Far more than a `~` record takes.
+    const TAIL: u64 = 1024;
+    let mut file = match File::open(state_dir.join(file_name_for(key))) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity(TAIL as usize);
+    file.take(TAIL).read_to_end(&mut tail)?;
+    let Some(text) = tail.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
+    let line = match memchr::memrchr(b'\n', text) {
+        Some(newline) => &text[newline + 1..],
+        // The first line is the header, never a record.
+        None => return Ok(None),
+    };
+    Ok(std::str::from_utf8(line)
+        .ok()
+        .and_then(|line| line.strip_prefix("~ "))
+        .map(str::to_owned))
+}
+
+fn clean_record(status: &str) -> String {
+    format!("~ {status}\n")
 }
 
 /// Every intent still pending in any journal of `state_dir`: the files they
@@ -556,6 +629,15 @@ pub fn mailbox_key(account: &Account, folder: &str) -> String {
         Protocol::Pop3 => format!("pop3 {server}"),
         Protocol::Imap => format!("imap {server}/{folder}"),
     }
+}
+
+/// Where the status record of the mailbox `key` lives: beside its
+/// journal, named like it (`.status` for `.state`), so that nothing that
+/// reads journals ever reads it.
+pub fn status_path(state_dir: &Path, key: &str) -> PathBuf {
+    let journal = file_name_for(key);
+    let stem = journal.strip_suffix(".state").unwrap_or(&journal);
+    state_dir.join(format!("{stem}.status"))
 }
 
 /// The longest file name (`.state` included) a mailbox key maps to: well
@@ -832,6 +914,59 @@ mod tests {
         );
         // Short keys keep the names they always had.
         assert_eq!(file_name_for("pop3 a@b:1"), "pop3%20a@b%3A1.state");
+    }
+
+    /// A `~` record holds only while it is the journal's last: on reopen,
+    /// after a rewrite, and for the tail reader alike.
+    #[test]
+    fn a_clean_record_holds_only_while_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "pop3 alice@host:995";
+        let clean = || last_clean(dir.path(), key).unwrap();
+        assert_eq!(clean(), None, "no journal yet");
+        let mut state = open(dir.path());
+        assert_eq!(clean(), None, "a header alone");
+        state.record_delivered(&[Entry::new("a")]).unwrap();
+        state.record_clean("uidnext=2 x").unwrap();
+        assert_eq!(clean().as_deref(), Some("uidnext=2 x"));
+        drop(state);
+        let mut state = open(dir.path());
+        assert_eq!(state.records.clean.as_deref(), Some("uidnext=2 x"));
+        state.rewrite().unwrap();
+        assert_eq!(
+            clean().as_deref(),
+            Some("uidnext=2 x"),
+            "kept last by a rewrite"
+        );
+        // Each kind of later record voids it.
+        for later in [
+            |s: &mut MailboxState| s.record_delivered(&[Entry::new("b")]),
+            |s: &mut MailboxState| s.record_partial("c", &["r".into()]),
+            |s: &mut MailboxState| s.retain(["b"]).map(drop),
+            |s: &mut MailboxState| s.reset("identity", "9", Vec::new()),
+        ] {
+            state.record_clean("s").unwrap();
+            assert_eq!(clean().as_deref(), Some("s"));
+            later(&mut state).unwrap();
+            assert_eq!(clean(), None);
+            assert_eq!(state.records.clean, None);
+            state.rewrite().unwrap();
+            assert_eq!(clean(), None, "not brought back by a rewrite");
+        }
+        drop(state);
+        assert_eq!(open(dir.path()).records.clean, None);
+        // A torn last line is no record.
+        let path = dir.path().join(file_name_for(key));
+        fs::write(&path, "mailfetch-state 1\n~ s\n~ t").unwrap();
+        assert_eq!(clean(), None);
+        fs::write(&path, "mailfetch-state 1\n~ s\n").unwrap();
+        assert_eq!(clean().as_deref(), Some("s"));
+        // A long journal is read from its tail.
+        let mut state = open(dir.path());
+        let ids: Vec<_> = (0..5000).map(|i| Entry::new(format!("{i}"))).collect();
+        state.record_delivered(&ids).unwrap();
+        state.record_clean("big").unwrap();
+        assert_eq!(clean().as_deref(), Some("big"));
     }
 
     #[test]

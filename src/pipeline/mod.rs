@@ -38,7 +38,8 @@ use crate::config::{Account, FetchMode, Protocol, Secret, TlsMode};
 use crate::error::{Error, Kind};
 use crate::sink::Sink;
 use crate::source::{Listed, Source};
-use crate::state::{Entry, MailboxState, mailbox_key};
+use crate::state::{Entry, IDENTITY, MailboxState, last_clean, mailbox_key};
+use crate::status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::received::{Trace, local_hostname};
@@ -81,7 +82,7 @@ pub async fn poll(account: &Account, state_dir: &Path) -> Vec<Report> {
 /// Polls some of the account's mailboxes: `folders`, a part of its IMAP
 /// folders (POP3 has only its one mailbox, whatever `folders` says).
 pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Path) -> Vec<Report> {
-    async {
+    let reports = async {
         let opened = match AnySink::resolve_secret(account).await {
             Ok(secret) => {
                 AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret))
@@ -96,7 +97,11 @@ pub async fn poll_folders(account: &Account, folders: &[String], state_dir: &Pat
         }
     }
     .instrument(tracing::info_span!("poll", account = %account.name))
-    .await
+    .await;
+    for report in &reports {
+        status::record(state_dir, account, folders, report);
+    }
+    reports
 }
 
 /// The account's server, with its password resolved: once per poll (or
@@ -134,7 +139,7 @@ async fn poll_pop3<K: Sink>(
     mut sink: K,
 ) -> Report {
     let started = Instant::now();
-    let mut report = Report::new(account.name.clone(), &sink.describe(), account);
+    let mut report = Report::new(account, None, &sink.describe());
     let result = async {
         let state = StateOpening::start(state_dir, mailbox_key(account, "INBOX"));
         let mut source = Pop3::connect(&source_server(account).await?).await?;
@@ -144,7 +149,7 @@ async fn poll_pop3<K: Sink>(
             account,
             secret: delivery_secret,
         };
-        poll_mailbox(&mut source, &mut sink, delivery, state, &mut report).await?;
+        poll_mailbox(&mut source, &mut sink, delivery, state, None, &mut report).await?;
         source.finish().await
     }
     .await;
@@ -164,13 +169,7 @@ async fn poll_imap<K: Sink>(
     let started = Instant::now();
     let mut reports: Vec<Report> = folders
         .iter()
-        .map(|folder| {
-            Report::new(
-                format!("{}/{folder}", account.name),
-                &sink.describe(),
-                account,
-            )
-        })
+        .map(|folder| Report::new(account, Some(folder), &sink.describe()))
         .collect();
     let connected = match source_server(account).await {
         Ok(server) => Imap::connect(&server, after_delivery(account)).await,
@@ -186,28 +185,33 @@ async fn poll_imap<K: Sink>(
     };
     // Connecting and logging in count towards the first folder.
     let mut folder_started = started;
-    // Nothing is changed in a folder in keep mode without mark_seen.
-    let read_only = account.keep && !account.mark_seen;
     let mut broken = None;
     for (index, folder) in folders.iter().enumerate() {
         let report = &mut reports[index];
         let span = tracing::info_span!("folder", folder = %folder);
-        let state = StateOpening::start(state_dir, mailbox_key(account, folder));
-        if let Err(err) = source
-            .select(folder, read_only)
+        let opened = open_folder(&mut source, account, folder, state_dir)
             .instrument(span.clone())
-            .await
-        {
-            // A folder the server refuses to open does not stop the others.
-            let refused = err.kind == Kind::Server;
-            report.error = Some(err);
-            if refused {
+            .await;
+        let (state, clean) = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => {
+                report.unchanged = true;
+                report.elapsed = folder_started.elapsed();
+                folder_started = Instant::now();
                 continue;
             }
-            broken = Some(index);
-            break;
-        }
-        let result = poll_mailbox(&mut source, &mut sink, delivery, state, report)
+            Err(err) => {
+                // A folder the server refuses to open does not stop the others.
+                let refused = err.kind == Kind::Server;
+                report.error = Some(err);
+                if refused {
+                    continue;
+                }
+                broken = Some(index);
+                break;
+            }
+        };
+        let result = poll_mailbox(&mut source, &mut sink, delivery, state, clean, report)
             .instrument(span)
             .await;
         report.elapsed = folder_started.elapsed();
@@ -249,9 +253,11 @@ pub async fn poll_imap_folder(
     state_dir: &Path,
 ) -> Report {
     let span = tracing::info_span!("poll", account = %account.name, folder = %folder);
-    poll_open_folder(source, account, folder, state_dir)
+    let report = poll_open_folder(source, account, folder, state_dir)
         .instrument(span)
-        .await
+        .await;
+    status::record(state_dir, account, &[], &report);
+    report
 }
 
 async fn poll_open_folder(
@@ -261,7 +267,7 @@ async fn poll_open_folder(
     state_dir: &Path,
 ) -> Report {
     let started = Instant::now();
-    let mut report = Report::new(format!("{}/{folder}", account.name), "", account);
+    let mut report = Report::new(account, Some(folder), "");
     let opened = match AnySink::resolve_secret(account).await {
         Ok(secret) => AnySink::open(account, state_dir, secret.clone()).map(|sink| (sink, secret)),
         Err(failure) => Err(failure),
@@ -283,9 +289,9 @@ async fn poll_open_folder(
         let result = async {
             let state = StateOpening::start(state_dir, mailbox_key(account, folder));
             source
-                .select(folder, account.keep && !account.mark_seen)
+                .select(folder, opens_read_only(account))
                 .await?;
-            poll_mailbox(source, &mut sink, delivery, state, &mut report).await
+            poll_mailbox(source, &mut sink, delivery, state, None, &mut report).await
         }
         .await;
         sink.close().await;
@@ -331,13 +337,80 @@ impl StateOpening {
     }
 }
 
+/// Opens a folder of a one-shot poll, with its state, unless the no-op
+/// check finds it unchanged (`None`). The state is read only once the
+/// folder needs it: an unchanged folder costs no journal replay.
+async fn open_folder(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+) -> Result<Option<(StateOpening, Option<String>)>, Error> {
+    let key = mailbox_key(account, folder);
+    let clean = match check_unchanged(source, account, folder, state_dir, &key).await? {
+        Unchanged::Yes => return Ok(None),
+        Unchanged::No(clean) => clean,
+    };
+    let state = StateOpening::start(state_dir, key);
+    source.select(folder, opens_read_only(account)).await?;
+    Ok(Some((state, clean)))
+}
+
+/// Nothing is changed in a folder in keep mode without mark_seen: it is
+/// opened with EXAMINE.
+fn opens_read_only(account: &Account) -> bool {
+    account.keep && !account.mark_seen
+}
+
+/// Whether an IMAP folder can be skipped, before it is opened.
+enum Unchanged {
+    /// The server is where the last poll left nothing to do, and nothing
+    /// was journaled since.
+    Yes,
+    /// A full poll is needed; if it leaves nothing to do, it records this
+    /// `~` line (taken before the poll's listing: see docs/design.md).
+    No(Option<String>),
+}
+
+/// The no-op check: one `STATUS` of the folder against the journal's last
+/// record, read from the file's tail (see "The no-op poll" in
+/// docs/design.md for why equal lines prove there is nothing to do).
+async fn check_unchanged(
+    source: &mut Imap,
+    account: &Account,
+    folder: &str,
+    state_dir: &Path,
+    key: &str,
+) -> Result<Unchanged, Error> {
+    let status = source
+        .status(folder, account.fetch == FetchMode::Unseen)
+        .await?;
+    let Some(clean) = clean_marker(&status, account) else {
+        return Ok(Unchanged::No(None));
+    };
+    // A few hundred bytes: read here rather than on a blocking thread.
+    let recorded = last_clean(state_dir, key).map_err(|err| {
+        Error::new(
+            Kind::Local,
+            format!("reading the state file of {folder:?}: {err}"),
+        )
+    })?;
+    if recorded.as_deref() == Some(clean.as_str()) {
+        tracing::debug!("unchanged since the last poll ({clean}): not opened");
+        return Ok(Unchanged::Yes);
+    }
+    Ok(Unchanged::No(Some(clean)))
+}
+
 /// The part of a poll common to every protocol, on one mailbox of an open
-/// session.
+/// session. `clean` is the `~` line to journal if the poll leaves nothing
+/// to do (see [`check_unchanged`]); `None` records none.
 async fn poll_mailbox<S: Source, K: Sink>(
     source: &mut S,
     sink: &mut K,
     delivery: Delivery<'_>,
     state: StateOpening,
+    clean: Option<String>,
     report: &mut Report,
 ) -> Result<(), Error> {
     let account = delivery.account;
@@ -454,8 +527,14 @@ async fn poll_mailbox<S: Source, K: Sink>(
     };
     // Refused messages are settled even when the session broke: once
     // recorded, the next poll deletes them like delivered ones.
-    let settled = match committed.state {
-        Some(mut state) => settle_rejections(delivery, rejections, &mut state, report).await?,
+    let mut state = committed.state;
+    let settled = match &mut state {
+        Some(state) => {
+            let settled = settle_rejections(delivery, rejections, state, report).await?;
+            report.known = Some(state.len());
+            report.pending = Some(state.pending_intents().len());
+            settled
+        }
         None => Vec::new(),
     };
     if let Some(err) = error {
@@ -468,6 +547,7 @@ async fn poll_mailbox<S: Source, K: Sink>(
         .iter()
         .map(|(number, _)| *number)
         .collect();
+    let mut all_removed = true;
     if account.keep {
         if account.mark_seen {
             source.mark_seen(&delivered).await?;
@@ -477,12 +557,32 @@ async fn poll_mailbox<S: Source, K: Sink>(
         // or a dropped connection came before their deletion) go too.
         let doomed: Vec<u32> = old.into_iter().chain(delivered).chain(settled).collect();
         report.deleted = source.delete(&doomed).await?;
+        all_removed = report.deleted == doomed.len();
+    }
+    if let (Some(clean), Some(mut state)) = (clean, state) {
+        // The next poll of an unchanged server would find nothing to do:
+        // every message planned is recorded (delivered, or settled after a
+        // refusal), none was left by max_size or max_per_poll, fetch = "all"
+        // in keep mode had nothing to fetch again, and every removal
+        // happened.
+        let everything_recorded = new.iter().all(|message| {
+            message
+                .uid
+                .as_deref()
+                .is_some_and(|uid| state.is_delivered(uid))
+        });
+        let fetches_again = account.fetch == FetchMode::All && account.keep && report.new > 0;
+        if everything_recorded
+            && report.skipped == 0
+            && report.deferred == 0
+            && !fetches_again
+            && all_removed
+        {
+            state.record_clean(&clean).map_err(state_error)?;
+        }
     }
     Ok(())
 }
-
-/// The state key under which a mailbox's identity (UIDVALIDITY) is kept.
-const IDENTITY: &str = "identity";
 
 /// After the server renumbered a mailbox, finds the messages delivered
 /// before by their digests; returns them under their new ids.

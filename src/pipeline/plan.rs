@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::FetchMode;
+use crate::config::{Account, FetchMode};
 use crate::source::Listed;
+use crate::source::imap::codec::MailboxStatus;
 use crate::state::MailboxState;
 
 /// What a poll does with a mailbox's messages.
@@ -77,6 +78,31 @@ pub(super) fn plan(
         fetch != FetchMode::Unseen || !message.seen
     });
     Plan { old, new: listed }
+}
+
+/// What a folder's `~` record holds: the server's counters, and what of
+/// the account decides a plan (see "The no-op poll" in docs/design.md). A
+/// poll that finds the same line recorded by the last poll, with nothing
+/// journaled since, would find nothing to do, and skips the folder.
+///
+/// `None` when the counters cannot prove that: the server left one out,
+/// or `fetch = "unseen"` makes flags matter and there is no HIGHESTMODSEQ
+/// (CONDSTORE) to show that none changed; counting unseen messages would
+/// not do, since one message read and another made unread again leave
+/// the count as it was.
+pub(super) fn clean_marker(status: &MailboxStatus, account: &Account) -> Option<String> {
+    let (uidvalidity, uidnext, messages) = (status.uidvalidity?, status.uidnext?, status.messages?);
+    let fetch = match account.fetch {
+        FetchMode::New => "new".to_owned(),
+        FetchMode::All => "all".to_owned(),
+        FetchMode::Unseen => format!("unseen highestmodseq={}", status.highestmodseq?),
+    };
+    // Keep mode leaves delivered mail on the server, which a later switch
+    // to deleting must remove; where it goes (move_to) changes nothing.
+    let after = if account.keep { "keep" } else { "remove" };
+    Some(format!(
+        "uidvalidity={uidvalidity} uidnext={uidnext} messages={messages} fetch={fetch} after={after}"
+    ))
 }
 
 /// What [`limit`] left on the server.
@@ -232,6 +258,79 @@ mod tests {
                 assert!(plan.new.iter().all(|m| m.uid.is_none()));
             }
         }
+    }
+
+    #[test]
+    fn clean_markers() {
+        let text = "[[account]]\nname = \"t\"\nprotocol = \"imap\"\nhost = \"localhost\"\n\
+                    username = \"u\"\ndeliver = \"smtp://127.0.0.1:9\"\n";
+        let mut account = crate::config::parse(std::path::Path::new("test"), text)
+            .unwrap()
+            .accounts
+            .remove(0);
+        let status = MailboxStatus {
+            messages: Some(3),
+            uidnext: Some(9),
+            uidvalidity: Some(7),
+            highestmodseq: None,
+        };
+        account.keep = true;
+        account.fetch = FetchMode::New;
+        let keep_new = clean_marker(&status, &account).unwrap();
+        assert_eq!(
+            keep_new,
+            "uidvalidity=7 uidnext=9 messages=3 fetch=new after=keep"
+        );
+        // Every counter, and what the account does with mail, tells apart.
+        let mut markers = HashSet::from([keep_new]);
+        for changed in [
+            MailboxStatus {
+                messages: Some(2),
+                ..status
+            },
+            MailboxStatus {
+                uidnext: Some(10),
+                ..status
+            },
+            MailboxStatus {
+                uidvalidity: Some(8),
+                ..status
+            },
+        ] {
+            assert!(markers.insert(clean_marker(&changed, &account).unwrap()));
+        }
+        account.fetch = FetchMode::All;
+        assert!(markers.insert(clean_marker(&status, &account).unwrap()));
+        account.keep = false;
+        assert!(markers.insert(clean_marker(&status, &account).unwrap()));
+        // Without one of the three counters, nothing is proved.
+        for missing in [
+            MailboxStatus {
+                messages: None,
+                ..status
+            },
+            MailboxStatus {
+                uidnext: None,
+                ..status
+            },
+            MailboxStatus {
+                uidvalidity: None,
+                ..status
+            },
+        ] {
+            assert_eq!(clean_marker(&missing, &account), None);
+        }
+        // Flags matter with fetch = "unseen": no HIGHESTMODSEQ, no marker.
+        account.fetch = FetchMode::Unseen;
+        assert_eq!(clean_marker(&status, &account), None);
+        let modseq = |n| MailboxStatus {
+            highestmodseq: Some(n),
+            ..status
+        };
+        let unseen = clean_marker(&modseq(5), &account).unwrap();
+        assert!(unseen.contains("highestmodseq=5"), "{unseen}");
+        assert!(markers.insert(unseen));
+        assert!(markers.insert(clean_marker(&modseq(6), &account).unwrap()));
     }
 
     /// Each row: sizes, max_size, max_per_poll, numbers left, too big,

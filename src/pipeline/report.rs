@@ -10,6 +10,10 @@ use crate::error::{Error, Kind};
 pub struct Report {
     /// `account`, or `account/folder` for IMAP.
     pub mailbox: String,
+    pub account: String,
+    /// The IMAP folder; `None` for POP3, or an IMAP account that failed
+    /// before any folder was opened.
+    pub folder: Option<String>,
     /// Where mail went, for the summary line.
     pub destination: String,
     /// Messages on the server not delivered before.
@@ -38,8 +42,16 @@ pub struct Report {
     /// How delivered messages leave the server: "deleted" or "moved to X".
     pub removal: String,
     pub elapsed: Duration,
+    /// The folder was not opened: the server showed it as the last poll
+    /// left it, with nothing to do.
+    pub unchanged: bool,
     /// Why the poll stopped early, if it did.
     pub error: Option<Error>,
+    /// Messages the state knows as delivered after the poll; `None` if
+    /// the poll stopped before it was done with the state.
+    pub known: Option<usize>,
+    /// Half-done deliveries left for recovery, likewise.
+    pub pending: Option<usize>,
 }
 
 impl Report {
@@ -47,13 +59,18 @@ impl Report {
     pub(super) fn failed(account: &Account, destination: &str, error: Error) -> Report {
         Report {
             error: Some(error),
-            ..Report::new(account.name.clone(), destination, account)
+            ..Report::new(account, None, destination)
         }
     }
 
-    pub(super) fn new(mailbox: String, destination: &str, account: &Account) -> Report {
+    pub(super) fn new(account: &Account, folder: Option<&str>, destination: &str) -> Report {
         Report {
-            mailbox,
+            mailbox: match folder {
+                Some(folder) => format!("{}/{folder}", account.name),
+                None => account.name.clone(),
+            },
+            account: account.name.clone(),
+            folder: folder.map(str::to_owned),
             destination: destination.to_owned(),
             removal: match &account.move_to {
                 Some(folder) => format!("moved to {folder}"),
@@ -106,16 +123,25 @@ impl Report {
                 fates.join(", ")
             ));
         }
-        line.push_str(&format!(
-            ", {} {}, {:.1} s",
-            self.deleted,
-            self.removal,
-            self.elapsed.as_secs_f64()
-        ));
+        line.push_str(&format!(", {} {}", self.deleted, self.removal));
+        if self.unchanged {
+            line.push_str(", unchanged since the last poll");
+        }
+        line.push_str(&format!(", {:.1} s", self.elapsed.as_secs_f64()));
         if let Some(error) = &self.error {
             line.push_str(&format!("; stopped: {error}"));
         }
         line
+    }
+
+    /// The exit code this poll alone would give: its failure's, else 0
+    /// with mail delivered and 1 without.
+    pub fn exit_code(&self) -> u8 {
+        match self.failure() {
+            Some(kind) => kind.exit_code() as u8,
+            None if self.delivered > 0 => 0,
+            None => 1,
+        }
     }
 
     /// The exit-code class of this poll: `None` when it went fine. A poll

@@ -265,13 +265,14 @@ async fn poll_source(
     mut source: MemorySource,
     mut sink: VerdictSink,
 ) -> (MemorySource, VerdictSink, Report, Result<(), Error>) {
-    let mut report = Report::new("t".into(), "verdicts", account);
+    let mut report = Report::new(account, None, "verdicts");
     let state = StateOpening::start(state_dir, "key".to_owned());
     let result = poll_mailbox(
         &mut source,
         &mut sink,
         without_secret(account),
         state,
+        None,
         &mut report,
     )
     .await;
@@ -469,7 +470,7 @@ async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
     *sink.failing.lock().unwrap() = vec!["b".into()];
     let poll = async |sink: &RecipientSink| {
         let mut source = MemorySource::new(&MESSAGES[..1]);
-        let mut report = Report::new("t".into(), "recipients", &account);
+        let mut report = Report::new(&account, None, "recipients");
         let state = StateOpening::start(dir.path(), "key".to_owned());
         let mut sink = sink.clone();
         poll_mailbox(
@@ -477,6 +478,7 @@ async fn a_partial_delivery_is_retried_for_the_other_recipients_only() {
             &mut sink,
             without_secret(&account),
             state,
+            None,
             &mut report,
         )
         .await
@@ -510,19 +512,57 @@ async fn a_partial_delivery_that_every_recipient_now_has_is_delivered() {
     let account = account("to = [\"a\"]\n");
     let mut source = MemorySource::new(&MESSAGES[..1]);
     let mut sink = RecipientSink::default();
-    let mut report = Report::new("t".into(), "recipients", &account);
+    let mut report = Report::new(&account, None, "recipients");
     let state = StateOpening::start(dir.path(), "key".to_owned());
     poll_mailbox(
         &mut source,
         &mut sink,
         without_secret(&account),
         state,
+        None,
         &mut report,
     )
     .await
     .unwrap();
     assert!(sink.got.lock().unwrap().is_empty());
     assert_eq!(source.deleted, [1]);
+}
+
+/// The `~` record of the no-op check is journaled only by a poll that
+/// left nothing to do.
+#[tokio::test]
+async fn only_a_poll_that_left_nothing_to_do_is_recorded_clean() {
+    let clean_after = async |account: &Account, messages: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = Report::new(account, None, "verdicts");
+        let state = StateOpening::start(dir.path(), "key".to_owned());
+        let result = poll_mailbox(
+            &mut MemorySource::new(messages),
+            &mut VerdictSink::default(),
+            without_secret(account),
+            state,
+            Some("uidnext=9".into()),
+            &mut report,
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        crate::state::last_clean(dir.path(), "key").unwrap()
+    };
+    let fine = ["Subject: fine\r\n\r\nok\r\n"; 3];
+    let clean = Some("uidnext=9".to_string());
+    assert_eq!(clean_after(&account(""), &fine).await, clean);
+    assert_eq!(clean_after(&account("keep = true\n"), &fine).await, clean);
+    assert_eq!(clean_after(&account("keep = true\n"), &[]).await, clean);
+    // A temporary failure, a rejection kept on the server, mail left by
+    // max_per_poll or max_size: the next poll has work.
+    assert_eq!(clean_after(&account(""), &MESSAGES[..2]).await, None);
+    let keep_rejected = account("on_reject = \"keep\"\n");
+    assert_eq!(clean_after(&keep_rejected, &MESSAGES[2..3]).await, None);
+    assert_eq!(
+        clean_after(&account("max_per_poll = 2\n"), &fine).await,
+        None
+    );
+    assert_eq!(clean_after(&account("max_size = 5\n"), &fine).await, None);
 }
 
 /// A sink that forks gets several answers awaited at once, never more

@@ -918,7 +918,7 @@ mod tests {
         fs::write(&path, "").unwrap();
         // flock(1) takes flock locks, not fcntl ones; python's fcntl.lockf
         // takes the POSIX lock mutt and procmail take.
-        let Some(python) = testkit::required_tool("python3", "mbox locking") else {
+        let Some(python) = testkit::require_program("python3", "apt-get install python3") else {
             return;
         };
         let mut holder = std::process::Command::new(python)

@@ -23,6 +23,16 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// A program the tests drive (a peer such as fetchmail): its path, or
+/// `None` after a loud SKIPPED banner, and a panic under CI.
+pub fn require_program(name: &str, install_hint: &str) -> Option<PathBuf> {
+    let found = find_binary(name);
+    if found.is_none() {
+        skip_unless_ci(&format!("{name} not installed — {install_hint}"), name);
+    }
+    found
+}
+
 /// Without `problem` solved the `tests` cannot run: in CI (`CI` set) they
 /// must, so this panics; elsewhere it prints a loud SKIPPED banner and the
 /// caller returns `None`.
@@ -35,16 +45,6 @@ pub(crate) fn skip_unless_ci(problem: &str, tests: &str) {
     eprintln!("*** SKIPPED: {problem}");
     eprintln!("**********************************************************************");
     eprintln!();
-}
-
-/// A program the `tests` need (python3, procmail's formail): its path, or
-/// `None` after a SKIPPED banner (a panic in CI).
-pub fn required_tool(name: &str, tests: &str) -> Option<PathBuf> {
-    let found = find_binary(name);
-    if found.is_none() {
-        skip_unless_ci(&format!("`{name}` is not installed"), tests);
-    }
-    found
 }
 
 /// Starts a server with `try_start` up to three times. Its ports are

@@ -12,4 +12,4 @@ pub mod run;
 
 mod host;
 
-pub use host::{find_binary, required_tool};
+pub use host::{find_binary, require_program};

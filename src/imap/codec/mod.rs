@@ -214,8 +214,23 @@ pub enum Untagged {
         seq: u32,
         attrs: Fetch,
     },
+    /// `STATUS mailbox (…)`: the counters of a mailbox not selected. The
+    /// mailbox name is not kept: mailfetch has one STATUS in flight at a
+    /// time and asks for no unsolicited ones.
+    MailboxStatus(MailboxStatus),
     /// Anything mailfetch has no use for (FLAGS, LIST, RECENT, ENABLED…).
     Other,
+}
+
+/// The items of a `STATUS` response (RFC 3501 6.3.10, RFC 7162's
+/// HIGHESTMODSEQ) that mailfetch asks for; `None` for one the server did
+/// not send. Other items are skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxStatus {
+    pub messages: Option<u32>,
+    pub uidnext: Option<u32>,
+    pub uidvalidity: Option<u32>,
+    pub highestmodseq: Option<u64>,
 }
 
 /// The items of a FETCH response mailfetch asks for.
@@ -329,6 +344,13 @@ fn parse_untagged(lexer: &mut Lexer) -> Result<Untagged, ParseError> {
             let text = String::from_utf8_lossy(lexer.rest());
             parse_esearch(&text).ok_or_else(|| lexer.error("bad ESEARCH"))
         }
+        "STATUS" => {
+            lexer.space()?;
+            // The mailbox: an atom, a quoted string or a literal.
+            lexer.skip_value()?;
+            lexer.space()?;
+            parse_status_items(lexer).map(Untagged::MailboxStatus)
+        }
         _ => Ok(Untagged::Other),
     }
 }
@@ -423,6 +445,29 @@ pub fn sequence_set(numbers: &[u32]) -> String {
         i += 1;
     }
     out
+}
+
+/// `(MESSAGES 3 UIDNEXT 4 …)`; items mailfetch does not know are skipped.
+fn parse_status_items(lexer: &mut Lexer) -> Result<MailboxStatus, ParseError> {
+    let mut status = MailboxStatus::default();
+    lexer.expect(b'(')?;
+    let mut first = true;
+    while !lexer.eat(b')') {
+        if !first {
+            lexer.space()?;
+        }
+        first = false;
+        let name = lexer.atom()?.to_ascii_uppercase();
+        lexer.space()?;
+        match name.as_str() {
+            "MESSAGES" => status.messages = Some(lexer.number()?),
+            "UIDNEXT" => status.uidnext = Some(lexer.number()?),
+            "UIDVALIDITY" => status.uidvalidity = Some(lexer.number()?),
+            "HIGHESTMODSEQ" => status.highestmodseq = Some(lexer.number64()?),
+            _ => lexer.skip_value()?,
+        }
+    }
+    Ok(status)
 }
 
 /// After the status word: ` [CODE args] text`.
@@ -810,6 +855,60 @@ mod tests {
             Response::Untagged(Untagged::Other)
         );
         assert!(parse(&[text("* SEARCH 1 x")]).is_err());
+    }
+
+    #[test]
+    fn mailbox_status_responses() {
+        let full = MailboxStatus {
+            messages: Some(50000),
+            uidnext: Some(50001),
+            uidvalidity: Some(1700000000),
+            highestmodseq: Some(18446744073709551615),
+        };
+        assert_eq!(
+            one(
+                "* STATUS INBOX (MESSAGES 50000 UIDNEXT 50001 UIDVALIDITY 1700000000 HIGHESTMODSEQ 18446744073709551615)"
+            ),
+            Response::Untagged(Untagged::MailboxStatus(full))
+        );
+        // A quoted name with a space and a parenthesis; unknown items
+        // (RFC 8438's SIZE, a list-valued one) are skipped; order is free.
+        assert_eq!(
+            one(
+                "* STATUS \"Lists/a (b)\" (SIZE 12 X-ODD (1 2) UIDVALIDITY 7 uidnext 9 MESSAGES 0)"
+            ),
+            Response::Untagged(Untagged::MailboxStatus(MailboxStatus {
+                messages: Some(0),
+                uidnext: Some(9),
+                uidvalidity: Some(7),
+                highestmodseq: None,
+            }))
+        );
+        assert_eq!(
+            one("* STATUS x ()"),
+            Response::Untagged(Untagged::MailboxStatus(MailboxStatus::default()))
+        );
+        // A name sent as a literal.
+        assert_eq!(
+            parse(&[
+                text("* STATUS {3}"),
+                Part::Literal(b"a b".to_vec()),
+                text(" (MESSAGES 1)")
+            ])
+            .unwrap(),
+            Response::Untagged(Untagged::MailboxStatus(MailboxStatus {
+                messages: Some(1),
+                ..MailboxStatus::default()
+            }))
+        );
+        for bad in [
+            "* STATUS INBOX (MESSAGES x)",
+            "* STATUS INBOX (UIDNEXT 4294967296)",
+            "* STATUS INBOX (MESSAGES 1",
+            "* STATUS INBOX MESSAGES 1",
+        ] {
+            assert!(parse(&[text(bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use tracing::{debug, warn};
 
-use self::codec::{Code, Part, Response, ResponseBudget, Status, Untagged};
+use self::codec::{Code, MailboxStatus, Part, Response, ResponseBudget, Status, Untagged};
 use super::wire::Server;
 use super::{Listed, Listing, MAX_MESSAGES, Retrieved, Source, too_many_messages};
 use crate::error::{Error, Kind};
@@ -389,6 +389,42 @@ impl Imap {
             ));
         }
         Ok(())
+    }
+
+    /// A folder's counters by `STATUS`, without opening it: one round trip
+    /// whatever the folder holds. HIGHESTMODSEQ, which changes with every
+    /// flag change, is asked for when `with_modseq` and the server offers
+    /// CONDSTORE; otherwise it is `None`. A folder the server refuses is a
+    /// [`Kind::Server`] error, as for [`select`](Self::select).
+    pub async fn status(&mut self, name: &str, with_modseq: bool) -> Result<MailboxStatus, Error> {
+        let modseq = with_modseq && self.session.caps.contains("CONDSTORE");
+        let command = format!(
+            "STATUS {} (UIDVALIDITY UIDNEXT MESSAGES{})",
+            self.session.mailbox(name),
+            if modseq { " HIGHESTMODSEQ" } else { "" }
+        );
+        let tag = self.session.send(&command).await?;
+        let mut found = MailboxStatus::default();
+        loop {
+            match self.read_plain().await? {
+                Response::Untagged(Untagged::MailboxStatus(status)) => found = status,
+                Response::Tagged {
+                    tag: done,
+                    status,
+                    text,
+                    ..
+                } if done == tag => {
+                    if status != Status::Ok {
+                        return Err(self.session.error(
+                            Kind::Server,
+                            &format!("cannot open folder {name:?}: {text}"),
+                        ));
+                    }
+                    return Ok(found);
+                }
+                other => self.untagged(other)?,
+            }
+        }
     }
 
     /// `UID SEARCH` with the given criteria.

@@ -879,7 +879,10 @@ fn verbose_masks_the_password_and_keep_mode_changes_nothing() {
 
     for session in 0..2 {
         let commands = commands(&server, session);
-        assert!(sent(&commands, "EXAMINE"), "{commands:?}");
+        // The second poll finds the folder as the first left it (STATUS)
+        // and does not open it.
+        assert_eq!(sent(&commands, "EXAMINE"), session == 0, "{commands:?}");
+        assert!(sent(&commands, "STATUS"), "{commands:?}");
         for verb in ["SELECT", "STORE", "UID STORE", "EXPUNGE", "UID EXPUNGE"] {
             assert!(!sent(&commands, verb), "{verb}: {commands:?}");
         }
@@ -893,6 +896,28 @@ fn verbose_masks_the_password_and_keep_mode_changes_nothing() {
         "keep mode changed the folder"
     );
     assert!(server.expunged().is_empty());
+}
+
+/// Without CONDSTORE nothing shows that no flag changed, so with
+/// fetch = "unseen" every poll opens and lists the folder (an UNSEEN count
+/// stays the same when one message is read and another made unread).
+#[test]
+fn fetch_unseen_without_condstore_lists_the_folder_at_every_poll() {
+    let mail = messages(2);
+    let server = FakeImap::inbox(mail.clone(), Script::default());
+    let case = Case::new(server.port())
+        .set("keep", "true")
+        .set("fetch", "\"unseen\"");
+    assert_eq!(case.run().code, Some(0));
+    let again = case.run();
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(!again.stderr.contains("unchanged"), "{again:?}");
+    let commands = commands(&server, 1);
+    assert!(sent(&commands, "EXAMINE"), "{commands:?}");
+    assert!(
+        !commands.iter().any(|c| c.contains("HIGHESTMODSEQ")),
+        "asked a server without CONDSTORE: {commands:?}"
+    );
 }
 
 // ---- 13. flags changed by another client ------------------------------------------------------

@@ -11,10 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use testkit::fake_pop3::{FakePop3, Message, PASSWORD, Script};
-use testkit::required_tool;
+use testkit::require_program;
 use testkit::run::{Case, RUN_LIMIT, files_in};
 
-const TESTS: &str = "mbox";
+const INSTALL: &str = "apt-get install procmail python3";
 
 fn mbox_case(server: &FakePop3) -> (Case, PathBuf) {
     let case = Case::account("pop3", server.port(), PASSWORD, "10s");
@@ -140,8 +140,8 @@ fn texts(messages: Vec<Vec<u8>>) -> Vec<String> {
 #[test]
 fn python_and_formail_read_back_every_message_byte_for_byte() {
     let (Some(python), Some(formail)) = (
-        required_tool("python3", TESTS),
-        required_tool("formail", TESTS),
+        require_program("python3", INSTALL),
+        require_program("formail", INSTALL),
     ) else {
         return;
     };
@@ -207,7 +207,7 @@ fn assert_each_once(python: &Path, mbox: &Path, mail: &[Message]) {
 /// every message is in the mbox once, none cut short, the lock is gone.
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_leaves_nothing_partial() {
-    let Some(python) = required_tool("python3", TESTS) else {
+    let Some(python) = require_program("python3", INSTALL) else {
         return;
     };
     let mail: Vec<Message> = (1..=600).map(|n| tricky(n, 8_000)).collect();
@@ -252,7 +252,7 @@ fn sigkill_at_random_points_loses_nothing_and_leaves_nothing_partial() {
 /// message away and delivers everything once.
 #[test]
 fn sigkill_inside_the_locked_append_is_reconciled_at_the_next_start() {
-    let Some(python) = required_tool("python3", TESTS) else {
+    let Some(python) = require_program("python3", INSTALL) else {
         return;
     };
     let mail: Vec<Message> = (1..=300).map(|n| tricky(n, 100_000)).collect();
@@ -292,8 +292,8 @@ fn sigkill_inside_the_locked_append_is_reconciled_at_the_next_start() {
 #[test]
 fn procmail_appending_at_the_same_time_mixes_nothing() {
     let (Some(python), Some(procmail)) = (
-        required_tool("python3", TESTS),
-        required_tool("procmail", TESTS),
+        require_program("python3", INSTALL),
+        require_program("procmail", INSTALL),
     ) else {
         return;
     };
@@ -350,7 +350,7 @@ fn procmail_appending_at_the_same_time_mixes_nothing() {
 /// nothing; once the lock is gone the next run delivers.
 #[test]
 fn a_lock_held_by_another_program_stops_the_poll_and_deletes_nothing() {
-    let Some(lockfile) = required_tool("lockfile", TESTS) else {
+    let Some(lockfile) = require_program("lockfile", INSTALL) else {
         return;
     };
     let mail: Vec<Message> = (1..=3).map(|n| tricky(n, 1000)).collect();

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd postfix openssl man-db fetchmail getmail6 mpop)
+packages=(dovecot-core dovecot-pop3d dovecot-imapd dovecot-lmtpd postfix openssl man-db fetchmail getmail6 mpop procmail python3)
 missing=()
 sudo=()
 for package in "${packages[@]}"; do

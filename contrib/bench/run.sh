@@ -2,6 +2,7 @@
 # Benchmarks one mailfetch poll against a private Dovecot on loopback (plain
 # TCP), in these scenarios:
 #   mixed           POP3, delete mode: 2000 mixed-size messages (~63 MiB)
+#   mbox            mixed, delivered into an mbox file instead of a Maildir
 #   big             POP3, delete mode: one 100 MiB message
 #   imap-mixed      IMAP (LOGIN), keep mode: the same 2000 messages, into an
 #                   empty Maildir with empty state
@@ -25,7 +26,7 @@
 # (apt-get install mpop fetchmail).
 #
 # Options are passed on to the benchmark:
-#   --scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all
+#   --scenario mixed|mbox|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all
 #              (default all; pop3 = mixed + big, imap = the three imap-*)
 #   --messages N   --runs R   --big-mib M   --idle-messages N   --idle-runs R
 #   --accounts N   --account-messages M   --idle-seconds S

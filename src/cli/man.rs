@@ -232,6 +232,7 @@ fn restriction(applies_to: AppliesTo) -> Option<String> {
                 .iter()
                 .map(|destination| match destination {
                     Destination::Maildir => "maildir:",
+                    Destination::Mbox => "mbox:",
                     Destination::Smtp => "smtp://",
                     Destination::Lmtp => "lmtp:",
                     Destination::Mda => "mda:",

@@ -11,13 +11,18 @@ use crate::net::is_loopback_host;
 use crate::oauth::Service;
 
 /// How `deliver` may be written, for error messages.
-const DELIVER_FORMS: &str = "maildir:PATH, smtp://HOST[:PORT], smtps://HOST[:PORT], \
+const DELIVER_FORMS: &str = "maildir:PATH, mbox:PATH, smtp://HOST[:PORT], smtps://HOST[:PORT], \
      lmtp:/PATH/TO/SOCKET, lmtp://HOST[:PORT], mda:COMMAND, imap://USER@HOST[:PORT]/FOLDER, \
      imaps://USER@HOST[:PORT]/FOLDER";
 
 /// How long an MDA may take for one message when `timeout` is not set in
 /// `[account.delivery]`: spam filters can be slow.
 pub(super) const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long to wait for an mbox's locks when `timeout` is not set in
+/// `[account.delivery]`: long enough for a mail reader to write the file
+/// back, short enough that a forgotten lock shows within a poll.
+pub(super) const DEFAULT_MBOX_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Parser<'_> {
     /// `deliver`, with the `[account.delivery]` table that goes with it.
@@ -40,6 +45,12 @@ impl Parser<'_> {
             .unwrap_or_default();
         let target = match scheme.as_str() {
             "maildir" => DeliverTarget::Maildir(self.expand_path(rest).map_err(fail)?),
+            "mbox" => DeliverTarget::Mbox(MboxTarget {
+                path: self.expand_path(rest).map_err(fail)?,
+                lock_timeout: self
+                    .optional("delivery.timeout", &raw.timeout, as_timeout)?
+                    .unwrap_or(DEFAULT_MBOX_LOCK_TIMEOUT),
+            }),
             "mda" => {
                 let command = rest.trim();
                 if command.is_empty() {

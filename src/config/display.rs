@@ -63,6 +63,11 @@ fn write_account(f: &mut fmt::Formatter<'_>, account: &Account) -> fmt::Result {
             "deliver = {}",
             toml_string(&format!("maildir:{}", escape_path(path)))
         )?,
+        DeliverTarget::Mbox(mbox) => writeln!(
+            f,
+            "deliver = {}",
+            toml_string(&format!("mbox:{}", escape_path(&mbox.path)))
+        )?,
         other => writeln!(f, "deliver = {}", toml_string(&deliver_url(other)))?,
     }
     let to: Vec<String> = account.to.iter().map(|to| toml_string(to)).collect();
@@ -204,10 +209,11 @@ fn write_oauth(f: &mut fmt::Formatter<'_>, table: &str, password: &PasswordSourc
     Ok(())
 }
 
-/// `deliver` as written in the file (the path of `maildir:` aside).
+/// `deliver` as written in the file (the path of `maildir:` and `mbox:` aside).
 fn deliver_url(target: &DeliverTarget) -> String {
     match target {
         DeliverTarget::Maildir(path) => format!("maildir:{}", escape_path(path)),
+        DeliverTarget::Mbox(mbox) => format!("mbox:{}", escape_path(&mbox.path)),
         DeliverTarget::Mda(mda) => format!("mda:{}", mda.command),
         DeliverTarget::Mta(mta) => match (&mta.socket, mta.protocol) {
             (Some(path), _) => format!("lmtp:{}", escape_path(path)),
@@ -238,6 +244,10 @@ fn deliver_url(target: &DeliverTarget) -> String {
 fn write_delivery(f: &mut fmt::Formatter<'_>, target: &DeliverTarget) -> fmt::Result {
     let server = match target {
         DeliverTarget::Maildir(_) => return Ok(()),
+        DeliverTarget::Mbox(mbox) => {
+            writeln!(f, "[account.delivery]")?;
+            return writeln!(f, "timeout = \"{}\"", format_duration(mbox.lock_timeout));
+        }
         DeliverTarget::Mda(mda) => {
             writeln!(f, "[account.delivery]")?;
             return writeln!(f, "timeout = \"{}\"", format_duration(mda.timeout));

@@ -30,6 +30,7 @@ pub enum Section {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     Maildir,
+    Mbox,
     Smtp,
     Lmtp,
     Mda,
@@ -61,12 +62,14 @@ const IMAP_ONLY: AppliesTo = AppliesTo::Protocols(&[Protocol::Imap]);
 /// The delivery targets that talk to a server over the network.
 const SERVERS: AppliesTo =
     AppliesTo::Destinations(&[Destination::Smtp, Destination::Lmtp, Destination::Imap]);
-/// The delivery targets with a time limit: servers, and an MDA's run.
-const SERVERS_AND_MDA: AppliesTo = AppliesTo::Destinations(&[
+/// The delivery targets with a time limit: servers, an MDA's run, and
+/// the wait for an mbox's locks.
+const WITH_TIMEOUT: AppliesTo = AppliesTo::Destinations(&[
     Destination::Smtp,
     Destination::Lmtp,
     Destination::Mda,
     Destination::Imap,
+    Destination::Mbox,
 ]);
 const IMAP_DELIVERY: AppliesTo = AppliesTo::Destinations(&[Destination::Imap]);
 /// The delivery targets that can log in with OAuth2.
@@ -113,7 +116,7 @@ pub const KEYS: &[Key] = &[
     key("oauth", Account, All, "The [account.oauth] table: log in with OAuth2 tokens that mailfetch keeps fresh."),
     key("allow_plaintext_auth", Account, All, "Accept sending the password unencrypted."),
     key("keep", Account, All, "Leave fetched messages on the server."),
-    key("deliver", Account, All, "Where mail goes: maildir:, smtp://, lmtp:, mda:, imap://."),
+    key("deliver", Account, All, "Where mail goes: maildir:, mbox:, smtp://, lmtp:, mda:, imap://."),
     key("to", Account, All, "The envelope recipients."),
     key("envelope_from", Account, All, "The envelope sender: \"return-path\" or an address."),
     key("on_reject", Account, All, "What to do with a refused message: keep, bounce, delete."),
@@ -140,7 +143,7 @@ pub const KEYS: &[Key] = &[
     key("auth", Delivery, SERVERS, "The login mechanism for the delivery server."),
     key("oauth", Delivery, SMTP_AND_IMAP, "The [account.delivery.oauth] table: OAuth2 for the delivery server."),
     key("allow_plaintext_auth", Delivery, SERVERS, "Accept sending that password unencrypted."),
-    key("timeout", Delivery, SERVERS_AND_MDA, "How long to wait for the delivery server, or for an MDA per message."),
+    key("timeout", Delivery, WITH_TIMEOUT, "How long to wait for the delivery server, an MDA per message, or an mbox's locks."),
     key("seen", Delivery, IMAP_DELIVERY, "IMAP delivery: flag appended messages \\Seen."),
     key("provider", OAuth, All, "\"microsoft\", \"google\" or \"custom\"."),
     key("flow", OAuth, All, "How `mailfetch login` gets the first tokens: \"device\", \"browser\" or \"client_credentials\"."),

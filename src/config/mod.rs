@@ -13,7 +13,7 @@
 //!    `FILE:LINE: key `KEY`: what is wrong`.
 //!
 //! Paths (`state_dir`, `ca_file`, `password_file` and the path of a
-//! `maildir:` target) get shell-like expansion: a leading `~` or `~/` means
+//! `maildir:` or `mbox:` target) get shell-like expansion: a leading `~` or `~/` means
 //! `$HOME`, `$VAR` and `${VAR}` are replaced by the environment variable and
 //! `$$` is a literal `$`. A variable that is not set is an error rather than
 //! an empty string, because a silently wrong path would send mail somewhere
@@ -222,6 +222,8 @@ pub enum FetchMode {
 pub enum DeliverTarget {
     /// `maildir:PATH`
     Maildir(PathBuf),
+    /// `mbox:PATH`: one file in the mboxrd format.
+    Mbox(MboxTarget),
     /// `smtp://HOST[:PORT]`, `smtps://HOST[:PORT]`, `lmtp:/PATH/TO/SOCKET`
     /// or `lmtp://HOST[:PORT]`: an MTA or an LMTP server.
     Mta(MtaTarget),
@@ -301,6 +303,15 @@ impl Endpoint {
             timeout,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MboxTarget {
+    pub path: PathBuf,
+    /// How long to wait for the file's locks when another program (a
+    /// mail reader, procmail) holds them (`timeout` in
+    /// `[account.delivery]`, default 1 minute).
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,7 +519,7 @@ impl DeliverTarget {
     /// The server mail is delivered to, for targets that log in to one.
     pub fn server(&self) -> Option<&Endpoint> {
         match self {
-            DeliverTarget::Maildir(_) | DeliverTarget::Mda(_) => None,
+            DeliverTarget::Maildir(_) | DeliverTarget::Mbox(_) | DeliverTarget::Mda(_) => None,
             DeliverTarget::Mta(target) => Some(&target.server),
             DeliverTarget::Imap(target) => Some(&target.server),
         }

@@ -335,6 +335,7 @@ impl Parser<'_> {
     ) -> Result<(), Error> {
         let (destination, kind) = match target {
             DeliverTarget::Maildir(_) => (Destination::Maildir, "maildir:"),
+            DeliverTarget::Mbox(_) => (Destination::Mbox, "mbox:"),
             DeliverTarget::Mda(_) => (Destination::Mda, "mda:"),
             DeliverTarget::Mta(mta) => match mta.protocol {
                 MtaProtocol::Smtp => (Destination::Smtp, "smtp and lmtp"),

@@ -333,8 +333,8 @@ fn bad_values() {
     );
     let bad_name = account_with("").replace("\"home\"", "\"my home\"");
     assert_config_error(&bad_name, 2, "name", "not a valid account name");
-    let mbox = account_with("").replace("maildir:~/Mail/home", "mbox:~/mbox");
-    assert_config_error(&mbox, 6, "deliver", "unknown delivery scheme `mbox:`");
+    let mh = account_with("").replace("maildir:~/Mail/home", "mh:~/Mail");
+    assert_config_error(&mh, 6, "deliver", "unknown delivery scheme `mh:`");
     let bare = account_with("").replace("maildir:~/Mail/home", "~/Mail");
     assert_config_error(
         &bare,
@@ -1053,6 +1053,12 @@ fn bad_delivery_settings_name_their_key() {
         "does not apply to deliver = \"maildir:…\"",
     );
     assert_config_error(
+        &deliver_with("mbox:~/mbox", "[account.delivery]\nusername = \"me\"\n"),
+        8,
+        "delivery.username",
+        "does not apply to deliver = \"mbox:…\"",
+    );
+    assert_config_error(
         &deliver_with("smtp://localhost", "[account.delivery]\nseen = true\n"),
         8,
         "delivery.seen",
@@ -1219,6 +1225,11 @@ fn delivery_display_round_trips() {
         (
             "mda:/usr/bin/procmail -d %T",
             "[account.delivery]\ntimeout = \"90s\"\n",
+        ),
+        ("mbox:/var/mail/alice", ""),
+        (
+            "mbox:/home/a/mbox",
+            "[account.delivery]\ntimeout = \"5m\"\n",
         ),
         (
             "imaps://me@imap.example.org/Sent%20Items/2024",

@@ -29,8 +29,21 @@ pub(super) fn recover(state: &mut MailboxState) -> Result<(), Error> {
             format!("recovering an interrupted delivery: {err}"),
         )
     };
-    for (uid, word) in state.pending_intents() {
-        let recovered = match Intent::decode(&word) {
+    let mut pending: Vec<(String, String, Option<Intent>)> = state
+        .pending_intents()
+        .into_iter()
+        .map(|(uid, word)| {
+            let intent = Intent::decode(&word);
+            (uid, word, intent)
+        })
+        .collect();
+    // Latest first: an mbox message cut short can only be truncated away
+    // once nothing of its batch after it is left.
+    pending.sort_by_key(|(_, _, intent)| {
+        std::cmp::Reverse(intent.as_ref().map_or(0, Intent::recovery_rank))
+    });
+    for (uid, word, intent) in pending {
+        let recovered = match intent {
             Some(intent) => intent.recover().map_err(io)?,
             None => {
                 tracing::warn!(
@@ -102,31 +115,39 @@ impl<C: Committer> CommitJob<C> {
                 .record_partial(uid, reached)
                 .map_err(journal_failed)?;
         }
-        let mut done = Vec::with_capacity(batch.messages.len());
-        let mut entries = Vec::new();
-        let mut staged = Vec::with_capacity(batch.messages.len());
-        for (listed, message) in batch.messages {
-            done.push((listed.number, message.size()));
-            if let Some(uid) = listed.uid {
-                entries.push(Entry {
-                    id: uid,
+        let (listed, mut staged): (Vec<Listed>, Vec<C::Staged>) =
+            batch.messages.into_iter().unzip();
+        let started = Instant::now();
+        if C::DEFERS_DURABILITY
+            && let Err(err) = self.committer.sync(&mut staged)
+        {
+            self.committer.discard(staged);
+            return Err(failed("cannot make delivered messages durable", err));
+        }
+        // Intents are final once the batch is synced (an mbox message's
+        // place is known only then).
+        let done: Vec<(u32, u64)> = listed
+            .iter()
+            .zip(&staged)
+            .map(|(listed, message)| (listed.number, message.size()))
+            .collect();
+        let entries: Vec<Entry> = listed
+            .into_iter()
+            .zip(&staged)
+            .filter_map(|(listed, message)| {
+                Some(Entry {
+                    id: listed.uid?,
                     intent: message.intent().map(|intent| intent.encode()),
                     digest: listed.digest,
-                });
-            }
-            staged.push(message);
-        }
+                })
+            })
+            .collect();
         if !C::DEFERS_DURABILITY {
             // Final already; the journal is synced once, at the end.
             self.state
                 .record_accepted(&entries)
                 .map_err(journal_failed)?;
             return Ok(done);
-        }
-        let started = Instant::now();
-        if let Err(err) = self.committer.sync(&staged) {
-            self.committer.discard(staged);
-            return Err(failed("cannot make delivered messages durable", err));
         }
         // From here on the staged files are complete and durable. If the
         // journal write fails they are left in place: whether the intents

@@ -17,11 +17,11 @@ async fn recover_publishes_a_journaled_delivery() {
     let mut sink = MaildirSink::open(&maildir).unwrap();
     let mut writer = sink.begin().await.unwrap();
     writer.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
-    let Ok(Acceptance::Accepted(staged)) = sink.finish(writer).await else {
+    let Ok(Acceptance::Accepted(mut staged)) = sink.finish(writer).await else {
         panic!("not accepted")
     };
     let mut committer = sink.committer();
-    committer.sync(std::slice::from_ref(&staged)).unwrap();
+    committer.sync(std::slice::from_mut(&mut staged)).unwrap();
     let mut state = MailboxState::open(dir.path(), "key").unwrap();
     state
         .record_delivered(&[Entry {
@@ -286,11 +286,11 @@ async fn crash_before_publishing(state_dir: &Path, maildir: &Path, body: &str) -
     let mut sink = MaildirSink::open(maildir).unwrap();
     let mut writer = sink.begin().await.unwrap();
     writer.write(body.as_bytes()).await.unwrap();
-    let Ok(Acceptance::Accepted(staged)) = sink.finish(writer).await else {
+    let Ok(Acceptance::Accepted(mut staged)) = sink.finish(writer).await else {
         panic!("not accepted")
     };
     sink.committer()
-        .sync(std::slice::from_ref(&staged))
+        .sync(std::slice::from_mut(&mut staged))
         .unwrap();
     let intent = staged.intent().unwrap();
     let mut state = MailboxState::open(state_dir, "key").unwrap();
@@ -331,7 +331,10 @@ async fn a_delivery_that_cannot_be_finished_is_fetched_again_by_todays_sink() {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("old-maildir");
         let Intent::Maildir { tmp_path, .. } =
-            crash_before_publishing(dir.path(), &old, MESSAGES[0]).await;
+            crash_before_publishing(dir.path(), &old, MESSAGES[0]).await
+        else {
+            panic!("a Maildir sink journaled another kind of intent")
+        };
         if remove_whole_maildir {
             std::fs::remove_dir_all(&old).unwrap();
         } else {

@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::received::local_hostname;
 use crate::sink::imap_append::ImapAppendSink;
 use crate::sink::maildir::MaildirSink;
+use crate::sink::mbox::MboxSink;
 use crate::sink::mda::MdaSink;
 use crate::sink::smtp::SmtpSink;
 
@@ -14,6 +15,7 @@ use crate::sink::smtp::SmtpSink;
 /// connect at the first message).
 pub(crate) enum AnySink {
     Maildir(MaildirSink),
+    Mbox(MboxSink),
     Smtp(SmtpSink),
     Mda(MdaSink),
     // Boxed: the session it holds is large, and this enum is moved around.
@@ -27,6 +29,7 @@ macro_rules! with_sink {
     ($any:expr, $sink:pat => $body:expr) => {
         match $any {
             AnySink::Maildir($sink) => $body,
+            AnySink::Mbox($sink) => $body,
             AnySink::Smtp($sink) => $body,
             AnySink::Mda($sink) => $body,
             AnySink::Imap(boxed) => {
@@ -46,7 +49,9 @@ impl AnySink {
         account: &Account,
     ) -> Result<Option<Secret>, (String, Error)> {
         let (server, what) = match &account.deliver {
-            DeliverTarget::Maildir(_) | DeliverTarget::Mda(_) => return Ok(None),
+            DeliverTarget::Maildir(_) | DeliverTarget::Mbox(_) | DeliverTarget::Mda(_) => {
+                return Ok(None);
+            }
             DeliverTarget::Mta(target) => (&target.server, "the MTA"),
             DeliverTarget::Imap(target) => (&target.server, "the IMAP server"),
         };
@@ -73,6 +78,12 @@ impl AnySink {
                 }
                 Err(err) => Err((format!("maildir {}", path.display()), err)),
             },
+            DeliverTarget::Mbox(target) => {
+                match MboxSink::open(target, account.envelope_from.clone(), state_dir) {
+                    Ok(sink) => Ok(AnySink::Mbox(sink)),
+                    Err(err) => Err((format!("mbox {}", target.path.display()), err)),
+                }
+            }
             DeliverTarget::Mta(target) => Ok(AnySink::Smtp(SmtpSink::new(
                 target.clone(),
                 secret,

@@ -107,6 +107,7 @@ impl MaildirSink {
                 .iter()
                 .filter_map(|word| match Intent::decode(word)? {
                     Intent::Maildir { tmp_path, .. } => tmp_path.file_name().map(OsStr::to_owned),
+                    Intent::Mbox(_) => None,
                 })
                 .collect(),
             Err(err) => {
@@ -385,7 +386,7 @@ pub struct MaildirCommitter {
 impl Committer for MaildirCommitter {
     type Staged = StagedFile;
 
-    fn sync(&mut self, batch: &[StagedFile]) -> io::Result<()> {
+    fn sync(&mut self, batch: &mut [StagedFile]) -> io::Result<()> {
         let files: Vec<&File> = batch.iter().map(|staged| &staged.file).collect();
         sync_concurrently(&files)
     }
@@ -497,13 +498,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("deep/Maildir");
         let mut sink = MaildirSink::open(&root).unwrap();
-        let staged = deliver(&mut sink, &[b"Subject: hi\r\n\r\nbo", b"dy\r\n"]).await;
+        let mut staged = deliver(&mut sink, &[b"Subject: hi\r\n\r\nbo", b"dy\r\n"]).await;
         assert_eq!(staged.size(), 18);
         assert!(names(&root.join("new")).is_empty());
         assert_eq!(names(&root.join("tmp")).len(), 1);
 
         let mut committer = sink.committer();
-        committer.sync(std::slice::from_ref(&staged)).unwrap();
+        committer.sync(std::slice::from_mut(&mut staged)).unwrap();
         committer.publish(vec![staged]).unwrap();
         let delivered = names(&root.join("new"));
         assert_eq!(delivered.len(), 1);
@@ -539,11 +540,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("Mail dir%");
         let mut sink = MaildirSink::open(&root).unwrap();
-        let staged = deliver(&mut sink, &[b"x\r\n"]).await;
+        let mut staged = deliver(&mut sink, &[b"x\r\n"]).await;
         let intent = staged.intent().unwrap();
         assert!(!intent.encode().contains(char::is_whitespace));
         let mut committer = sink.committer();
-        committer.sync(std::slice::from_ref(&staged)).unwrap();
+        committer.sync(std::slice::from_mut(&mut staged)).unwrap();
         drop(staged); // crash before publish
 
         let delivered = || intent.recover().unwrap() == Recovered::Delivered;

@@ -13,6 +13,7 @@ pub mod imap_append;
 pub mod intent;
 mod line_ends;
 pub mod maildir;
+pub mod mbox;
 pub mod mda;
 pub mod smtp;
 pub mod spool;
@@ -177,7 +178,7 @@ impl Committer for AlreadyDurable {
     type Staged = Delivered;
     const DEFERS_DURABILITY: bool = false;
 
-    fn sync(&mut self, _batch: &[Delivered]) -> io::Result<()> {
+    fn sync(&mut self, _batch: &mut [Delivered]) -> io::Result<()> {
         Ok(())
     }
 
@@ -201,8 +202,11 @@ pub trait Committer: Send + 'static {
     /// at most the message in flight.
     const DEFERS_DURABILITY: bool = true;
 
-    /// Makes the content of every staged message durable (but not visible).
-    fn sync(&mut self, batch: &[Self::Staged]) -> io::Result<()>;
+    /// Makes the content of every staged message durable (but not
+    /// visible), or, for a destination that is one file (an mbox), locks
+    /// it and gives each message its place there. Each message's
+    /// [`Staged::intent`] is read after this and is final.
+    fn sync(&mut self, batch: &mut [Self::Staged]) -> io::Result<()>;
 
     /// Makes the messages visible, durably.
     fn publish(&mut self, batch: Vec<Self::Staged>) -> io::Result<()>;

@@ -1,7 +1,8 @@
 //! Spool files: a private file holding one message while a sink needs it
 //! more than once (an MDA run per recipient, an IMAP APPEND that must state
-//! the size before sending), so that memory stays bounded whatever the
-//! message's size. Used by the MDA and IMAP APPEND sinks.
+//! the size before sending, an mbox append that waits for the commit), so
+//! that memory stays bounded whatever the message's size. Used by the MDA,
+//! IMAP APPEND and mbox sinks.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, Write};
@@ -56,6 +57,11 @@ impl SpoolFile {
         self.file.write_all(data)
     }
 
+    /// The file itself, for a reader that seeks where it needs.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// A reader positioned at the start of the file.
     pub(crate) fn reader(&self) -> io::Result<tokio::fs::File> {
         let mut file = self.file.try_clone()?;
@@ -65,7 +71,7 @@ impl SpoolFile {
 }
 
 /// Spool files are named `PREFIX.PID.N`; those the prefixes here name.
-const SPOOL_PREFIXES: &[&str] = &["mda", "append"];
+const SPOOL_PREFIXES: &[&str] = &["mda", "append", "mbox"];
 
 /// Removes, once per process and directory, spool files left by a process
 /// that died (a crash or `kill -9` mid-message): their messages are still on

@@ -42,7 +42,9 @@ pub fn bench(
         }
         let t = Instant::now();
         let messages = match scenario {
-            Scenario::Mixed | Scenario::ImapMixed | Scenario::Smtp => mixed_messages(opts.messages),
+            Scenario::Mixed | Scenario::Mbox | Scenario::ImapMixed | Scenario::Smtp => {
+                mixed_messages(opts.messages)
+            }
             Scenario::Big | Scenario::ImapBig => vec![big_message(opts.big_mib * 1024 * 1024)],
             Scenario::ImapIdlePoll => small_messages(opts.idle_messages),
         };
@@ -186,6 +188,9 @@ pub fn fetch(
             mta.port(),
             Postfix::address(SMTP_USER)
         ),
+        None if scenario == Scenario::Mbox => {
+            format!("deliver = \"mbox:{}\"\n", run_dir.join("mbox").display())
+        }
         None => format!("deliver = \"maildir:{}\"\n", maildir.display()),
     };
     let cmd = match tool {
@@ -299,6 +304,9 @@ pub fn verify(
         }
     }
 
+    if scenario == Scenario::Mbox {
+        return verify_mbox(tool, messages, &run_dir.join("mbox"));
+    }
     let maildir = match mta {
         Some(mta) => {
             // The MTA's 250 means queued; delivery follows.
@@ -364,6 +372,49 @@ pub fn verify(
     if delivered_bytes < seeded as u64 {
         return Err(format!(
             "{}: delivered {delivered_bytes} bytes, less than the {seeded} seeded",
+            tool.name()
+        ));
+    }
+    Ok(())
+}
+
+/// The mbox holds every message once: its `From ` lines (a line of a
+/// message starting so is quoted `>From `) each open a message whose
+/// Message-ID is one seeded.
+fn verify_mbox(tool: &Tool, messages: &[Message], mbox: &Path) -> Result<(), String> {
+    let text = fs::read(mbox).map_err(|e| format!("{}: {e}", mbox.display()))?;
+    let want: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    let mut in_headers = false;
+    let mut count = 0;
+    for line in text.split(|&b| b == b'\n') {
+        if line.starts_with(b"From ") {
+            count += 1;
+            in_headers = true;
+        } else if line.is_empty() {
+            in_headers = false;
+        } else if in_headers && let Some(id) = line.strip_prefix(b"Message-ID: ") {
+            let id = String::from_utf8_lossy(id).into_owned();
+            if !want.contains(id.as_str()) || !seen.insert(id.clone()) {
+                return Err(format!(
+                    "{}: unexpected or duplicate message {id}",
+                    tool.name()
+                ));
+            }
+        }
+    }
+    if count != messages.len() || seen.len() != messages.len() {
+        return Err(format!(
+            "{}: {count} message(s), {} Message-IDs in the mbox, expected {}",
+            tool.name(),
+            seen.len(),
+            messages.len()
+        ));
+    }
+    let seeded: usize = messages.iter().map(|m| m.data.len()).sum();
+    if (text.len() as u64) < seeded as u64 * 9 / 10 {
+        return Err(format!(
+            "{}: the mbox is smaller than the mail seeded",
             tool.name()
         ));
     }

@@ -119,8 +119,12 @@ impl Tool {
     fn runs_in(&self, scenario: Scenario) -> bool {
         match self {
             Tool::Mailfetch(_) => true,
-            Tool::Mpop(_) => !scenario.imap() && scenario != Scenario::Smtp,
-            Tool::Fetchmail(_) => !scenario.imap() || scenario == Scenario::ImapMixed,
+            Tool::Mpop(_) => {
+                !scenario.imap() && !matches!(scenario, Scenario::Smtp | Scenario::Mbox)
+            }
+            Tool::Fetchmail(_) => {
+                (!scenario.imap() && scenario != Scenario::Mbox) || scenario == Scenario::ImapMixed
+            }
         }
     }
 }

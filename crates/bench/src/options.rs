@@ -27,6 +27,8 @@ pub enum Fleet {
 #[derive(Clone, Copy, PartialEq)]
 pub enum Scenario {
     Mixed,
+    /// `mixed` delivered into an mbox file instead of a Maildir.
+    Mbox,
     Big,
     ImapMixed,
     ImapIdlePoll,
@@ -49,8 +51,9 @@ impl Scenario {
         Scenario::ImapBig,
     ];
 
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Mixed,
+        Scenario::Mbox,
         Scenario::Big,
         Scenario::ImapMixed,
         Scenario::ImapIdlePoll,
@@ -62,6 +65,7 @@ impl Scenario {
         match self {
             Scenario::Smtp => "smtp",
             Scenario::Mixed => "mixed",
+            Scenario::Mbox => "mbox",
             Scenario::Big => "big",
             Scenario::ImapMixed => "imap-mixed",
             Scenario::ImapIdlePoll => "imap-idle-poll",
@@ -78,7 +82,7 @@ impl Scenario {
     /// has its own, so it never sees another's mail or index.
     pub fn user(self) -> &'static str {
         match self {
-            Scenario::Mixed | Scenario::Big => "bench",
+            Scenario::Mixed | Scenario::Mbox | Scenario::Big => "bench",
             Scenario::Smtp => "bench-smtp",
             Scenario::ImapMixed => "bench-imap-mixed",
             Scenario::ImapIdlePoll => "bench-imap-idle",
@@ -91,14 +95,14 @@ impl Scenario {
             Scenario::ImapMixed => Some(Target::Wall(0.6)),
             Scenario::ImapIdlePoll => Some(Target::Wall(0.040)),
             Scenario::ImapBig => Some(Target::RssMib(16.0)),
-            Scenario::Mixed | Scenario::Big | Scenario::Smtp => None,
+            Scenario::Mixed | Scenario::Mbox | Scenario::Big | Scenario::Smtp => None,
         }
     }
 }
 
 pub fn usage() -> ! {
     eprintln!(
-        "usage: bench [--scenario mixed|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all]\n             \
+        "usage: bench [--scenario mixed|mbox|big|imap-mixed|imap-idle-poll|imap-big|smtp|accounts|idle|pop3|imap|all]\n             \
          [--messages N] [--runs R] [--big-mib M] [--idle-messages N] [--idle-runs R]\n             \
          [--accounts N] [--account-messages M] [--idle-seconds S]\n             \
          [--only mailfetch|mpop|fetchmail]..."

@@ -8,6 +8,7 @@ mod imap_faults;
 mod imap_unchanged;
 mod import_peers;
 mod log_fields;
+mod mbox_e2e;
 mod mda_e2e;
 mod oauth_dovecot;
 mod pop3_dovecot;
